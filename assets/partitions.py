@@ -1,0 +1,30 @@
+"""The weekly partitioning every asset shares, and the windows between weeks."""
+
+from __future__ import annotations
+
+import warnings
+
+from dagster import BetaWarning, PreviewWarning, TimeWindowPartitionMapping, WeeklyPartitionsDefinition
+
+from pipelines.config import Settings
+from pipelines.weeks import Week
+
+# Checks are partitioned like their assets so the UI shows a result per week; Dagster still
+# labels partitioned checks "preview".
+warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*", category=PreviewWarning)
+warnings.filterwarnings("ignore", message=".*allow_nonexistent_upstream_partitions.*", category=BetaWarning)
+
+SETTINGS = Settings.from_env()
+# Fails at load time with a clear message when RECSYS_PARTITION_START is not a Monday.
+FIRST_WEEK = Week.parse(SETTINGS.partition_start, SETTINGS.timezone)
+
+# day_offset=1: windows start on Monday 00:00 in the configured zone; a key is that Monday.
+weekly_partitions = WeeklyPartitionsDefinition(
+    start_date=FIRST_WEEK.key, day_offset=1, timezone=SETTINGS.timezone
+)
+
+# Week W reads W and the `history_weeks` weeks before it; weeks before the first partition
+# simply do not exist yet.
+history_window = TimeWindowPartitionMapping(
+    start_offset=-SETTINGS.history_weeks, end_offset=0, allow_nonexistent_upstream_partitions=True
+)

@@ -1,0 +1,27 @@
+"""The code location: assets, checks, jobs and the resources of the current environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+
+import assets.events
+import assets.sessions
+from jobs import weekly_recommender_job
+from resources import build_resources
+
+STAGE_MODULES = [assets.events, assets.sessions]
+
+
+def build_definitions(resources: Mapping[str, object] | None = None) -> Definitions:
+    """The whole graph; tests pass their own resources, the code location uses the environment's."""
+    return Definitions(
+        assets=[assets.events.raw_jsonl, *load_assets_from_modules(STAGE_MODULES)],
+        asset_checks=load_asset_checks_from_modules(STAGE_MODULES),
+        jobs=[weekly_recommender_job],
+        resources=dict(resources) if resources is not None else build_resources(),
+    )
+
+
+defs = build_definitions()

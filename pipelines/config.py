@@ -1,0 +1,89 @@
+"""Every knob of the pipeline, read from the environment in one place.
+
+The variables in the design's configuration table are a contract; the `RECSYS_*` knobs
+beyond it have defaults that reproduce the documented behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_RAW_DIR = PROJECT_ROOT / "data" / "sample" / "raw"
+DEFAULT_PARTITION_START = "2022-08-01"
+DEFAULT_TIMEZONE = "Europe/Berlin"
+EVENT_TYPES = ("clicks", "carts", "orders")
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(_env(name, str(default)))
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
+def _absolute_uri(value: str) -> str:
+    """Local paths become absolute so Spark, Dagster and MLflow agree whatever their cwd."""
+    if "://" in value:
+        return value
+    path = Path(value)
+    return str(path if path.is_absolute() else (PROJECT_ROOT / path).resolve())
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    max_quarantine_rate: float = 0.01
+    # Drift against the previous week: volume ratio bounds and max absolute change in type share.
+    min_volume_ratio: float = 0.5
+    max_volume_ratio: float = 2.0
+    max_type_share_delta: float = 0.05
+
+    @classmethod
+    def from_env(cls) -> "QualityThresholds":
+        return cls(
+            max_quarantine_rate=_env_float("RECSYS_MAX_QUARANTINE_RATE", cls.max_quarantine_rate),
+            min_volume_ratio=_env_float("RECSYS_DRIFT_MIN_VOLUME_RATIO", cls.min_volume_ratio),
+            max_volume_ratio=_env_float("RECSYS_DRIFT_MAX_VOLUME_RATIO", cls.max_volume_ratio),
+            max_type_share_delta=_env_float("RECSYS_DRIFT_MAX_TYPE_SHARE_DELTA", cls.max_type_share_delta),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    raw_uri: str
+    lake_dir: str
+    publish_uri: str
+    partition_start: str
+    timezone: str
+    spark_master: str
+    mlflow_tracking_uri: str
+    aws_endpoint_url: str | None
+    history_weeks: int = 4
+    max_session_events: int = 500
+    quality: QualityThresholds = field(default_factory=QualityThresholds)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            raw_uri=_absolute_uri(_env("RECSYS_RAW_URI", str(SAMPLE_RAW_DIR))),
+            lake_dir=_absolute_uri(_env("RECSYS_LAKE_DIR", "data/lake")),
+            publish_uri=_absolute_uri(_env("RECSYS_PUBLISH_URI", "data/published")),
+            partition_start=_env("RECSYS_PARTITION_START", DEFAULT_PARTITION_START),
+            timezone=_env("RECSYS_TIMEZONE", DEFAULT_TIMEZONE),
+            spark_master=_env("SPARK_MASTER", "local[*]"),
+            mlflow_tracking_uri=_env(
+                "MLFLOW_TRACKING_URI", f"sqlite:///{PROJECT_ROOT / 'data' / 'mlflow' / 'mlflow.db'}"
+            ),
+            aws_endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
+            history_weeks=_env_int("RECSYS_HISTORY_WEEKS", 4),
+            max_session_events=_env_int("RECSYS_MAX_SESSION_EVENTS", 500),
+            quality=QualityThresholds.from_env(),
+        )

@@ -1,0 +1,235 @@
+"""`events`: raw OTTO JSONL of one week -> clean `session, aid, ts, type` rows plus a quarantine.
+
+The raw schema is explicit and deliberately loose (ids and timestamps as JSON token text,
+each event kept as its own JSON text) so that one bad value never nulls its neighbours:
+every line and every event is validated on its own and gets exactly one reason when it
+is rejected. Valid events are deduplicated; nothing else is removed, and every removed
+row is counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.config import EVENT_TYPES
+from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
+from pipelines.weeks import Week
+
+LINE_SCHEMA = "session STRING, events ARRAY<STRING>, _corrupt STRING"
+EVENT_SCHEMA = "aid STRING, ts STRING, type STRING, _corrupt STRING"
+EVENT_COLUMNS = ("session", "aid", "ts", "type")
+EVENTS_SPARK_SCHEMA = "session BIGINT, aid BIGINT, ts BIGINT, type STRING"
+QUARANTINE_COLUMNS = ("reason", "source_file", "session", "event_index", "record")
+NON_NEGATIVE_INTEGER = r"^[0-9]+$"
+MAX_RECORD_CHARS = 4000
+
+# Line-level reasons: the whole line is quarantined as one record.
+BLANK_LINE = "blank_line"
+MALFORMED_JSON = "malformed_json"
+INVALID_SESSION = "invalid_session"
+EMPTY_EVENTS = "empty_events"
+# Event-level reasons: only that event is quarantined.
+MALFORMED_EVENT = "malformed_event"
+INVALID_AID = "invalid_aid"
+INVALID_TS = "invalid_ts"
+UNKNOWN_TYPE = "unknown_type"
+TS_OUTSIDE_WEEK = "ts_outside_week"
+QUARANTINE_REASONS = (
+    BLANK_LINE, MALFORMED_JSON, INVALID_SESSION, EMPTY_EVENTS,
+    MALFORMED_EVENT, INVALID_AID, INVALID_TS, UNKNOWN_TYPE, TS_OUTSIDE_WEEK,
+)
+
+
+@dataclass
+class ParsedWeek:
+    """Lazy frames of one parsed raw week; `summarize` runs the counting actions."""
+
+    week: Week
+    events: object  # pyspark DataFrame, deduplicated
+    quarantine: object  # pyspark DataFrame, one row per rejected record
+    _records: object = field(repr=False)  # every record with its reason (null when valid), persisted
+
+    def release(self) -> None:
+        self._records.unpersist()
+
+
+@dataclass(frozen=True)
+class EventsSummary:
+    raw_lines: int
+    valid_events: int
+    events: int
+    duplicates_removed: int
+    quarantined: int
+    quarantine_by_reason: dict[str, int]
+    events_by_type: dict[str, int]
+    sessions: int
+    items: int
+
+    @property
+    def records(self) -> int:
+        return self.valid_events + self.quarantined
+
+    @property
+    def quarantine_rate(self) -> float:
+        return self.quarantined / self.records if self.records else 0.0
+
+    def type_shares(self) -> dict[str, float]:
+        return {t: (self.events_by_type.get(t, 0) / self.events if self.events else 0.0) for t in EVENT_TYPES}
+
+    def as_dict(self) -> dict:
+        return {
+            "raw_lines": self.raw_lines,
+            "valid_events": self.valid_events,
+            "events": self.events,
+            "duplicates_removed": self.duplicates_removed,
+            "quarantined": self.quarantined,
+            "quarantine_rate": self.quarantine_rate,
+            "quarantine_by_reason": self.quarantine_by_reason,
+            "events_by_type": self.events_by_type,
+            "type_shares": self.type_shares(),
+            "sessions": self.sessions,
+            "items": self.items,
+        }
+
+
+def _strict_long(column):
+    """The token text as BIGINT when it is a non-negative integer literal that fits, else null."""
+    from pyspark.sql import functions as F
+
+    return F.when(column.rlike(NON_NEGATIVE_INTEGER), column.try_cast("bigint"))
+
+
+def parse_raw_week(spark, paths: list[str], week: Week) -> ParsedWeek:
+    """Lazy parse of a week's raw files; call `release` on the result when done with it."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    lines = spark.read.text(paths).select(
+        F.col("value").alias("line"), F.col("_metadata.file_path").alias("source_file")
+    )
+    parsed_lines = lines.withColumn(
+        "parsed", F.from_json("line", LINE_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+    ).withColumn("session_id", _strict_long(F.col("parsed.session")))
+
+    line_reason = (
+        F.when(F.trim("line") == "", F.lit(BLANK_LINE))
+        .when(F.col("parsed").isNull() | F.col("parsed._corrupt").isNotNull(), F.lit(MALFORMED_JSON))
+        .when(F.col("session_id").isNull(), F.lit(INVALID_SESSION))
+        .when(F.coalesce(F.size("parsed.events"), F.lit(0)) <= 0, F.lit(EMPTY_EVENTS))
+    )
+    parsed_lines = parsed_lines.withColumn("line_reason", line_reason)
+
+    rejected_lines = parsed_lines.where(F.col("line_reason").isNotNull()).select(
+        F.col("line_reason").alias("reason"),
+        "source_file",
+        F.col("parsed.session").alias("session"),
+        "session_id",
+        F.lit(None).cast("int").alias("event_index"),
+        F.substring("line", 1, MAX_RECORD_CHARS).alias("record"),
+        F.lit(None).cast("bigint").alias("aid"),
+        F.lit(None).cast("bigint").alias("ts"),
+        F.lit(None).cast("string").alias("type"),
+    )
+
+    raw_events = parsed_lines.where(F.col("line_reason").isNull()).select(
+        "source_file",
+        F.col("parsed.session").alias("session"),
+        "session_id",
+        F.posexplode("parsed.events").alias("event_index", "record"),
+    )
+    raw_events = raw_events.withColumn(
+        "event", F.from_json("record", EVENT_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+    ).select(
+        "source_file",
+        "session",
+        "session_id",
+        "event_index",
+        "record",
+        "event",
+        _strict_long(F.col("event.aid")).alias("aid"),
+        _strict_long(F.col("event.ts")).alias("ts"),
+        F.col("event.type").alias("type"),
+    )
+    event_reason = (
+        F.when(F.col("event").isNull() | F.col("event._corrupt").isNotNull(), F.lit(MALFORMED_EVENT))
+        .when(F.col("aid").isNull(), F.lit(INVALID_AID))
+        .when(F.col("ts").isNull(), F.lit(INVALID_TS))
+        .when(~F.coalesce(F.col("type").isin(*EVENT_TYPES), F.lit(False)), F.lit(UNKNOWN_TYPE))
+        .when((F.col("ts") < week.start_ms) | (F.col("ts") >= week.end_ms), F.lit(TS_OUTSIDE_WEEK))
+    )
+    checked_events = raw_events.withColumn("reason", event_reason)
+
+    records = rejected_lines.unionByName(
+        checked_events.select(
+            "reason",
+            "source_file",
+            "session",
+            "session_id",
+            "event_index",
+            # Valid events need no raw text; dropping it keeps the persisted frame small.
+            F.when(F.col("reason").isNotNull(), F.substring("record", 1, MAX_RECORD_CHARS)).alias("record"),
+            "aid",
+            "ts",
+            "type",
+        )
+    )
+    # Three actions read this frame (quarantine, events, counts): parse the JSON only once.
+    records = records.persist(StorageLevel.MEMORY_AND_DISK)
+
+    quarantine = records.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS)
+    events = (
+        records.where(F.col("reason").isNull())
+        .select(F.col("session_id").alias("session"), "aid", "ts", "type")
+        .dropDuplicates(list(EVENT_COLUMNS))
+        .sortWithinPartitions("session", "ts")
+    )
+    return ParsedWeek(week=week, events=events, quarantine=quarantine, _records=records)
+
+
+def summarize_parsed_week(parsed: ParsedWeek, written_events) -> EventsSummary:
+    """Counts for metadata and drift checks; `written_events` is the deduplicated table as stored."""
+    from pyspark.sql import functions as F
+
+    reason_counts = {
+        row["reason"]: row["count"]
+        for row in parsed._records.groupBy(F.coalesce("reason", F.lit("valid")).alias("reason")).count().collect()
+    }
+    valid_events = reason_counts.pop("valid", 0)
+    raw_lines = (
+        parsed._records.where(F.col("event_index").isNull() | (F.col("event_index") == 0))
+        .count()
+    )
+    type_counts = {row["type"]: row["count"] for row in written_events.groupBy("type").count().collect()}
+    totals = written_events.agg(
+        F.count(F.lit(1)).alias("events"),
+        F.countDistinct("session").alias("sessions"),
+        F.countDistinct("aid").alias("items"),
+    ).first()
+    return EventsSummary(
+        raw_lines=raw_lines,
+        valid_events=valid_events,
+        events=totals["events"],
+        duplicates_removed=valid_events - totals["events"],
+        quarantined=sum(reason_counts.values()),
+        quarantine_by_reason={reason: reason_counts.get(reason, 0) for reason in QUARANTINE_REASONS},
+        events_by_type={t: type_counts.get(t, 0) for t in EVENT_TYPES},
+        sessions=totals["sessions"],
+        items=totals["items"],
+    )
+
+
+def materialize_events_week(spark, lake: Lake, raw_paths: list[str], week: Week) -> EventsSummary:
+    """Parse the week's raw files and replace the week in the `events` and quarantine tables."""
+    parsed = parse_raw_week(spark, raw_paths, week)
+    summaries: list[EventsSummary] = []
+
+    def summarize(written_events) -> dict:
+        summaries.append(summarize_parsed_week(parsed, written_events))
+        return {"week": week.key, "raw_files": len(raw_paths), **summaries[-1].as_dict()}
+
+    try:
+        lake.write_partition(parsed.quarantine, QUARANTINE_TABLE, week, num_files=1)
+        lake.write_partition(parsed.events, EVENTS_TABLE, week, stats=summarize)
+    finally:
+        parsed.release()
+    return summaries[-1]

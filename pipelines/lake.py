@@ -1,0 +1,100 @@
+"""The Parquet lake: one folder per table, one `week=YYYY-MM-DD` folder per partition.
+
+A partition write replaces exactly its own week and is atomic on a local or shared
+filesystem: Spark writes to a hidden staging folder which is swapped into place only after
+the write succeeded, so a failed run leaves the previous version of the week intact and a
+rerun or backfill never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipelines.weeks import Week
+
+EVENTS_TABLE = "events"
+QUARANTINE_TABLE = "events_quarantine"
+SESSIONS_TABLE = "sessions"
+STAGING_PREFIX = "_staging-"
+SIDECAR_NAME = "_stats.json"
+
+
+class MissingPartitionError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Lake:
+    root: str
+
+    def table_dir(self, table: str) -> Path:
+        return Path(self.root) / table
+
+    def partition_dir(self, table: str, week: Week) -> Path:
+        return self.table_dir(table) / week.folder
+
+    def has_partition(self, table: str, week: Week) -> bool:
+        return (self.partition_dir(table, week) / "_SUCCESS").exists()
+
+    def write_partition(
+        self,
+        df,
+        table: str,
+        week: Week,
+        num_files: int | None = None,
+        stats: Callable[[Any], dict[str, Any]] | None = None,
+    ) -> Path:
+        """Replace `table`'s `week` with `df`.
+
+        `stats`, if given, is called with the staged (written, not yet visible) frame and its
+        result is stored beside the files, so data and summary become visible together.
+        """
+        target = self.partition_dir(table, week)
+        staging = target.parent / f"{STAGING_PREFIX}{week.folder}-{uuid.uuid4().hex[:8]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        writer_df = df.coalesce(num_files) if num_files else df
+        try:
+            writer_df.write.mode("overwrite").parquet(str(staging))
+            if stats is not None:
+                summary = stats(df.sparkSession.read.parquet(str(staging)))
+                (staging / SIDECAR_NAME).write_text(json.dumps(summary, indent=2, sort_keys=True))
+            self._swap_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    @staticmethod
+    def _swap_into_place(staging: Path, target: Path) -> None:
+        retired = target.parent / f"{STAGING_PREFIX}retired-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            target.rename(retired)
+        staging.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+
+    def read_partition(self, spark, table: str, week: Week):
+        if not self.has_partition(table, week):
+            raise MissingPartitionError(
+                f"{table} for week {week.key} is not in the lake at {self.partition_dir(table, week)}; "
+                f"materialize (or backfill) {table} for that week first"
+            )
+        return spark.read.parquet(str(self.partition_dir(table, week)))
+
+    def read_weeks(self, spark, table: str, weeks: list[Week]):
+        """Union of several weeks of a table, with a `week` string column naming the partition."""
+        from pyspark.sql import functions as F
+
+        frames = [self.read_partition(spark, table, week).withColumn("week", F.lit(week.key)) for week in weeks]
+        result = frames[0]
+        for frame in frames[1:]:
+            result = result.unionByName(frame)
+        return result
+
+    def read_stats(self, table: str, week: Week) -> dict[str, Any] | None:
+        """The summary written with the partition (drift checks compare it across weeks)."""
+        path = self.partition_dir(table, week) / SIDECAR_NAME
+        return json.loads(path.read_text()) if path.exists() else None

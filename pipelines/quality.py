@@ -1,0 +1,198 @@
+"""Great Expectations suites for every stage, run with an ephemeral GE 1.x context.
+
+GE is imported lazily (its import takes seconds) and every validation gets its own
+ephemeral context, so validations never share state. A `ValidationReport` keeps only what
+an operator needs to act: which expectations failed and the values GE observed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.config import EVENT_TYPES, QualityThresholds
+from pipelines.weeks import Week
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+_OBSERVED_KEYS = (
+    "observed_value",
+    "element_count",
+    "unexpected_count",
+    "unexpected_percent",
+    "missing_count",
+    "partial_unexpected_list",
+)
+
+
+@dataclass
+class ExpectationOutcome:
+    expectation: str
+    kwargs: dict[str, Any]
+    success: bool
+    observed: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        return {"expectation": self.expectation, "kwargs": self.kwargs, "observed": self.observed}
+
+
+@dataclass
+class ValidationReport:
+    suite: str
+    success: bool
+    outcomes: list[ExpectationOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ExpectationOutcome]:
+        return [outcome for outcome in self.outcomes if not outcome.success]
+
+    def failure_summary(self) -> str:
+        return "; ".join(
+            f"{o.expectation}({', '.join(f'{k}={v}' for k, v in o.kwargs.items())}) observed {o.observed}"
+            for o in self.failed
+        )
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "expectations_evaluated": len(self.outcomes),
+            "expectations_failed": len(self.failed),
+            "failed_expectations": [o.describe() for o in self.failed],
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value][:20]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    try:
+        return value.item()  # numpy scalars
+    except AttributeError:
+        return str(value)
+
+
+def _report(suite_name: str, result) -> ValidationReport:
+    outcomes = []
+    for item in result.results:
+        config = item.expectation_config
+        kwargs = {k: _jsonable(v) for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+        observed = {k: _jsonable(item.result[k]) for k in _OBSERVED_KEYS if k in (item.result or {})}
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            observed["exception"] = str(item.exception_info.get("exception_message"))[:500]
+        outcomes.append(ExpectationOutcome(config.type, kwargs, bool(item.success), observed))
+    return ValidationReport(suite_name, bool(result.success), outcomes)
+
+
+def validate(frame, suite_name: str, expectations: list) -> ValidationReport:
+    """Validate a Spark or pandas DataFrame against `expectations` in a fresh ephemeral context."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    is_pandas = frame.__class__.__module__.startswith("pandas")
+    source = context.data_sources.add_pandas("frame") if is_pandas else context.data_sources.add_spark("frame")
+    batch_definition = source.add_dataframe_asset(name=suite_name).add_batch_definition_whole_dataframe("whole")
+    suite = gx.ExpectationSuite(name=suite_name, expectations=expectations)
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+    return _report(suite_name, batch.validate(suite, result_format="SUMMARY"))
+
+
+# --- suites ---------------------------------------------------------------------------
+
+
+def events_suite(week: Week) -> list:
+    import great_expectations.expectations as gxe
+
+    ids = ("session", "aid", "ts")
+    return [
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=["session", "aid", "ts", "type"]),
+        *[gxe.ExpectColumnValuesToBeOfType(column=c, type_="LongType") for c in ids],
+        gxe.ExpectColumnValuesToBeOfType(column="type", type_="StringType"),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in (*ids, "type")],
+        gxe.ExpectColumnValuesToBeInSet(column="type", value_set=list(EVENT_TYPES)),
+        gxe.ExpectColumnValuesToBeBetween(column="session", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="aid", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="ts", min_value=week.start_ms, max_value=week.end_ms - 1),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["session", "aid", "ts", "type"]),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def quarantine_suite(thresholds: QualityThresholds) -> list:
+    """Runs on a one-row pandas frame with `quarantine_rate` and `records`."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeBetween(column="records", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="quarantine_rate", min_value=0, max_value=thresholds.max_quarantine_rate),
+    ]
+
+
+def drift_suite(thresholds: QualityThresholds, share_columns: list[str]) -> list:
+    """Runs on a one-row pandas frame with `volume_ratio` and one `*_share_delta` per type."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="volume_ratio", min_value=thresholds.min_volume_ratio, max_value=thresholds.max_volume_ratio
+        ),
+        *[
+            gxe.ExpectColumnValuesToBeBetween(
+                column=c, min_value=-thresholds.max_type_share_delta, max_value=thresholds.max_type_share_delta
+            )
+            for c in share_columns
+        ],
+    ]
+
+
+def sessions_suite(week: Week, max_events: int) -> list:
+    """Runs on `sessions_validation_frame`: the sessions table plus derived consistency columns."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeOfType(column="session", type_="LongType"),
+        gxe.ExpectColumnValuesToNotBeNull(column="session"),
+        gxe.ExpectColumnValuesToBeUnique(column="session"),
+        gxe.ExpectColumnValuesToBeBetween(column="session", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="n_events", min_value=1, max_value=max_events),
+        gxe.ExpectColumnValuesToBeBetween(column="n_events_in_week", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="n_trimmed", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="last_ts", min_value=week.start_ms, max_value=week.end_ms - 1),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="last_ts", column_B="first_ts", or_equal=True),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_events", column_B="type_count_total"),
+        gxe.ExpectColumnValuesToBeInSet(column="history_sorted", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="history_types_known", value_set=[True]),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def sessions_validation_frame(sessions):
+    """The sessions table with columns GE can check row by row (sortedness, count consistency)."""
+    from pyspark.sql import functions as F
+
+    ts_list = F.transform("history", lambda e: e["ts"])
+    return sessions.select(
+        "session",
+        "n_events",
+        "n_events_in_week",
+        "n_trimmed",
+        "first_ts",
+        "last_ts",
+        (F.col("n_clicks") + F.col("n_carts") + F.col("n_orders")).alias("type_count_total"),
+        (F.array_sort(ts_list) == ts_list).alias("history_sorted"),
+        F.forall("history", lambda e: e["type"].isin(*EVENT_TYPES)).alias("history_types_known"),
+    )
+
+
+def drift_frame(current: dict, previous: dict, count_key: str, shares_key: str | None = None):
+    """One-row pandas frame comparing this week's summary with the previous week's."""
+    import pandas as pd
+
+    row = {"volume_ratio": current[count_key] / previous[count_key] if previous[count_key] else float("inf")}
+    if shares_key:
+        for event_type in EVENT_TYPES:
+            row[f"{event_type}_share_delta"] = current[shares_key][event_type] - previous[shares_key][event_type]
+    return pd.DataFrame([row])

@@ -1,0 +1,118 @@
+"""`sessions`: every session active in week W with its ordered history across the window.
+
+The history is the session's events over the history window (W and the weeks before it),
+ordered by time, capped to its most recent `max_events` (OTTO caps sessions at 500).
+Counts describe the kept history; `first_ts`, `duration_s` and `started_in_week` describe
+the whole window, so a trimmed session that began before W is not mistaken for a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.lake import EVENTS_TABLE, SESSIONS_TABLE, Lake
+from pipelines.weeks import Week
+
+TYPE_ORDER = {"clicks": 0, "carts": 1, "orders": 2}
+SESSION_COLUMNS = (
+    "session", "history", "n_events", "n_clicks", "n_carts", "n_orders", "n_unique_aids",
+    "n_events_in_week", "n_trimmed", "first_ts", "last_ts", "duration_s", "started_in_week",
+)
+
+
+@dataclass(frozen=True)
+class SessionsSummary:
+    sessions: int
+    sessions_started_in_week: int
+    history_events: int
+    trimmed_events: int
+    trimmed_sessions: int
+    max_history: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def build_sessions(events_window, week: Week, max_events: int):
+    """`events_window`: `session, aid, ts, type` rows of the window weeks, week W included."""
+    from pyspark.sql import functions as F
+
+    active = events_window.where((F.col("ts") >= week.start_ms) & (F.col("ts") < week.end_ms)).select(
+        "session"
+    ).distinct()
+    type_rank = F.create_map(*[item for name, rank in TYPE_ORDER.items() for item in (F.lit(name), F.lit(rank))])
+    # Ties on ts are common (one checkout orders several items at once): order them by type,
+    # then aid, so a session's history is the same on every run.
+    history_events = events_window.join(active, "session", "left_semi").select(
+        "session", F.struct(F.col("ts"), type_rank[F.col("type")].alias("type_rank"), "aid", "type").alias("event")
+    )
+    grouped = history_events.groupBy("session").agg(
+        F.array_sort(F.collect_list("event")).alias("ordered"),
+        F.min("event.ts").alias("first_ts"),
+        F.max("event.ts").alias("last_ts"),
+        F.sum(F.when(F.col("event.ts") >= week.start_ms, 1).otherwise(0)).alias("n_events_in_week"),
+    )
+    total = F.size("ordered")
+    kept = F.when(total > max_events, F.slice("ordered", -max_events, max_events)).otherwise(F.col("ordered"))
+    sessions = grouped.select(
+        "session",
+        F.transform(kept, lambda e: F.struct(e["ts"].alias("ts"), e["aid"].alias("aid"), e["type"].alias("type"))).alias(
+            "history"
+        ),
+        F.greatest(total - max_events, F.lit(0)).alias("n_trimmed"),
+        "first_ts",
+        "last_ts",
+        "n_events_in_week",
+    )
+    count_type = lambda name: F.size(F.filter("history", lambda e: e["type"] == name))  # noqa: E731
+    return sessions.select(
+        "session",
+        "history",
+        F.size("history").alias("n_events"),
+        count_type("clicks").alias("n_clicks"),
+        count_type("carts").alias("n_carts"),
+        count_type("orders").alias("n_orders"),
+        F.size(F.array_distinct(F.transform("history", lambda e: e["aid"]))).alias("n_unique_aids"),
+        F.col("n_events_in_week").cast("int").alias("n_events_in_week"),
+        F.col("n_trimmed").cast("int").alias("n_trimmed"),
+        "first_ts",
+        "last_ts",
+        ((F.col("last_ts") - F.col("first_ts")) / 1000.0).alias("duration_s"),
+        (F.col("first_ts") >= week.start_ms).alias("started_in_week"),
+    )
+
+
+def summarize_sessions(sessions) -> SessionsSummary:
+    from pyspark.sql import functions as F
+
+    row = sessions.agg(
+        F.count(F.lit(1)).alias("sessions"),
+        F.coalesce(F.sum(F.col("started_in_week").cast("int")), F.lit(0)).alias("started"),
+        F.coalesce(F.sum("n_events"), F.lit(0)).alias("history_events"),
+        F.coalesce(F.sum("n_trimmed"), F.lit(0)).alias("trimmed"),
+        F.coalesce(F.sum((F.col("n_trimmed") > 0).cast("int")), F.lit(0)).alias("trimmed_sessions"),
+        F.coalesce(F.max("n_events"), F.lit(0)).alias("max_history"),
+    ).first()
+    return SessionsSummary(
+        sessions=row["sessions"],
+        sessions_started_in_week=row["started"],
+        history_events=row["history_events"],
+        trimmed_events=row["trimmed"],
+        trimmed_sessions=row["trimmed_sessions"],
+        max_history=row["max_history"],
+    )
+
+
+def materialize_sessions_week(spark, lake: Lake, week: Week, window: list[Week], max_events: int) -> SessionsSummary:
+    """Build week W's sessions from the `events` weeks in `window` and replace W in the lake."""
+    if week not in window:
+        raise ValueError(f"history window {[w.key for w in window]} must include week {week.key}")
+    events_window = lake.read_weeks(spark, EVENTS_TABLE, window).drop("week")
+    summaries: list[SessionsSummary] = []
+
+    def summarize(written_sessions) -> dict:
+        summaries.append(summarize_sessions(written_sessions))
+        return {"week": week.key, "window": [w.key for w in window], "max_events": max_events, **summaries[-1].as_dict()}
+
+    lake.write_partition(build_sessions(events_window, week, max_events), SESSIONS_TABLE, week, stats=summarize)
+    return summaries[-1]

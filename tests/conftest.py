@@ -1,0 +1,61 @@
+"""Shared fixtures: one small SparkSession for the whole test run, fixture paths, resources."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+OTTO_SAMPLE = SHARED_FIXTURES / "otto_sample_sessions.jsonl"
+TIMEZONE = "Europe/Berlin"
+
+
+@pytest.fixture(scope="session")
+def otto_sample() -> Path:
+    if not OTTO_SAMPLE.exists():
+        pytest.fail(f"the shared OTTO fixture is missing: expected {OTTO_SAMPLE} (shared/ beside the checkout)")
+    return OTTO_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pipelines.spark import build_spark_session
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = build_spark_session(
+        "local[2]",
+        {
+            "spark.ui.enabled": "false",
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.driver.memory": "2g",
+            "spark.sql.adaptive.enabled": "false",
+            "spark.local.dir": str(tmp_path_factory.mktemp("spark-local")),
+        },
+        app_name="session-recsys-tests",
+    )
+    yield session
+    session.stop()
+
+
+def make_resources(raw_uri: str, lake_dir: str, partition_start: str = "2022-08-01", **config_overrides) -> dict:
+    """Resources like the code location's, pointed at test folders; Spark reuses the test session."""
+    from pipelines.config import Settings
+    from resources import LakeResource, PipelineConfigResource, SparkResource, s3_resource
+
+    settings = Settings.from_env()
+    return {
+        "spark": SparkResource(master="local[2]"),
+        "lake": LakeResource(root=lake_dir),
+        "s3": s3_resource(settings),
+        "pipeline_config": PipelineConfigResource(
+            raw_uri=raw_uri, timezone=TIMEZONE, partition_start=partition_start, **config_overrides
+        ),
+    }
