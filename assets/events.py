@@ -9,6 +9,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetSpec,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -21,7 +22,7 @@ from assets.quality_checks import check_result_from_report
 from pipelines.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE
 from pipelines.quality import drift_frame, drift_suite, events_suite, quarantine_suite, validate
-from pipelines.raw import is_s3_uri, resolve_raw_week
+from pipelines.raw import RawWeekMissingError, is_s3_uri, resolve_raw_week
 from resources import LakeResource, PipelineConfigResource, SparkResource
 
 EVENTS_CONTRACT_CHECK = "events_contract"
@@ -57,7 +58,10 @@ def events(
     week = pipeline_config.week(context.partition_key)
     raw_uri = pipeline_config.raw_uri
     s3_client = s3.get_client() if is_s3_uri(raw_uri) else None
-    raw_paths = resolve_raw_week(raw_uri, week, Path(lake.root) / "_raw_staging", s3_client=s3_client)
+    try:
+        raw_paths = resolve_raw_week(raw_uri, week, Path(lake.root) / "_raw_staging", s3_client=s3_client)
+    except RawWeekMissingError as missing:
+        raise Failure(description=str(missing), metadata={"raw_uri": raw_uri, "week": week.key}, allow_retries=False)
     summary = materialize_events_week(spark.session, lake.lake, raw_paths, week)
     context.log.info(
         f"week {week.key}: {summary.events} events, {summary.quarantined} quarantined "

@@ -42,14 +42,15 @@ CLICK, CART, ORDER = 0, 1, 2  # positions in EVENT_TYPES
 
 # Session length: a discretised lognormal with OTTO's median and spread.
 SESSION_LENGTH_MEDIAN = 6.0
-SESSION_LENGTH_SIGMA = 1.45
+SESSION_LENGTH_SIGMA = 1.49  # slightly above OTTO's, as returns after the end cut sessions
 MIN_SESSION_EVENTS = 2
 MAX_SESSION_EVENTS = 500
 
-# Catalogue. OTTO has 117 events per item on average, but items that never show up are not
-# part of the catalogue anybody sees, so the simulated catalogue is somewhat larger.
+# Catalogue. OTTO has 117 events per item on average. The catalogue is sized from the planned
+# events; the factor makes up for events cut off at the end of the data and for the few items
+# nobody ever sees (which are not counted, just as they do not exist in OTTO's data).
 TARGET_EVENTS_PER_ITEM = 117.0
-CATALOGUE_OVERSIZE = 1.0
+CATALOGUE_SIZE_FACTOR = 0.97
 MIN_ITEMS = 40
 ITEMS_PER_CATEGORY = 400
 CATEGORY_SIZE_SIGMA = 0.8  # lognormal spread of category sizes
@@ -132,7 +133,7 @@ def generate_raw(
     )
 
     lengths = _session_lengths(length_rng, n_sessions)
-    n_items = max(MIN_ITEMS, int(round(lengths.sum() / TARGET_EVENTS_PER_ITEM * CATALOGUE_OVERSIZE)))
+    n_items = max(MIN_ITEMS, int(round(lengths.sum() / TARGET_EVENTS_PER_ITEM * CATALOGUE_SIZE_FACTOR)))
     catalogue = _Catalogue.build(catalogue_rng, n_items, n_weeks)
     start_ms = _session_starts(start_rng, n_sessions, weeks)
     events = _simulate(behaviour_rng, lengths, start_ms, catalogue, week_bounds_ms)
@@ -342,6 +343,8 @@ def _simulate(
     carts_added = np.zeros(n_sessions, dtype=np.int64)
     carts_closed = np.zeros(n_sessions, dtype=np.int64)  # ordered or forgotten
     checkout_left = np.zeros(n_sessions, dtype=np.int64)
+    departed = np.zeros(n_sessions, dtype=bool)  # came back after the data ends
+    kept_length = lengths.copy()  # events before departing; the rest is simulated, then dropped
 
     event_item[first_event] = first_item
     event_ts[first_event] = now_ms
@@ -359,10 +362,15 @@ def _simulate(
         long_gap_ms = gap_ms.copy()
         long_gap_ms[hours] = rng.lognormal(np.log(HOURS_GAP_MEDIAN_S), HOURS_GAP_SIGMA, len(hours)) * 1000.0
         long_gap_ms[days] = rng.lognormal(np.log(DAYS_GAP_MEDIAN_S), DAYS_GAP_SIGMA, len(days)) * 1000.0
-        returned = np.zeros(active, dtype=bool)
-        returned[hours] = True
-        returned[days] = True
-        returned &= now_ms[:active] + long_gap_ms < horizon_end_ms  # nobody returns after the data ends
+        comes_back = np.zeros(active, dtype=bool)
+        comes_back[hours] = True
+        comes_back[days] = True
+        # A return after the data ends is cut off, as in OTTO's train set: the session's
+        # remaining events are dropped, but never below the minimum session length.
+        beyond_end = now_ms[:active] + long_gap_ms >= horizon_end_ms
+        departed[:active] |= comes_back & beyond_end & (step >= MIN_SESSION_EVENTS)
+        kept_length[:active] -= departed[:active]
+        returned = comes_back & ~beyond_end
         gap_ms = np.where(returned, long_gap_ms, gap_ms)
         gap_ms[in_checkout] = 0.0
         now_ms[:active] += gap_ms.astype(np.int64)
@@ -406,8 +414,10 @@ def _simulate(
         event_ts[position] = now_ms[:active]
         event_type[position] = np.where(ordering, ORDER, np.where(carting, CART, CLICK))
 
-    _fit_into_horizon(event_ts, first_event, lengths, start_ms, now_ms, horizon_end_ms)
-    return _in_session_id_order(event_item, event_ts, event_type, first_event, lengths, catalogue.aid_of_item)
+    last_kept_ms = event_ts[first_event + kept_length - 1]
+    overflowing = np.flatnonzero(last_kept_ms >= horizon_end_ms)
+    _fit_into_horizon(event_ts, first_event[overflowing], kept_length[overflowing], start_ms[overflowing], horizon_end_ms)
+    return _in_session_id_order(event_item, event_ts, event_type, first_event, kept_length, catalogue.aid_of_item)
 
 
 def _cart_choice(
@@ -490,23 +500,19 @@ def _click_choice(
 
 
 def _fit_into_horizon(
-    event_ts: np.ndarray,
-    first_event: np.ndarray,
-    lengths: np.ndarray,
-    start_ms: np.ndarray,
-    last_ms: np.ndarray,
-    horizon_end_ms: int,
+    event_ts: np.ndarray, first_event: np.ndarray, lengths: np.ndarray, start_ms: np.ndarray, horizon_end_ms: int
 ) -> None:
-    """Compress the few sessions that run past the last week so they end inside it. Scaling
-    keeps the order and the shared checkout timestamps, and every session keeps its length."""
-    overflowing = np.flatnonzero(last_ms >= horizon_end_ms)
-    if len(overflowing) == 0:
+    """Compress the given sessions, which ran past the last week in short steps, so that
+    they end inside it. Scaling keeps the order of events and the shared checkout
+    timestamps, and every session keeps its length."""
+    if len(lengths) == 0:
         return
-    counts = lengths[overflowing]
-    positions = np.repeat(first_event[overflowing] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-    session_start = np.repeat(start_ms[overflowing], counts)
-    scale = np.repeat((horizon_end_ms - 1 - start_ms[overflowing]) / (last_ms[overflowing] - start_ms[overflowing]), counts)
-    event_ts[positions] = session_start + np.floor((event_ts[positions] - session_start) * scale).astype(np.int64)
+    positions = np.repeat(first_event - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    last_ms = event_ts[first_event + lengths - 1]
+    scale = (horizon_end_ms - 1 - start_ms) / (last_ms - start_ms)
+    session_start = np.repeat(start_ms, lengths)
+    offset_ms = np.floor((event_ts[positions] - session_start) * np.repeat(scale, lengths)).astype(np.int64)
+    event_ts[positions] = session_start + offset_ms
 
 
 def _in_session_id_order(

@@ -1,0 +1,149 @@
+"""The Dagster layer: definitions load, real OTTO sessions flow through, failing checks block."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from dagster import DagsterInstance, Definitions
+
+from assets.events import EVENTS_DRIFT_CHECK, EVENTS_QUARANTINE_RATE_CHECK
+from assets.sessions import SESSIONS_CONTRACT_CHECK
+from definitions import build_definitions, defs
+from pipelines.land import land_otto_file
+from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, SESSIONS_TABLE, Lake
+from pipelines.weeks import Week
+from tests.conftest import TIMEZONE, make_resources
+
+FIXTURE_WEEKS = {"2022-08-01": 339, "2022-08-08": 201, "2022-08-15": 99, "2022-08-22": 223}
+LOOSE_DRIFT = {"drift_min_volume_ratio": 0.01, "drift_max_volume_ratio": 100.0, "drift_max_type_share_delta": 1.0}
+
+
+def run_week(definitions: Definitions, key: str, instance: DagsterInstance):
+    return definitions.resolve_job_def("weekly_recommender").execute_in_process(
+        partition_key=key, instance=instance, raise_on_error=False
+    )
+
+
+def checks_by_name(result) -> dict:
+    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+
+
+def materialized(result) -> set[str]:
+    return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+
+
+def test_definitions_load():
+    Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def("weekly_recommender")
+    assert job.partitions_def is not None
+    assert {"events", "sessions"} <= {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
+    assert {"events_contract", "events_quarantine_rate", "events_drift", "sessions_contract", "sessions_drift"} <= check_names
+
+
+def test_real_otto_sessions_flow_through_land_events_and_sessions(spark, tmp_path, otto_sample):
+    raw_dir, lake_dir = tmp_path / "raw", tmp_path / "lake"
+    landed = land_otto_file(otto_sample, raw_dir, timezone=TIMEZONE)
+    assert landed["events"] == 862
+
+    definitions = build_definitions(make_resources(str(raw_dir), str(lake_dir), **LOOSE_DRIFT))
+    instance = DagsterInstance.ephemeral()
+    results = {key: run_week(definitions, key, instance) for key in FIXTURE_WEEKS}
+
+    lake = Lake(str(lake_dir))
+    totals: Counter = Counter()
+    for key, expected_events in FIXTURE_WEEKS.items():
+        result = results[key]
+        assert result.success, key
+        assert materialized(result) == {"events", "sessions"}
+        assert all(evaluation.passed for evaluation in checks_by_name(result).values()), key
+        assert len(checks_by_name(result)) == 5
+        stats = lake.read_stats(EVENTS_TABLE, Week.parse(key, TIMEZONE))
+        assert stats["events"] == expected_events and stats["quarantined"] == 0
+        totals.update(stats["events_by_type"])
+    assert dict(totals) == {"clicks": 800, "carts": 52, "orders": 10}
+
+    # The last week's sessions carry their whole history from the first week on.
+    expected_history = {}
+    last_week = Week.parse("2022-08-22", TIMEZONE)
+    for line in otto_sample.read_text().splitlines():
+        session = json.loads(line)
+        if any(last_week.start_ms <= e["ts"] < last_week.end_ms for e in session["events"]):
+            expected_history[session["session"]] = [(e["ts"], e["aid"], e["type"]) for e in session["events"]]
+    rows = lake.read_partition(spark, SESSIONS_TABLE, last_week).collect()
+    assert {row.session for row in rows} == set(expected_history)
+    for row in rows:
+        history = [(e.ts, e.aid, e.type) for e in row.history]
+        assert sorted(history) == sorted(expected_history[row.session])
+        assert [ts for ts, _, _ in history] == sorted(ts for ts, _, _ in history)
+        assert row.started_in_week is False or row.first_ts >= last_week.start_ms
+    metadata = next(
+        e for e in results["2022-08-22"].get_asset_materialization_events() if e.asset_key.to_user_string() == "sessions"
+    ).materialization.metadata
+    assert metadata["dagster/row_count"].value == len(expected_history)
+    assert metadata["history_window"].value == list(FIXTURE_WEEKS)
+
+
+def _write_raw_week(raw_dir, week: Week, lines: list[str]):
+    folder = raw_dir / week.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "part-00000.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _good_lines(week: Week, sessions: int, events_per_session: int = 5) -> list[str]:
+    lines = []
+    for session in range(sessions):
+        events = [
+            {"aid": (session * 7 + i) % 50, "ts": week.start_ms + session * 60_000 + i * 1000, "type": "clicks"}
+            for i in range(events_per_session)
+        ]
+        lines.append(json.dumps({"session": session, "events": events}))
+    return lines
+
+
+def test_quarantine_above_threshold_blocks_sessions(tmp_path):
+    week = Week.parse("2022-08-01", TIMEZONE)
+    raw_dir, lake_dir = tmp_path / "raw", tmp_path / "lake"
+    # 100 good events, 2 bad records: a 1.96% quarantine rate against the default 1%.
+    _write_raw_week(raw_dir, week, _good_lines(week, 20) + ["{broken", json.dumps({"session": 99, "events": []})])
+    definitions = build_definitions(make_resources(str(raw_dir), str(lake_dir)))
+    result = run_week(definitions, week.key, DagsterInstance.ephemeral())
+
+    checks = checks_by_name(result)
+    assert not checks[EVENTS_QUARANTINE_RATE_CHECK].passed
+    failed = checks[EVENTS_QUARANTINE_RATE_CHECK].metadata["failed_expectations"].value
+    assert failed[0]["kwargs"]["column"] == "quarantine_rate"
+    assert failed[0]["observed"]["partial_unexpected_list"] == [pytest.approx(2 / 102)]
+    assert checks[EVENTS_QUARANTINE_RATE_CHECK].metadata["quarantine_by_reason"].value["malformed_json"] == 1
+    assert materialized(result) == {"events"}
+    assert SESSIONS_CONTRACT_CHECK not in checks
+    lake = Lake(str(lake_dir))
+    assert not lake.has_partition(SESSIONS_TABLE, week)
+    assert lake.has_partition(QUARANTINE_TABLE, week)
+
+
+def test_volume_drift_blocks_sessions(tmp_path):
+    first, second = Week.parse("2022-08-01", TIMEZONE), Week.parse("2022-08-08", TIMEZONE)
+    raw_dir, lake_dir = tmp_path / "raw", tmp_path / "lake"
+    _write_raw_week(raw_dir, first, _good_lines(first, 40))
+    _write_raw_week(raw_dir, second, _good_lines(second, 10))  # a quarter of last week's volume
+    definitions = build_definitions(make_resources(str(raw_dir), str(lake_dir)))
+    instance = DagsterInstance.ephemeral()
+    assert run_week(definitions, first.key, instance).success
+    result = run_week(definitions, second.key, instance)
+
+    drift = checks_by_name(result)[EVENTS_DRIFT_CHECK]
+    assert not drift.passed
+    assert drift.metadata["drift"].value["volume_ratio"] == pytest.approx(0.25)
+    assert materialized(result) == {"events"}
+    assert not Lake(str(lake_dir)).has_partition(SESSIONS_TABLE, second)
+
+
+def test_missing_raw_week_fails_with_a_clear_message(tmp_path):
+    definitions = build_definitions(make_resources(str(tmp_path / "raw"), str(tmp_path / "lake")))
+    result = run_week(definitions, "2022-08-01", DagsterInstance.ephemeral())
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "no raw files for week 2022-08-01" in failure.step_failure_data.user_failure_data.description
