@@ -114,8 +114,8 @@ def generate_raw(
 ) -> dict:
     """Write `n_sessions` synthetic sessions over `n_weeks` weeks from Monday `start`.
 
-    Layout: `<out_dir>/week=YYYY-MM-DD/part-NNNNN.jsonl` (`files_per_week` parts, sessions
-    split into contiguous id ranges), one line per (session, week) with that week's events
+    Layout: `<out_dir>/week=YYYY-MM-DD/part-NNNNN.jsonl` (`files_per_week` parts, session
+    `s` in part `s % files_per_week`), one line per (session, week) with that week's events
     sorted by ts, exactly like the landed OTTO data. Session ids are 0..n_sessions-1 in
     order of their first event. The same arguments always give byte-identical files; the
     previous `week=*` folders of `out_dir` are replaced.
@@ -275,21 +275,16 @@ def _sample_in_categories(
 
 
 def _session_starts(rng: np.random.Generator, n_sessions: int, weeks: list[Week]) -> np.ndarray:
-    """Start times in ms, weighted by local weekday and hour (so DST is handled by zoneinfo)."""
+    """Start times in ms, weighted by local weekday and hour; zoneinfo turns each local hour
+    into UTC, so DST weeks are handled."""
     zone = ZoneInfo(weeks[0].timezone)
-    hour_start_ms = np.array(
-        [
-            [
-                [
-                    int(dt.datetime.combine(week.monday + dt.timedelta(days=day), dt.time(hour), zone).timestamp() * 1000)
-                    for hour in range(24)
-                ]
-                for day in range(7)
-            ]
-            for week in weeks
-        ],
-        dtype=np.int64,
-    ).ravel()
+    local_hours = [
+        dt.datetime.combine(week.monday + dt.timedelta(days=day), dt.time(hour), zone)
+        for week in weeks
+        for day in range(7)
+        for hour in range(24)
+    ]
+    hour_start_ms = np.array([int(moment.timestamp() * 1000) for moment in local_hours], dtype=np.int64)
     weights = np.tile(np.outer(WEEKDAY_WEIGHTS, HOUR_WEIGHTS).ravel(), len(weeks))
     hour_slot = rng.choice(len(hour_start_ms), n_sessions, p=weights / weights.sum())
     return hour_start_ms[hour_slot] + rng.integers(0, 3_600_000, n_sessions)
@@ -416,7 +411,9 @@ def _simulate(
 
     last_kept_ms = event_ts[first_event + kept_length - 1]
     overflowing = np.flatnonzero(last_kept_ms >= horizon_end_ms)
-    _fit_into_horizon(event_ts, first_event[overflowing], kept_length[overflowing], start_ms[overflowing], horizon_end_ms)
+    _fit_into_horizon(
+        event_ts, first_event[overflowing], kept_length[overflowing], start_ms[overflowing], horizon_end_ms
+    )
     return _in_session_id_order(event_item, event_ts, event_type, first_event, kept_length, catalogue.aid_of_item)
 
 
@@ -460,7 +457,10 @@ def _click_choice(
     event_item: np.ndarray,
     first_event: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The next clicked item for each row, and which rows followed a partner suggestion."""
+    """The next clicked item for each row, and which rows followed a partner suggestion.
+
+    Updates `intent` where a session switches and consumes the rows' partner suggestions.
+    """
     week = week[rows]
     returned = returned[rows]
     # Default: a popular item of the current intent.
@@ -540,22 +540,21 @@ def _write_layout(
     root: Path, events: _Events, weeks: list[Week], week_bounds_ms: np.ndarray, files_per_week: int
 ) -> list[int]:
     """Write every week folder and return the number of events in each week."""
-    n_sessions = int(events.session[-1]) + 1
     event_week = np.searchsorted(week_bounds_ms, events.ts, side="right") - 1
     # Events are in session order already; a stable sort by week keeps that inside each week.
     by_week = np.argsort(event_week, kind="stable")
     week_starts = np.searchsorted(event_week[by_week], np.arange(len(weeks) + 1))
-    part_first_session = np.arange(files_per_week + 1) * n_sessions // files_per_week
     week_events = []
     for index, week in enumerate(weeks):
         selected = by_week[week_starts[index] : week_starts[index + 1]]
         week_events.append(len(selected))
         folder = root / week.folder
         folder.mkdir()
-        session = events.session[selected]
-        part_bounds = np.searchsorted(session, part_first_session)
+        # Round-robin over session ids: ids follow start time, so id ranges would put
+        # whole days into one part and leave other parts of the week nearly empty.
+        part_of_event = events.session[selected] % files_per_week
         for part in range(files_per_week):
-            rows = selected[part_bounds[part] : part_bounds[part + 1]]
+            rows = selected[part_of_event == part]
             with open(folder / f"part-{part:05d}.jsonl", "wb") as handle:
                 for batch in _session_aligned_batches(events.session[rows]):
                     handle.write(_jsonl_bytes(events, rows[batch]))

@@ -15,6 +15,8 @@ from pipelines.config import EVENT_TYPES, QualityThresholds
 from pipelines.weeks import Week
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# GE draws a tqdm progress bar per validation, which floods run logs.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 _OBSERVED_KEYS = (
     "observed_value",

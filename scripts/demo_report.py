@@ -17,10 +17,9 @@ def main() -> None:
     print(f"lake             : {settings.lake_dir}")
     for table in (EVENTS_TABLE, SESSIONS_TABLE):
         table_dir = lake.table_dir(table)
-        weeks = sorted(
-            week for week in (week_of_folder(p.name, settings.timezone) for p in table_dir.iterdir()) if week
-        ) if table_dir.is_dir() else []
-        for week in sorted(weeks, key=lambda w: w.key):
+        folders = sorted(table_dir.iterdir()) if table_dir.is_dir() else []
+        weeks = [week for week in (week_of_folder(p.name, settings.timezone) for p in folders) if week]
+        for week in weeks:
             stats = lake.read_stats(table, week) or {}
             if table == EVENTS_TABLE:
                 detail = (f"{stats.get('events')} events, {stats.get('sessions')} sessions, "
