@@ -28,3 +28,9 @@ weekly_partitions = WeeklyPartitionsDefinition(
 history_window = TimeWindowPartitionMapping(
     start_offset=-SETTINGS.history_weeks, end_offset=0, allow_nonexistent_upstream_partitions=True
 )
+
+# Candidate sources of week W learn from the `training_weeks` weeks before W (W itself only
+# through the visible prefixes of its evaluation sessions).
+training_weeks_before = TimeWindowPartitionMapping(
+    start_offset=-SETTINGS.training_weeks, end_offset=-1, allow_nonexistent_upstream_partitions=True
+)

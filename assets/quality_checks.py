@@ -21,3 +21,14 @@ def check_result_from_report(report: ValidationReport, **extra_metadata) -> Asse
             **extra_metadata,
         },
     )
+
+
+def markdown_table(frame, max_rows: int = 20) -> str:
+    """A small pandas frame as a Markdown table for `MetadataValue.md` (no tabulate dependency)."""
+    if frame is None or len(frame) == 0:
+        return "(empty)"
+    shown = frame.head(max_rows)
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "---|" * len(shown.columns)
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])

@@ -67,7 +67,11 @@ class Settings:
     mlflow_tracking_uri: str
     aws_endpoint_url: str | None
     history_weeks: int = 4
+    training_weeks: int = 4
     max_session_events: int = 500
+    eval_seed: int = 42
+    experiment_name: str = "session-recommender"
+    registered_model_name: str = "session-recommender"
     quality: QualityThresholds = field(default_factory=QualityThresholds)
 
     @classmethod
@@ -84,6 +88,10 @@ class Settings:
             ),
             aws_endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
             history_weeks=_env_int("RECSYS_HISTORY_WEEKS", 4),
+            training_weeks=_env_int("RECSYS_TRAINING_WEEKS", 4),
             max_session_events=_env_int("RECSYS_MAX_SESSION_EVENTS", 500),
+            eval_seed=_env_int("RECSYS_EVAL_SEED", 42),
+            experiment_name=_env("RECSYS_MLFLOW_EXPERIMENT", "session-recommender"),
+            registered_model_name=_env("RECSYS_MODEL_NAME", "session-recommender"),
             quality=QualityThresholds.from_env(),
         )

@@ -198,3 +198,53 @@ def drift_frame(current: dict, previous: dict, count_key: str, shares_key: str |
         for event_type in EVENT_TYPES:
             row[f"{event_type}_share_delta"] = current[shares_key][event_type] - previous[shares_key][event_type]
     return pd.DataFrame([row])
+
+
+def eval_split_suite() -> list:
+    """Runs on `eval_split_validation_frame`: one row per evaluation session."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeUnique(column="session"),
+        gxe.ExpectColumnValuesToBeBetween(column="n_prefix", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="n_hidden", min_value=1),
+        gxe.ExpectColumnValuesToBeInSet(column="has_labels", value_set=[True]),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def eval_split_validation_frame(eval_sessions, eval_labels):
+    """Eval sessions joined with their labels; every session must have some truth after its cut."""
+    from pyspark.sql import functions as F
+
+    joined = eval_sessions.join(eval_labels, "session", "left")
+    return joined.select(
+        "session",
+        "n_prefix",
+        "n_hidden",
+        F.coalesce(
+            F.col("clicks").isNotNull() | (F.size("carts") > 0) | (F.size("orders") > 0), F.lit(False)
+        ).alias("has_labels"),
+    )
+
+
+def top_sellers_suite(top_n: int) -> list:
+    """Runs on `top_sellers_validation_frame`."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeInSet(column="type", value_set=list(EVENT_TYPES)),
+        gxe.ExpectColumnValuesToBeInSet(column="list", value_set=["popular", "trending"]),
+        gxe.ExpectColumnValuesToBeBetween(column="rank", min_value=1, max_value=top_n),
+        gxe.ExpectColumnValuesToBeInSet(column="score_positive_finite", value_set=[True]),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="entries_in_list", column_B="distinct_aids_in_list"),
+        gxe.ExpectColumnValuesToNotBeNull(column="aid"),
+        gxe.ExpectColumnValuesToBeBetween(column="aid", min_value=0),
+    ]
+
+
+def per_type_counts_suite(min_count: int = 1) -> list:
+    """Runs on a one-row pandas frame with one column per event type (e.g. popular-list length)."""
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToBeBetween(column=t, min_value=min_count) for t in EVENT_TYPES]

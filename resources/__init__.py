@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 from dagster import ConfigurableResource, InitResourceContext
 from dagster_aws.s3 import S3Resource
@@ -63,7 +64,9 @@ class PipelineConfigResource(ConfigurableResource):
     timezone: str
     partition_start: str
     history_weeks: int = 4
+    training_weeks: int = 4
     max_session_events: int = 500
+    eval_seed: int = 42
     max_quarantine_rate: float = QualityThresholds.max_quarantine_rate
     drift_min_volume_ratio: float = QualityThresholds.min_volume_ratio
     drift_max_volume_ratio: float = QualityThresholds.max_volume_ratio
@@ -72,8 +75,16 @@ class PipelineConfigResource(ConfigurableResource):
     def week(self, partition_key: str) -> Week:
         return Week.parse(partition_key, self.timezone)
 
+    @property
+    def first_week(self) -> Week:
+        return Week.parse(self.partition_start, self.timezone)
+
     def history_window(self, partition_key: str) -> list[Week]:
-        return self.week(partition_key).window(self.history_weeks, first=Week.parse(self.partition_start, self.timezone))
+        return self.week(partition_key).window(self.history_weeks, first=self.first_week)
+
+    def training_weeks_before(self, partition_key: str) -> list[Week]:
+        """The weeks before W that candidate sources learn from (W itself only through its prefixes)."""
+        return self.week(partition_key).shift(-1).window(self.training_weeks - 1, first=self.first_week)
 
     @property
     def quality(self) -> QualityThresholds:
@@ -83,6 +94,29 @@ class PipelineConfigResource(ConfigurableResource):
             max_volume_ratio=self.drift_max_volume_ratio,
             max_type_share_delta=self.drift_max_type_share_delta,
         )
+
+
+class MlflowResource(ConfigurableResource):
+    """MLflow tracking (`MLFLOW_TRACKING_URI`): one MLflow run per weekly partition and Dagster run."""
+
+    tracking_uri: str
+    experiment_name: str = "session-recommender"
+    registered_model_name: str = "session-recommender"
+
+    def run_id_for(self, context) -> str:
+        from pipelines.tracking import week_run_id
+
+        return week_run_id(
+            self.tracking_uri, self.experiment_name, context.partition_key, context.run.run_id, context.run.job_name
+        )
+
+    @contextmanager
+    def week_run(self, context):
+        """The active MLflow run of this partition in this Dagster run; `mlflow.log_*` log into it."""
+        from pipelines.tracking import active_run
+
+        with active_run(self.tracking_uri, self.run_id_for(context)) as run:
+            yield run
 
 
 def s3_resource(settings: Settings) -> S3Resource:
@@ -105,12 +139,19 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
         "spark": SparkResource(master=settings.spark_master),
         "lake": LakeResource(root=settings.lake_dir),
         "s3": s3_resource(settings),
+        "mlflow_tracking": MlflowResource(
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment_name=settings.experiment_name,
+            registered_model_name=settings.registered_model_name,
+        ),
         "pipeline_config": PipelineConfigResource(
             raw_uri=settings.raw_uri,
             timezone=settings.timezone,
             partition_start=settings.partition_start,
             history_weeks=settings.history_weeks,
+            training_weeks=settings.training_weeks,
             max_session_events=settings.max_session_events,
+            eval_seed=settings.eval_seed,
             max_quarantine_rate=quality.max_quarantine_rate,
             drift_min_volume_ratio=quality.min_volume_ratio,
             drift_max_volume_ratio=quality.max_volume_ratio,

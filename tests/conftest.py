@@ -45,16 +45,21 @@ def spark(tmp_path_factory):
     session.stop()
 
 
-def make_resources(raw_uri: str, lake_dir: str, partition_start: str = "2022-08-01", **config_overrides) -> dict:
+def make_resources(
+    raw_uri: str, lake_dir: str, partition_start: str = "2022-08-01", mlflow_uri: str | None = None, **config_overrides
+) -> dict:
     """Resources like the code location's, pointed at test folders; Spark reuses the test session."""
     from pipelines.config import Settings
-    from resources import LakeResource, PipelineConfigResource, SparkResource, s3_resource
+    from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource, s3_resource
 
     settings = Settings.from_env()
     return {
         "spark": SparkResource(master="local[2]"),
         "lake": LakeResource(root=lake_dir),
         "s3": s3_resource(settings),
+        "mlflow_tracking": MlflowResource(
+            tracking_uri=mlflow_uri or f"sqlite:///{Path(lake_dir).parent / 'mlflow.db'}", experiment_name="tests"
+        ),
         "pipeline_config": PipelineConfigResource(
             raw_uri=raw_uri, timezone=TIMEZONE, partition_start=partition_start, **config_overrides
         ),

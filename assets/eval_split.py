@@ -1,0 +1,82 @@
+"""`eval_split`: week W's evaluation sessions cut into visible prefixes and hidden labels."""
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from assets.partitions import weekly_partitions
+from assets.quality_checks import check_result_from_report
+from assets.sessions import sessions
+from pipelines.evaluation import (
+    EVAL_LABELS_TABLE,
+    EVAL_SESSIONS_TABLE,
+    split_evaluation_sessions,
+    summarize_split,
+)
+from pipelines.lake import SESSIONS_TABLE
+from pipelines.quality import eval_split_suite, eval_split_validation_frame, validate
+from resources import LakeResource, PipelineConfigResource, SparkResource
+
+EVAL_SPLIT_CONTRACT_CHECK = "eval_split_contract"
+
+
+@asset(
+    deps=[sessions],
+    partitions_def=weekly_partitions,
+    group_name="evaluation",
+    kinds={"spark", "parquet"},
+    description=(
+        "Sessions whose first event is in week W, each cut at a seeded random position as the official "
+        "OTTO test set does: `eval_sessions` (visible prefixes) and `eval_labels` (next click, later carts and orders)."
+    ),
+)
+def eval_split(
+    context: AssetExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> MaterializeResult:
+    week = pipeline_config.week(context.partition_key)
+    week_sessions = lake.lake.read_partition(spark.session, SESSIONS_TABLE, week)
+    eval_sessions, eval_labels = split_evaluation_sessions(week_sessions, seed=pipeline_config.eval_seed)
+    lake.lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
+    lake.lake.write_partition(
+        eval_labels,
+        EVAL_LABELS_TABLE,
+        week,
+        stats=lambda written_labels: summarize_split(
+            lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), written_labels
+        ).as_dict(),
+    )
+    summary = lake.lake.read_stats(EVAL_LABELS_TABLE, week)
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "seed": pipeline_config.eval_seed,
+            "dagster/row_count": summary["eval_sessions"],
+            "split": MetadataValue.json(summary),
+            "eval_sessions_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_SESSIONS_TABLE, week))),
+            "eval_labels_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_LABELS_TABLE, week))),
+        }
+    )
+
+
+@asset_check(
+    asset=eval_split,
+    name=EVAL_SPLIT_CONTRACT_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description="GE: one row per evaluation session, non-empty prefix and hidden part, every session has labels.",
+)
+def eval_split_contract(
+    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    frame = eval_split_validation_frame(
+        lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week),
+        lake.lake.read_partition(spark.session, EVAL_LABELS_TABLE, week),
+    )
+    return check_result_from_report(validate(frame, EVAL_SPLIT_CONTRACT_CHECK, eval_split_suite()), week=week.key)

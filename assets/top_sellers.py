@@ -1,0 +1,112 @@
+"""`top_sellers`: recency-weighted bestsellers per event type and trending items of the window."""
+
+import time
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetDep,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from assets.eval_split import eval_split
+from assets.events import events
+from assets.partitions import training_weeks_before, weekly_partitions
+from assets.quality_checks import check_result_from_report, markdown_table
+from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
+from pipelines.popularity import TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
+from pipelines.quality import per_type_counts_suite, top_sellers_suite, validate
+from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
+
+TOP_SELLERS_TABLE = "top_sellers"
+TOP_SELLERS_CONTRACT_CHECK = "top_sellers_contract"
+TOP_SELLERS_PER_TYPE_CHECK = "top_sellers_every_type"
+TOP_SELLERS_CONFIG = TopSellersConfig()
+
+
+@asset(
+    deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
+    partitions_def=weekly_partitions,
+    group_name="candidate_sources",
+    kinds={"spark", "parquet"},
+    description=(
+        "Recency-weighted popularity per event type (half-life 7 days) and trending items (last week against the "
+        "one before) over the training window: the weeks before W plus W's visible prefixes. Cold-start fallback."
+    ),
+)
+def top_sellers(
+    context: AssetExecutionContext,
+    spark: SparkResource,
+    lake: LakeResource,
+    mlflow_tracking: MlflowResource,
+    pipeline_config: PipelineConfigResource,
+) -> MaterializeResult:
+    week = pipeline_config.week(context.partition_key)
+    weeks_before = pipeline_config.training_weeks_before(context.partition_key)
+    started = time.perf_counter()
+    eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
+    train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
+    table = build_top_sellers(train, reference_ms=week.start_ms, config=TOP_SELLERS_CONFIG)
+    lake.lake.write_partition(table, TOP_SELLERS_TABLE, week, num_files=1, stats=lambda written: {"popular_per_type": types_present(written)})
+    seconds = time.perf_counter() - started
+    per_type = lake.lake.read_stats(TOP_SELLERS_TABLE, week)["popular_per_type"]
+    preview = (
+        lake.lake.read_partition(spark.session, TOP_SELLERS_TABLE, week)
+        .where("list = 'popular' and rank <= 5")
+        .orderBy("type", "rank")
+        .toPandas()
+    )
+    import mlflow
+
+    with mlflow_tracking.week_run(context):
+        mlflow.log_params({f"top_sellers.{k}": v for k, v in TOP_SELLERS_CONFIG.__dict__.items()})
+        mlflow.log_params({"training.weeks_before": ",".join(w.key for w in weeks_before) or "none"})
+        mlflow.log_metric("top_sellers.seconds", seconds)
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
+            "popular_per_type": MetadataValue.json(per_type),
+            "top5": MetadataValue.md(markdown_table(preview)),
+            "seconds": round(seconds, 1),
+            "path": MetadataValue.path(str(lake.lake.partition_dir(TOP_SELLERS_TABLE, week))),
+        }
+    )
+
+
+@asset_check(
+    asset=top_sellers,
+    name=TOP_SELLERS_CONTRACT_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description="GE: known types and lists, ranks within top-N, positive finite scores, no duplicate aid in a list.",
+)
+def top_sellers_contract(
+    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    frame = top_sellers_validation_frame(lake.lake.read_partition(spark.session, TOP_SELLERS_TABLE, week))
+    report = validate(frame, TOP_SELLERS_CONTRACT_CHECK, top_sellers_suite(TOP_SELLERS_CONFIG.top_n))
+    return check_result_from_report(report, week=week.key)
+
+
+@asset_check(
+    asset=top_sellers,
+    name=TOP_SELLERS_PER_TYPE_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description="GE: the popular list is non-empty for clicks, carts and orders (it is every list's fallback).",
+)
+def top_sellers_every_type(
+    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    import pandas as pd
+
+    week = pipeline_config.week(context.partition_key)
+    per_type = lake.lake.read_stats(TOP_SELLERS_TABLE, week)["popular_per_type"]
+    report = validate(pd.DataFrame([per_type]), TOP_SELLERS_PER_TYPE_CHECK, per_type_counts_suite())
+    return check_result_from_report(report, week=week.key, popular_per_type=MetadataValue.json(per_type))

@@ -1,0 +1,296 @@
+"""`covisitation`: item-to-item co-visitation matrices over a training window, top-K per item.
+
+The three matrices of the best public OTTO solutions (Chris Deotte's "candidate rerank"):
+
+- `clicks`: pairs of events at most `clicks_window_ms` apart, weighted by when they
+  happened (linearly from `clicks_time_weight_min` at the window start to
+  `clicks_time_weight_max` at its end), so recent co-visits count more.
+- `carts_orders`: pairs at most `carts_orders_window_ms` apart, weighted by the type of
+  the *neighbour's* event (`type_weights`: a neighbour that was carted says more than
+  one that was clicked).
+- `buy2buy`: pairs of cart/order events at most `buy2buy_window_ms` apart, weight 1:
+  "frequently bought together".
+
+Definitions, applied identically by the tests' brute-force reference:
+
+1. Every matrix reads one event set per session. Exact repeats of (session, aid, type)
+   are collapsed to their latest occurrence first: re-clicking an item adds no new
+   information to a co-visit, and without the collapse repeats would fill the cap and
+   push distinct items out of it. Then only the `max_events_per_session` most recent
+   events are kept (ts descending; ties: orders before carts before clicks, then aid
+   ascending), so a few very long sessions cannot blow up the self-join.
+   `clicks` and `carts_orders` use all event types; `buy2buy` keeps carts and orders
+   *before* collapsing and capping (as Deotte does), so a long browsing session does
+   not push its purchases out of the cap.
+2. A pair (x, y) is two events of one session with x.aid != y.aid and |x.ts - y.ts| <
+   the matrix's window. Pairs are directed; both (x, y) and (y, x) exist.
+3. Per session a pair is counted once: per (aid_x, aid_y) for `clicks` (with the time
+   weight of the qualifying occurrence with the latest x.ts) and `buy2buy`; per
+   (aid_x, aid_y, type_y) for `carts_orders`. Weights are summed over sessions.
+4. Each item keeps its `top_k` neighbours by weight, ties broken by neighbour id
+   ascending; `rank` runs 1..k.
+
+How it stays cheap: after collapsing, an item has at most one event per type in a
+session, so events are pivoted to one row per (session, aid) holding the three
+timestamps. The self-join then yields each (session, aid_x, aid_y) exactly once, and the
+per-session dedup of rule 3 becomes plain column arithmetic instead of an aggregation
+over every raw pair. Everything before the join is partitioned by session once, so the
+join itself needs no further shuffle. The browse pairs (clicks and carts_orders share
+them) and the buy pairs are aggregated in one pass, and the top-K filter lets Spark
+prune each item's neighbours before the ranking shuffle.
+
+Weights are accumulated as exact integers (pair counts per neighbour type, summed
+millisecond offsets) and turned into doubles once per (aid, neighbour): floating-point
+sums depend on the order Spark happens to add rows in, and a last-bit difference would
+make ties, and therefore the ranking, differ from run to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.config import EVENT_TYPES
+
+DAY_MS = 24 * 3600 * 1000
+MATRICES = ("clicks", "carts_orders", "buy2buy")
+COVISITATION_COLUMNS = ("matrix", "aid", "neighbour", "weight", "rank")
+COVISITATION_SCHEMA = "matrix STRING, aid BIGINT, neighbour BIGINT, weight DOUBLE, rank INT"
+NEIGHBOUR_LISTS_SCHEMA = "aid BIGINT, recs ARRAY<BIGINT>, scores ARRAY<DOUBLE>"
+BUY_TYPES = ("carts", "orders")
+# At equal timestamps the cap keeps purchases before clicks: a checkout orders several
+# items at once and those are the events that matter most.
+TYPE_PRIORITY = {"orders": 2, "carts": 1, "clicks": 0}
+
+
+@dataclass(frozen=True)
+class CovisitationConfig:
+    top_k: int = 20  # neighbours kept per item
+    max_events_per_session: int = 30  # most recent events kept per session before the self-join
+    clicks_window_ms: int = DAY_MS
+    carts_orders_window_ms: int = DAY_MS
+    buy2buy_window_ms: int = 14 * DAY_MS
+    clicks_time_weight_min: float = 1.0  # weight rises linearly from min at window start to max at window end
+    clicks_time_weight_max: float = 4.0
+    type_weights: tuple[tuple[str, float], ...] = (("clicks", 1.0), ("carts", 6.0), ("orders", 3.0))
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.max_events_per_session < 2:
+            raise ValueError("top_k must be at least 1 and max_events_per_session at least 2")
+        if min(self.clicks_window_ms, self.carts_orders_window_ms, self.buy2buy_window_ms) <= 0:
+            raise ValueError("co-visitation windows must be positive")
+        unknown = {name for name, _ in self.type_weights} - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"type_weights name unknown event types {sorted(unknown)}; known: {EVENT_TYPES}")
+
+    def type_weight(self, event_type: str) -> float:
+        """Weight of a neighbour event of `event_type` in `carts_orders` (0 when unlisted)."""
+        return dict(self.type_weights).get(event_type, 0.0)
+
+
+def build_covisitation(events, config: CovisitationConfig, window_start_ms: int, window_end_ms: int):
+    """The three matrices stacked in one frame of COVISITATION_SCHEMA (lazy).
+
+    `events`: `session, aid, ts, type` rows of the training window; `window_start_ms` and
+    `window_end_ms` anchor the clicks time weight (the weight is min at the start, max at
+    the end).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if window_end_ms <= window_start_ms:
+        raise ValueError(f"empty training window: [{window_start_ms}, {window_end_ms})")
+
+    events = events.select("session", "aid", "ts", "type")
+    browse_items = _capped_session_items(events, config.max_events_per_session)
+    buy_items = _capped_session_items(events.where(F.col("type").isin(*BUY_TYPES)), config.max_events_per_session)
+    pairs = _browse_pairs(browse_items, config, window_start_ms).unionByName(
+        _buy_pairs(buy_items, config), allowMissingColumns=True
+    )
+
+    totals = pairs.groupBy("aid", "neighbour").agg(
+        F.count("clicks_offset_ms").alias("clicks_sessions"),
+        F.sum("clicks_offset_ms").alias("clicks_offset_ms"),
+        *[F.count(f"co_{t}").alias(f"co_{t}") for t in EVENT_TYPES],
+        F.count("buy2buy").alias("buy2buy_sessions"),
+    )
+    span_ms = float(window_end_ms - window_start_ms)
+    slope = float(config.clicks_time_weight_max) - float(config.clicks_time_weight_min)
+    # Sum of min + slope * offset / span over the sessions, from the exact integer sums.
+    clicks_weight = F.col("clicks_sessions") * float(config.clicks_time_weight_min) + F.col(
+        "clicks_offset_ms"
+    ) * slope / span_ms
+    carts_orders_weight = sum(
+        (F.col(f"co_{t}") * float(config.type_weight(t)) for t in EVENT_TYPES[1:]),
+        F.col(f"co_{EVENT_TYPES[0]}") * float(config.type_weight(EVENT_TYPES[0])),
+    )
+    carts_orders_pairs = sum((F.col(f"co_{t}") for t in EVENT_TYPES[1:]), F.col(f"co_{EVENT_TYPES[0]}"))
+    stacked = totals.select(
+        "aid",
+        "neighbour",
+        F.inline(
+            F.array(
+                _matrix_entry("clicks", F.col("clicks_sessions") > 0, clicks_weight),
+                _matrix_entry("carts_orders", carts_orders_pairs > 0, carts_orders_weight),
+                _matrix_entry("buy2buy", F.col("buy2buy_sessions") > 0, F.col("buy2buy_sessions").cast("double")),
+            )
+        ),
+    ).where(F.col("matrix").isNotNull())
+
+    # `row_number() <= k` right after the window lets Spark keep only each item's k best
+    # per partition before the shuffle (WindowGroupLimit), so few rows reach the ranking.
+    ranking = Window.partitionBy("matrix", "aid").orderBy(F.col("weight").desc(), F.col("neighbour").asc())
+    return (
+        stacked.withColumn("rank", F.row_number().over(ranking))
+        .where(F.col("rank") <= config.top_k)
+        .select(*COVISITATION_COLUMNS)
+    )
+
+
+def _matrix_entry(matrix: str, present, weight):
+    from pyspark.sql import functions as F
+
+    return F.when(present, F.struct(F.lit(matrix).alias("matrix"), weight.alias("weight"))).otherwise(
+        F.lit(None).cast("struct<matrix:string,weight:double>")
+    )
+
+
+def _capped_session_items(events, max_events: int):
+    """One row per (session, aid) of the session's capped events: `ts_<type>` is the latest
+    ts of that type (null when the type is absent). Partitioned by session."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    # One shuffle by session; the collapse, the cap and the pivot below all group by
+    # session (plus more keys), so Spark reuses this partitioning for them and for the join.
+    latest = (
+        events.repartition("session")
+        .groupBy("session", "aid", "type")
+        .agg(F.max("ts").alias("ts"))
+    )
+    priority = F.create_map(*[item for name, rank in TYPE_PRIORITY.items() for item in (F.lit(name), F.lit(rank))])
+    recency = Window.partitionBy("session").orderBy(
+        F.col("ts").desc(), F.coalesce(priority[F.col("type")], F.lit(-1)).desc(), F.col("aid").asc(), F.col("type")
+    )
+    capped = latest.withColumn("recency", F.row_number().over(recency)).where(F.col("recency") <= max_events)
+    return capped.groupBy("session", "aid").agg(
+        *[F.max(F.when(F.col("type") == t, F.col("ts"))).alias(f"ts_{t}") for t in EVENT_TYPES]
+    )
+
+
+def _session_self_join(items, types: tuple[str, ...]):
+    """Every ordered pair of distinct items of a session, with both sides' timestamps."""
+    from pyspark.sql import functions as F
+
+    left = items.select("session", "aid", *[F.col(f"ts_{t}").alias(f"x_{t}") for t in types])
+    right = items.select(
+        "session", F.col("aid").alias("neighbour"), *[F.col(f"ts_{t}").alias(f"y_{t}") for t in types]
+    )
+    return left.join(right, "session").where(F.col("aid") != F.col("neighbour"))
+
+
+def _within(a, b, window_ms: int):
+    """True when both timestamps exist and are closer than the window; null (= no) otherwise."""
+    from pyspark.sql import functions as F
+
+    return F.abs(a - b) < window_ms
+
+
+def _any(conditions):
+    result = conditions[0]
+    for condition in conditions[1:]:
+        result = result | condition
+    return result
+
+
+def _browse_pairs(items, config: CovisitationConfig, window_start_ms: int):
+    """Per (session, aid, neighbour): the clicks time offset and the carts_orders hits.
+
+    `clicks_offset_ms`: latest x.ts with some neighbour event within the clicks window,
+    minus the window start (null: no clicks pair). `co_<type>`: 1 when the neighbour's
+    event of that type is within the carts_orders window of some event of the item.
+    """
+    from pyspark.sql import functions as F
+
+    pairs = _session_self_join(items, EVENT_TYPES)
+    x = {t: F.col(f"x_{t}") for t in EVENT_TYPES}
+    y = {t: F.col(f"y_{t}") for t in EVENT_TYPES}
+    # `greatest` skips nulls: the latest of the item's events that has a neighbour event close by.
+    latest_clicks_x = F.greatest(
+        *[F.when(_any([_within(x[tx], y[ty], config.clicks_window_ms) for ty in EVENT_TYPES]), x[tx]) for tx in EVENT_TYPES]
+    )
+    co_hits = {
+        ty: F.when(_any([_within(x[tx], y[ty], config.carts_orders_window_ms) for tx in EVENT_TYPES]), F.lit(1))
+        for ty in EVENT_TYPES
+    }
+    result = pairs.select(
+        "aid",
+        "neighbour",
+        (latest_clicks_x - F.lit(window_start_ms)).alias("clicks_offset_ms"),
+        *[co_hits[t].alias(f"co_{t}") for t in EVENT_TYPES],
+    )
+    return result.where(
+        F.col("clicks_offset_ms").isNotNull() | _any([F.col(f"co_{t}").isNotNull() for t in EVENT_TYPES])
+    )
+
+
+def _buy_pairs(items, config: CovisitationConfig):
+    """Per (session, aid, neighbour) of carted/ordered items: `buy2buy` 1 when some pair of
+    their buy events is within the buy2buy window."""
+    from pyspark.sql import functions as F
+
+    pairs = _session_self_join(items, BUY_TYPES)
+    hit = _any(
+        [_within(F.col(f"x_{tx}"), F.col(f"y_{ty}"), config.buy2buy_window_ms) for tx in BUY_TYPES for ty in BUY_TYPES]
+    )
+    return pairs.where(hit).select("aid", "neighbour", F.lit(1).alias("buy2buy"))
+
+
+def neighbour_lists(covisitation, matrix: str):
+    """One row per item of `matrix`: `aid, recs, scores` ordered by rank (NEIGHBOUR_LISTS_SCHEMA)."""
+    from pyspark.sql import functions as F
+
+    if matrix not in MATRICES:
+        raise ValueError(f"unknown co-visitation matrix {matrix!r}; expected one of {MATRICES}")
+    ordered = (
+        covisitation.where(F.col("matrix") == matrix)
+        .groupBy("aid")
+        .agg(F.sort_array(F.collect_list(F.struct("rank", "neighbour", "weight"))).alias("ordered"))
+    )
+    return ordered.select(
+        "aid",
+        F.col("ordered.neighbour").cast("array<bigint>").alias("recs"),
+        F.col("ordered.weight").cast("array<double>").alias("scores"),
+    )
+
+
+def validation_frame(covisitation):
+    """The co-visitation rows plus columns a GE suite can check row by row.
+
+    Per row: `is_known_matrix`, `is_self_pair`, `weight_finite`, `weight_positive`, and
+    `ordered_after_previous` (weight not above the previous rank's, and a larger
+    neighbour id on equal weight: the documented ranking). Per (matrix, aid), on every
+    row of that item: `n_neighbours`, `n_distinct_neighbours`, `max_rank` (ranks are
+    1..n exactly when max_rank == n_neighbours and ranks are distinct).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    item = Window.partitionBy("matrix", "aid")
+    by_rank = item.orderBy("rank")
+    weight = F.col("weight")
+    previous_weight = F.lag("weight").over(by_rank)
+    previous_neighbour = F.lag("neighbour").over(by_rank)
+    return covisitation.select(
+        *COVISITATION_COLUMNS,
+        F.col("matrix").isin(*MATRICES).alias("is_known_matrix"),
+        (F.col("aid") == F.col("neighbour")).alias("is_self_pair"),
+        F.coalesce(~(F.isnan(weight) | (F.abs(weight) == float("inf"))), F.lit(False)).alias("weight_finite"),
+        F.coalesce(weight > 0, F.lit(False)).alias("weight_positive"),
+        F.coalesce(
+            (weight < previous_weight) | ((weight == previous_weight) & (F.col("neighbour") > previous_neighbour)),
+            previous_weight.isNull() & (F.col("rank") == 1),
+        ).alias("ordered_after_previous"),
+        F.count(F.lit(1)).over(item).alias("n_neighbours"),
+        F.size(F.collect_set("neighbour").over(item)).alias("n_distinct_neighbours"),
+        F.max("rank").over(item).alias("max_rank"),
+    )

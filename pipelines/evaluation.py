@@ -1,0 +1,129 @@
+"""The evaluation protocol for week W (see DESIGN.md), applied in Spark.
+
+Evaluation sessions are the sessions whose first event falls in W. Each is cut at a
+seeded random position, as the official otto-de/recsys-dataset test set does
+(`random.randint(1, len(events) - 1)` visible events): the prefix is the input, the events
+after the cut give the labels (`clicks`: the next clicked aid, `carts`/`orders`: every aid
+carted/ordered after the cut). The cut is a hash of (session, seed), so it is the same on
+every run and on every executor without a driver-side random stream.
+
+Candidate sources for W are fitted on `training_events`: the events of the weeks before W
+plus the visible prefixes, never the hidden suffixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.lake import EVENTS_TABLE, Lake
+from pipelines.weeks import Week
+
+EVAL_SESSIONS_TABLE = "eval_sessions"
+EVAL_LABELS_TABLE = "eval_labels"
+EVENT_STRUCT_FIELDS = ("ts", "aid", "type")
+
+
+@dataclass(frozen=True)
+class EvalSplitSummary:
+    eval_sessions: int
+    prefix_events: int
+    hidden_events: int
+    sessions_with_clicks: int
+    sessions_with_carts: int
+    sessions_with_orders: int
+    carts_labels: int
+    orders_labels: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def split_evaluation_sessions(sessions, seed: int):
+    """(`eval_sessions`, `eval_labels`) frames from week W's `sessions` table.
+
+    eval_sessions: session, prefix ARRAY<STRUCT<ts, aid, type>>, n_prefix, n_hidden, cut_ts
+    eval_labels:   session, clicks BIGINT (null if no click after the cut), carts ARRAY<BIGINT>, orders ARRAY<BIGINT>
+    """
+    from pyspark.sql import functions as F
+
+    candidates = sessions.where(F.col("started_in_week") & (F.col("n_events") >= 2)).select("session", "history")
+    n_events = F.size("history")
+    # Uniform in 1..n-1, like random.randint(1, n - 1).
+    cut = (F.pmod(F.xxhash64(F.col("session"), F.lit(seed)), n_events - 1) + 1).cast("int")
+    split = candidates.select(
+        "session",
+        F.slice("history", 1, cut).alias("prefix"),
+        F.slice("history", cut + 1, n_events - cut).alias("hidden"),
+    )
+    hidden_aids = lambda kind: F.array_distinct(  # noqa: E731
+        F.transform(F.filter("hidden", lambda e: e["type"] == kind), lambda e: e["aid"])
+    )
+    eval_sessions = split.select(
+        "session",
+        "prefix",
+        F.size("prefix").alias("n_prefix"),
+        F.size("hidden").alias("n_hidden"),
+        F.element_at("prefix", -1)["ts"].alias("cut_ts"),
+    )
+    eval_labels = split.select(
+        "session",
+        # try_element_at: no click after the cut is null, not an error under ANSI mode.
+        F.try_element_at(F.filter("hidden", lambda e: e["type"] == "clicks"), F.lit(1))["aid"].alias("clicks"),
+        hidden_aids("carts").alias("carts"),
+        hidden_aids("orders").alias("orders"),
+    )
+    return eval_sessions, eval_labels
+
+
+def summarize_split(eval_sessions, eval_labels) -> EvalSplitSummary:
+    from pyspark.sql import functions as F
+
+    sizes = eval_sessions.agg(
+        F.count(F.lit(1)).alias("n"), F.sum("n_prefix").alias("prefix"), F.sum("n_hidden").alias("hidden")
+    ).first()
+    labels = eval_labels.agg(
+        F.count("clicks").alias("clicks"),
+        F.sum((F.size("carts") > 0).cast("int")).alias("carts"),
+        F.sum((F.size("orders") > 0).cast("int")).alias("orders"),
+        F.sum(F.size("carts")).alias("cart_labels"),
+        F.sum(F.size("orders")).alias("order_labels"),
+    ).first()
+    return EvalSplitSummary(
+        eval_sessions=sizes["n"],
+        prefix_events=sizes["prefix"] or 0,
+        hidden_events=sizes["hidden"] or 0,
+        sessions_with_clicks=labels["clicks"] or 0,
+        sessions_with_carts=labels["carts"] or 0,
+        sessions_with_orders=labels["orders"] or 0,
+        carts_labels=labels["cart_labels"] or 0,
+        orders_labels=labels["order_labels"] or 0,
+    )
+
+
+def prefix_events(eval_sessions):
+    """The visible prefixes as `session, aid, ts, type` rows."""
+    from pyspark.sql import functions as F
+
+    return eval_sessions.select("session", F.explode("prefix").alias("e")).select(
+        "session", F.col("e.aid").alias("aid"), F.col("e.ts").alias("ts"), F.col("e.type").alias("type")
+    )
+
+
+def training_events(spark, lake: Lake, weeks_before: list[Week], eval_sessions):
+    """What week W's sources may learn from: the earlier weeks' events plus W's visible prefixes."""
+    prefixes = prefix_events(eval_sessions)
+    if not weeks_before:
+        return prefixes
+    return lake.read_weeks(spark, EVENTS_TABLE, weeks_before).drop("week").unionByName(prefixes)
+
+
+def labels_long(eval_labels):
+    """Labels as `session, type, aid` rows (one click at most, every cart and order)."""
+    from pyspark.sql import functions as F
+
+    clicks = eval_labels.where(F.col("clicks").isNotNull()).select(
+        "session", F.lit("clicks").alias("type"), F.col("clicks").alias("aid")
+    )
+    carts = eval_labels.select("session", F.lit("carts").alias("type"), F.explode("carts").alias("aid"))
+    orders = eval_labels.select("session", F.lit("orders").alias("type"), F.explode("orders").alias("aid"))
+    return clicks.unionByName(carts).unionByName(orders)

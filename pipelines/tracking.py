@@ -1,0 +1,103 @@
+"""MLflow bookkeeping: one run per (weekly partition, Dagster run), shared by every stage of it.
+
+Stages of one Dagster run log into the same MLflow run, found by its tags, so the MLflow
+UI shows one row per week with the parameters and metrics of every stage side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipelines.config import PROJECT_ROOT
+
+PARTITION_TAG = "dagster.partition"
+DAGSTER_RUN_TAG = "dagster.run_id"
+CODE_VERSION_TAG = "code_version"
+
+
+def code_version() -> str:
+    """The git commit of the code, or the package version where there is no git checkout (Docker)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("session-recsys")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def ensure_sqlite_parent(tracking_uri: str) -> None:
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _client(tracking_uri: str):
+    import mlflow
+
+    ensure_sqlite_parent(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri)
+
+
+def experiment_id(tracking_uri: str, experiment_name: str) -> str:
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+
+
+def week_run_id(tracking_uri: str, experiment_name: str, partition_key: str, dagster_run_id: str, job_name: str = "") -> str:
+    """The MLflow run of this partition in this Dagster run, created on first use."""
+    client = _client(tracking_uri)
+    exp_id = experiment_id(tracking_uri, experiment_name)
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{PARTITION_TAG}` = '{partition_key}' and tags.`{DAGSTER_RUN_TAG}` = '{dagster_run_id}'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        exp_id,
+        run_name=f"week-{partition_key}",
+        tags={
+            PARTITION_TAG: partition_key,
+            DAGSTER_RUN_TAG: dagster_run_id,
+            "dagster.job": job_name,
+            CODE_VERSION_TAG: code_version(),
+        },
+    )
+    return run.info.run_id
+
+
+@contextmanager
+def active_run(tracking_uri: str, run_id: str):
+    """Activate an existing run for `mlflow.log_*`, leaving it open for the next stage."""
+    import mlflow
+
+    _client(tracking_uri)
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+    # start_run's context ends the run as FINISHED; reopen state is fine: the next stage
+    # resumes it by id, and the last stage's status is what the UI shows.
+
+
+def flatten_metrics(prefix: str, values: dict, out: dict[str, float] | None = None) -> dict[str, float]:
+    """{"a": {"b": 1.0}} -> {"prefix.a.b": 1.0}, numbers only (MLflow metric names allow dots)."""
+    out = {} if out is None else out
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flatten_metrics(name, value, out)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
