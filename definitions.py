@@ -6,6 +6,9 @@ from collections.abc import Mapping
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
+import assets.als
+import assets.candidates
+import assets.covisitation
 import assets.eval_split
 import assets.events
 import assets.sessions
@@ -13,7 +16,15 @@ import assets.top_sellers
 from jobs import weekly_recommender_job
 from resources import build_resources
 
-STAGE_MODULES = [assets.events, assets.sessions, assets.eval_split, assets.top_sellers]
+STAGE_MODULES = [
+    assets.events,
+    assets.sessions,
+    assets.eval_split,
+    assets.top_sellers,
+    assets.covisitation,
+    assets.als,
+    assets.candidates,
+]
 
 
 def build_definitions(resources: Mapping[str, object] | None = None) -> Definitions:

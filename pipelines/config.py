@@ -45,6 +45,11 @@ class QualityThresholds:
     min_volume_ratio: float = 0.5
     max_volume_ratio: float = 2.0
     max_type_share_delta: float = 0.05
+    # Candidate sources must cover this share of the window's active items (>= 5 events).
+    min_source_coverage: float = 0.5
+    # ALS factor norms outside this range mean a diverged or collapsed fit.
+    min_factor_norm: float = 1e-4
+    max_factor_norm: float = 100.0
 
     @classmethod
     def from_env(cls) -> "QualityThresholds":
@@ -53,6 +58,9 @@ class QualityThresholds:
             min_volume_ratio=_env_float("RECSYS_DRIFT_MIN_VOLUME_RATIO", cls.min_volume_ratio),
             max_volume_ratio=_env_float("RECSYS_DRIFT_MAX_VOLUME_RATIO", cls.max_volume_ratio),
             max_type_share_delta=_env_float("RECSYS_DRIFT_MAX_TYPE_SHARE_DELTA", cls.max_type_share_delta),
+            min_source_coverage=_env_float("RECSYS_MIN_SOURCE_COVERAGE", cls.min_source_coverage),
+            min_factor_norm=_env_float("RECSYS_MIN_FACTOR_NORM", cls.min_factor_norm),
+            max_factor_norm=_env_float("RECSYS_MAX_FACTOR_NORM", cls.max_factor_norm),
         )
 
 

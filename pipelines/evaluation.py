@@ -127,3 +127,19 @@ def labels_long(eval_labels):
     carts = eval_labels.select("session", F.lit("carts").alias("type"), F.explode("carts").alias("aid"))
     orders = eval_labels.select("session", F.lit("orders").alias("type"), F.explode("orders").alias("aid"))
     return clicks.unionByName(carts).unionByName(orders)
+
+
+def active_items(events, min_events: int, types: tuple[str, ...] | None = None):
+    """Items with at least `min_events` events (of `types`, if given) in `events`: the ones a source should cover."""
+    from pyspark.sql import functions as F
+
+    selected = events.where(F.col("type").isin(*types)) if types else events
+    return selected.groupBy("aid").count().where(F.col("count") >= min_events).select("aid")
+
+
+def item_coverage(covered_aids, active) -> float:
+    """Share of `active` items (a frame with `aid`) that appear in `covered_aids` (a frame with `aid`)."""
+    total = active.count()
+    if total == 0:
+        return 0.0
+    return active.join(covered_aids.select("aid").distinct(), "aid", "left_semi").count() / total

@@ -248,3 +248,93 @@ def per_type_counts_suite(min_count: int = 1) -> list:
     import great_expectations.expectations as gxe
 
     return [gxe.ExpectColumnValuesToBeBetween(column=t, min_value=min_count) for t in EVENT_TYPES]
+
+
+def covisitation_suite(top_k: int) -> list:
+    """Runs on `pipelines.covisitation.validation_frame`."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeInSet(column="is_known_matrix", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="is_self_pair", value_set=[False]),
+        gxe.ExpectColumnValuesToBeInSet(column="weight_finite", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="weight_positive", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="ordered_after_previous", value_set=[True]),
+        gxe.ExpectColumnValuesToBeBetween(column="n_neighbours", min_value=1, max_value=top_k),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_neighbours", column_B="n_distinct_neighbours"),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_neighbours", column_B="max_rank"),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["matrix", "aid", "rank"]),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def factors_suite(rank: int, min_norm: float, max_norm: float) -> list:
+    """Runs on `pipelines.als.factor_validation_frame` of item or session factors."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeInSet(column="all_finite", value_set=[True]),
+        gxe.ExpectColumnValuesToBeBetween(column="dims", min_value=rank, max_value=rank),
+        gxe.ExpectColumnValuesToBeBetween(column="norm", min_value=min_norm, max_value=max_norm),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def similar_items_suite(top_k: int) -> list:
+    """Runs on `similar_items_validation_frame`."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeInSet(column="is_self_pair", value_set=[False]),
+        gxe.ExpectColumnValuesToBeBetween(column="score", min_value=-1.000001, max_value=1.000001),
+        gxe.ExpectColumnValuesToBeBetween(column="n_neighbours", min_value=1, max_value=top_k),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_neighbours", column_B="n_distinct_neighbours"),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["aid", "rank"]),
+    ]
+
+
+def similar_items_validation_frame(similar):
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    item = Window.partitionBy("aid")
+    return similar.select(
+        "aid",
+        "neighbour",
+        "score",
+        "rank",
+        (F.col("aid") == F.col("neighbour")).alias("is_self_pair"),
+        F.count(F.lit(1)).over(item).alias("n_neighbours"),
+        F.size(F.collect_set("neighbour").over(item)).alias("n_distinct_neighbours"),
+    )
+
+
+def coverage_suite(min_share: float, columns: list[str]) -> list:
+    """Runs on a one-row pandas frame: one coverage share per source."""
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=min_share, max_value=1.0) for c in columns]
+
+
+def candidates_suite(max_per_query: int) -> list:
+    """Runs on `candidates_validation_frame`."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["session", "type", "aid"]),
+        gxe.ExpectColumnValuesToBeInSet(column="type", value_set=list(EVENT_TYPES)),
+        gxe.ExpectColumnValuesToBeBetween(column="n_sources", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="candidates_in_query", min_value=1, max_value=max_per_query),
+        gxe.ExpectColumnValuesToNotBeNull(column="aid"),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def candidates_validation_frame(candidates):
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    query = Window.partitionBy("session", "type")
+    return candidates.select(
+        "session", "type", "aid", "n_sources", F.count(F.lit(1)).over(query).alias("candidates_in_query")
+    )

@@ -71,6 +71,9 @@ class PipelineConfigResource(ConfigurableResource):
     drift_min_volume_ratio: float = QualityThresholds.min_volume_ratio
     drift_max_volume_ratio: float = QualityThresholds.max_volume_ratio
     drift_max_type_share_delta: float = QualityThresholds.max_type_share_delta
+    min_source_coverage: float = QualityThresholds.min_source_coverage
+    min_factor_norm: float = QualityThresholds.min_factor_norm
+    max_factor_norm: float = QualityThresholds.max_factor_norm
 
     def week(self, partition_key: str) -> Week:
         return Week.parse(partition_key, self.timezone)
@@ -93,6 +96,9 @@ class PipelineConfigResource(ConfigurableResource):
             min_volume_ratio=self.drift_min_volume_ratio,
             max_volume_ratio=self.drift_max_volume_ratio,
             max_type_share_delta=self.drift_max_type_share_delta,
+            min_source_coverage=self.min_source_coverage,
+            min_factor_norm=self.min_factor_norm,
+            max_factor_norm=self.max_factor_norm,
         )
 
 
@@ -156,5 +162,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
             drift_min_volume_ratio=quality.min_volume_ratio,
             drift_max_volume_ratio=quality.max_volume_ratio,
             drift_max_type_share_delta=quality.max_type_share_delta,
+            min_source_coverage=quality.min_source_coverage,
+            min_factor_norm=quality.min_factor_norm,
+            max_factor_norm=quality.max_factor_norm,
         ),
     }

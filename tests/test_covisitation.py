@@ -35,7 +35,8 @@ def build(spark, rows, config: CovisitationConfig = DEFAULT, start: int = START,
     """{matrix: {aid: [(neighbour, weight, rank), ...] by rank}}"""
     frame = spark.createDataFrame(rows, EVENTS_SPARK_SCHEMA)
     result: dict = {matrix: defaultdict(list) for matrix in MATRICES}
-    for row in build_covisitation(frame, config, start, end).orderBy("matrix", "aid", "rank").collect():
+    # Sorted here rather than by Spark: an orderBy would cost a sampling job per call.
+    for row in sorted(build_covisitation(frame, config, start, end).collect(), key=lambda r: (r.matrix, r.aid, r.rank)):
         result[row.matrix][row.aid].append((row.neighbour, row.weight, row.rank))
     return result
 

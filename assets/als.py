@@ -1,0 +1,173 @@
+"""`als`: implicit ALS on session x item confidences: factors, similar items, session recommendations."""
+
+from pathlib import Path
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetDep,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from assets.eval_split import eval_split
+from assets.events import events
+from assets.partitions import training_weeks_before, weekly_partitions
+from assets.quality_checks import check_result_from_report
+from pipelines.als import AlsConfig, AlsResult, factor_validation_frame, fit_als, recommend_for_sessions, similar_items
+from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
+from pipelines.quality import (
+    coverage_suite,
+    factors_suite,
+    similar_items_suite,
+    similar_items_validation_frame,
+    validate,
+)
+from pipelines.tracking import flatten_metrics
+from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
+
+ALS_ITEM_FACTORS_TABLE = "als_item_factors"
+ALS_SESSION_FACTORS_TABLE = "als_session_factors"
+SIMILAR_ITEMS_TABLE = "similar_items"
+ALS_RECOMMENDATIONS_TABLE = "als_recommendations"
+ALS_FACTORS_CHECK = "als_factors"
+SIMILAR_ITEMS_CHECK = "similar_items_contract"
+ALS_COVERAGE_CHECK = "als_coverage"
+ALS_CONFIG = AlsConfig()
+ACTIVE_ITEM_MIN_EVENTS = 5
+
+
+@asset(
+    deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
+    partitions_def=weekly_partitions,
+    group_name="candidate_sources",
+    kinds={"spark", "parquet"},
+    description=(
+        "Spark MLlib implicit ALS (rank 64, 10 iterations) on session x item confidences (clicks 1, carts 6, "
+        "orders 3) of the training window: item and session factors, the top-K similar items per item (blocked "
+        "cosine), and the top items for each of W's evaluation sessions."
+    ),
+)
+def als(
+    context: AssetExecutionContext,
+    spark: SparkResource,
+    lake: LakeResource,
+    mlflow_tracking: MlflowResource,
+    pipeline_config: PipelineConfigResource,
+) -> MaterializeResult:
+    import mlflow
+
+    week = pipeline_config.week(context.partition_key)
+    weeks_before = pipeline_config.training_weeks_before(context.partition_key)
+    eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
+    train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
+
+    result = fit_als(train, ALS_CONFIG, checkpoint_dir=str(Path(lake.root) / "_checkpoints" / "als"))
+    try:
+        lake.lake.write_partition(result.item_factors, ALS_ITEM_FACTORS_TABLE, week)
+        lake.lake.write_partition(result.session_factors, ALS_SESSION_FACTORS_TABLE, week)
+    finally:
+        result.release()
+    # Downstream steps read the stored factors, so what was checked is what is used.
+    stored = AlsResult(
+        item_factors=lake.lake.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, week),
+        session_factors=lake.lake.read_partition(spark.session, ALS_SESSION_FACTORS_TABLE, week),
+        stats=result.stats,
+    )
+    lake.lake.write_partition(
+        similar_items(stored.item_factors, ALS_CONFIG.top_k, ALS_CONFIG.similarity_blocks), SIMILAR_ITEMS_TABLE, week
+    )
+    coverage = item_coverage(stored.item_factors, active_items(train, ACTIVE_ITEM_MIN_EVENTS))
+    lake.lake.write_partition(
+        recommend_for_sessions(stored, eval_sessions, ALS_CONFIG.top_k),
+        ALS_RECOMMENDATIONS_TABLE,
+        week,
+        stats=lambda written: {**result.stats, "coverage": {"als_items": coverage}, "recommendation_rows": written.count()},
+    )
+    stats = lake.lake.read_stats(ALS_RECOMMENDATIONS_TABLE, week)
+
+    with mlflow_tracking.week_run(context):
+        mlflow.log_params({f"als.{k}": v for k, v in stats["params"].items()})
+        mlflow.log_metrics(flatten_metrics("als", {
+            "timings": stats["timings"],
+            "item_factor_norm": stats["item_factor_norm"],
+            "session_factor_norm": stats["session_factor_norm"],
+            "n_items": stats["n_items"],
+            "n_sessions": stats["n_sessions"],
+            "n_ratings": stats["n_ratings"],
+            "coverage": coverage,
+        }))
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
+            "items": stats["n_items"],
+            "sessions": stats["n_sessions"],
+            "ratings": stats["n_ratings"],
+            "timings_seconds": MetadataValue.json(stats["timings"]),
+            "item_factor_norm": MetadataValue.json(stats["item_factor_norm"]),
+            "session_factor_norm": MetadataValue.json(stats["session_factor_norm"]),
+            "coverage_of_active_items": coverage,
+            "linear_algebra": MetadataValue.json(stats.get("linear_algebra", {})),
+            "recommendation_rows": stats["recommendation_rows"],
+            "similar_items_path": MetadataValue.path(str(lake.lake.partition_dir(SIMILAR_ITEMS_TABLE, week))),
+        }
+    )
+
+
+@asset_check(
+    asset=als,
+    name=ALS_FACTORS_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description="GE: item and session factors finite, of the configured rank, norms within RECSYS_MIN/MAX_FACTOR_NORM.",
+)
+def als_factors(
+    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    quality = pipeline_config.quality
+    suite = factors_suite(ALS_CONFIG.rank, quality.min_factor_norm, quality.max_factor_norm)
+    reports = [
+        validate(factor_validation_frame(lake.lake.read_partition(spark.session, table, week)), f"{ALS_FACTORS_CHECK}.{table}", suite)
+        for table in (ALS_ITEM_FACTORS_TABLE, ALS_SESSION_FACTORS_TABLE)
+    ]
+    failed = [r for r in reports if not r.success]
+    return check_result_from_report(failed[0] if failed else reports[0], week=week.key,
+                                    suites_passed=MetadataValue.json({r.suite: r.success for r in reports}))
+
+
+@asset_check(
+    asset=als,
+    name=SIMILAR_ITEMS_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description="GE: similar items have no self pairs or duplicates, at most K per item, cosine in [-1, 1].",
+)
+def similar_items_contract(
+    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    frame = similar_items_validation_frame(lake.lake.read_partition(spark.session, SIMILAR_ITEMS_TABLE, week))
+    return check_result_from_report(validate(frame, SIMILAR_ITEMS_CHECK, similar_items_suite(ALS_CONFIG.top_k)), week=week.key)
+
+
+@asset_check(
+    asset=als,
+    name=ALS_COVERAGE_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description="GE: ALS has factors for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items.",
+)
+def als_coverage(
+    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    import pandas as pd
+
+    week = pipeline_config.week(context.partition_key)
+    coverage = lake.lake.read_stats(ALS_RECOMMENDATIONS_TABLE, week)["coverage"]
+    report = validate(pd.DataFrame([coverage]), ALS_COVERAGE_CHECK, coverage_suite(pipeline_config.min_source_coverage, ["als_items"]))
+    return check_result_from_report(report, week=week.key, coverage=MetadataValue.json(coverage))

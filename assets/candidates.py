@@ -1,0 +1,121 @@
+"""`candidates`: the union of every source's proposals for W's evaluation sessions, with the recall report."""
+
+import time
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from assets.als import ALS_RECOMMENDATIONS_TABLE, als
+from assets.covisitation import COVISITATION_TABLE, covisitation
+from assets.eval_split import eval_split
+from assets.partitions import weekly_partitions
+from assets.quality_checks import check_result_from_report, markdown_table
+from assets.top_sellers import TOP_SELLERS_TABLE, top_sellers
+from pipelines.candidates import CANDIDATES_TABLE, CandidateConfig, build_candidates, label_hits, recall_report
+from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
+from pipelines.quality import candidates_suite, candidates_validation_frame, validate
+from pipelines.tracking import flatten_metrics
+from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
+
+CANDIDATES_CONTRACT_CHECK = "candidates_contract"
+CANDIDATE_CONFIG = CandidateConfig()
+# LightGBM LambdaRank needs fewer than 10,000 rows per query.
+MAX_CANDIDATES_PER_QUERY = 9_999
+
+
+def report_table(report: dict) -> str:
+    """Recall per source as Markdown: recall@20 and the candidate ceiling per type."""
+    import pandas as pd
+
+    rows = []
+    for source, values in report.items():
+        rows.append({
+            "source": source,
+            **{f"{t}@20": round(values.get(f"at20_recall_{t}", values.get(f"recall_{t}", float("nan"))), 4)
+               for t in ("clicks", "carts", "orders")},
+            **{f"{t} ceiling": round(values.get(f"ceiling_recall_{t}", float("nan")), 4) for t in ("clicks", "carts", "orders")},
+            "score@20": round(values.get("at20_score", values.get("score", float("nan"))), 4),
+        })
+    return markdown_table(pd.DataFrame(rows))
+
+
+@asset(
+    deps=[eval_split, top_sellers, covisitation, als],
+    partitions_def=weekly_partitions,
+    group_name="candidates",
+    kinds={"spark", "parquet"},
+    description=(
+        "Per (evaluation session, type): the union of history, co-visitation, ALS and top-seller candidates with "
+        "each source's score and rank, plus the hand-rule baseline rank. Metadata: recall@20 and candidate "
+        "ceiling per source and combined, and the popularity and hand-rule baselines' OTTO scores."
+    ),
+)
+def candidates(
+    context: AssetExecutionContext,
+    spark: SparkResource,
+    lake: LakeResource,
+    mlflow_tracking: MlflowResource,
+    pipeline_config: PipelineConfigResource,
+) -> MaterializeResult:
+    import mlflow
+
+    week = pipeline_config.week(context.partition_key)
+    read = lambda table: lake.lake.read_partition(spark.session, table, week)  # noqa: E731
+    started = time.perf_counter()
+    table = build_candidates(
+        read(EVAL_SESSIONS_TABLE), read(COVISITATION_TABLE), read(ALS_RECOMMENDATIONS_TABLE), read(TOP_SELLERS_TABLE),
+        CANDIDATE_CONFIG,
+    )
+    lake.lake.write_partition(table, CANDIDATES_TABLE, week)
+    written = read(CANDIDATES_TABLE)
+    labels = labels_long(read(EVAL_LABELS_TABLE))
+    report = recall_report(label_hits(written, labels), labels.toPandas())
+    per_query = written.groupBy("session", "type").count().agg({"count": "avg"}).first()[0]
+    seconds = time.perf_counter() - started
+
+    with mlflow_tracking.week_run(context):
+        mlflow.log_params({f"candidates.{k}": v for k, v in CANDIDATE_CONFIG.__dict__.items()})
+        mlflow.log_metrics(flatten_metrics("recall", report))
+        mlflow.log_metrics({
+            "baseline_covisitation.score": report["baseline_covisitation"]["score"],
+            "baseline_popularity.score": report["baseline_popularity"]["score"],
+            "candidates.seconds": seconds,
+            "candidates.per_query": per_query,
+        })
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "dagster/row_count": written.count(),
+            "candidates_per_session_and_type": round(per_query, 1),
+            "recall_report": MetadataValue.md(report_table(report)),
+            "recall": MetadataValue.json(report),
+            "baseline_covisitation_score": report["baseline_covisitation"]["score"],
+            "baseline_popularity_score": report["baseline_popularity"]["score"],
+            "seconds": round(seconds, 1),
+            "path": MetadataValue.path(str(lake.lake.partition_dir(CANDIDATES_TABLE, week))),
+        }
+    )
+
+
+@asset_check(
+    asset=candidates,
+    name=CANDIDATES_CONTRACT_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description="GE: one row per (session, type, aid), known types, every row from a source, < 10,000 per query.",
+)
+def candidates_contract(
+    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    frame = candidates_validation_frame(lake.lake.read_partition(spark.session, CANDIDATES_TABLE, week))
+    return check_result_from_report(
+        validate(frame, CANDIDATES_CONTRACT_CHECK, candidates_suite(MAX_CANDIDATES_PER_QUERY)), week=week.key
+    )

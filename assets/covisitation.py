@@ -1,0 +1,140 @@
+"""`covisitation`: clicks, carts-orders and buy2buy co-visitation matrices of the training window."""
+
+import time
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetDep,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from assets.eval_split import eval_split
+from assets.events import events
+from assets.partitions import training_weeks_before, weekly_partitions
+from assets.quality_checks import check_result_from_report
+from pipelines.covisitation import MATRICES, CovisitationConfig, build_covisitation, validation_frame
+from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
+from pipelines.quality import coverage_suite, covisitation_suite, validate
+from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
+
+COVISITATION_TABLE = "covisitation"
+COVISITATION_CONTRACT_CHECK = "covisitation_contract"
+COVISITATION_COVERAGE_CHECK = "covisitation_coverage"
+COVISITATION_CONFIG = CovisitationConfig()
+ACTIVE_ITEM_MIN_EVENTS = 5
+
+
+def _training_window(context, spark, lake, pipeline_config):
+    week = pipeline_config.week(context.partition_key)
+    weeks_before = pipeline_config.training_weeks_before(context.partition_key)
+    eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
+    train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
+    window_start = (weeks_before[0] if weeks_before else week).start_ms
+    return week, weeks_before, train, window_start, week.end_ms
+
+
+@asset(
+    deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
+    partitions_def=weekly_partitions,
+    group_name="candidate_sources",
+    kinds={"spark", "parquet"},
+    description=(
+        "Top-K neighbours per item from three co-visitation matrices over the training window (weeks before W "
+        "plus W's visible prefixes): clicks (time-weighted, 24 h), carts-orders (type-weighted, 24 h) and "
+        "buy2buy (carts and orders, 14 days) = frequently bought together."
+    ),
+)
+def covisitation(
+    context: AssetExecutionContext,
+    spark: SparkResource,
+    lake: LakeResource,
+    mlflow_tracking: MlflowResource,
+    pipeline_config: PipelineConfigResource,
+) -> MaterializeResult:
+    import mlflow
+
+    week, weeks_before, train, window_start, window_end = _training_window(context, spark, lake, pipeline_config)
+    started = time.perf_counter()
+    table = build_covisitation(train, COVISITATION_CONFIG, window_start, window_end)
+
+    def summarize(written) -> dict:
+        from pyspark.sql import functions as F
+
+        per_matrix = written.groupBy("matrix").agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("aid").alias("items"))
+        counts = {r["matrix"]: r for r in per_matrix.collect()}
+        active = active_items(train, ACTIVE_ITEM_MIN_EVENTS)
+        active_buys = active_items(train, ACTIVE_ITEM_MIN_EVENTS, ("carts", "orders"))
+        coverage = {
+            matrix: item_coverage(written.where(f"matrix = '{matrix}'"), active_buys if matrix == "buy2buy" else active)
+            for matrix in MATRICES
+        }
+        return {
+            "rows": {m: counts[m]["rows"] if m in counts else 0 for m in MATRICES},
+            "items": {m: counts[m]["items"] if m in counts else 0 for m in MATRICES},
+            "coverage": coverage,
+        }
+
+    lake.lake.write_partition(table, COVISITATION_TABLE, week, stats=summarize)
+    seconds = time.perf_counter() - started
+    stats = lake.lake.read_stats(COVISITATION_TABLE, week)
+    with mlflow_tracking.week_run(context):
+        mlflow.log_params({f"covisitation.{k}": v for k, v in COVISITATION_CONFIG.__dict__.items()})
+        mlflow.log_metrics({"covisitation.seconds": seconds, **{f"covisitation.rows.{m}": v for m, v in stats["rows"].items()},
+                            **{f"covisitation.coverage.{m}": v for m, v in stats["coverage"].items()}})
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
+            "dagster/row_count": sum(stats["rows"].values()),
+            "rows_per_matrix": MetadataValue.json(stats["rows"]),
+            "items_per_matrix": MetadataValue.json(stats["items"]),
+            "coverage_of_active_items": MetadataValue.json(stats["coverage"]),
+            "seconds": round(seconds, 1),
+            "path": MetadataValue.path(str(lake.lake.partition_dir(COVISITATION_TABLE, week))),
+        }
+    )
+
+
+@asset_check(
+    asset=covisitation,
+    name=COVISITATION_CONTRACT_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description="GE: no self pairs, no duplicate neighbours, at most K per item, ranks 1..n, positive finite weights.",
+)
+def covisitation_contract(
+    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    frame = validation_frame(lake.lake.read_partition(spark.session, COVISITATION_TABLE, week))
+    report = validate(frame, COVISITATION_CONTRACT_CHECK, covisitation_suite(COVISITATION_CONFIG.top_k))
+    return check_result_from_report(report, week=week.key)
+
+
+@asset_check(
+    asset=covisitation,
+    name=COVISITATION_COVERAGE_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
+    description=(
+        "GE: each matrix has neighbours for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items "
+        "(>= 5 events; for buy2buy, >= 5 carts/orders)."
+    ),
+)
+def covisitation_coverage(
+    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    import pandas as pd
+
+    week = pipeline_config.week(context.partition_key)
+    coverage = lake.lake.read_stats(COVISITATION_TABLE, week)["coverage"]
+    report = validate(
+        pd.DataFrame([coverage]), COVISITATION_COVERAGE_CHECK,
+        coverage_suite(pipeline_config.min_source_coverage, list(MATRICES)),
+    )
+    return check_result_from_report(report, week=week.key, coverage=MetadataValue.json(coverage))
