@@ -13,7 +13,7 @@ import assets.eval_split
 import assets.events
 import assets.sessions
 import assets.top_sellers
-from jobs import weekly_recommender_job
+from jobs import ingest_job, weekly_recommender_job
 from resources import build_resources
 
 STAGE_MODULES = [
@@ -32,7 +32,7 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> Definiti
     return Definitions(
         assets=[assets.events.raw_jsonl, *load_assets_from_modules(STAGE_MODULES)],
         asset_checks=load_asset_checks_from_modules(STAGE_MODULES),
-        jobs=[weekly_recommender_job],
+        jobs=[weekly_recommender_job, ingest_job],
         resources=dict(resources) if resources is not None else build_resources(),
     )
 

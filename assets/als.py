@@ -4,6 +4,7 @@ from pathlib import Path
 
 from dagster import (
     AssetCheckExecutionContext,
+    Config,
     AssetCheckResult,
     AssetDep,
     AssetExecutionContext,
@@ -36,8 +37,22 @@ ALS_RECOMMENDATIONS_TABLE = "als_recommendations"
 ALS_FACTORS_CHECK = "als_factors"
 SIMILAR_ITEMS_CHECK = "similar_items_contract"
 ALS_COVERAGE_CHECK = "als_coverage"
-ALS_CONFIG = AlsConfig()
 ACTIVE_ITEM_MIN_EVENTS = 5
+
+
+class AlsRunConfig(Config):
+    """ALS knobs, editable per run in the launchpad; defaults are the benchmarked ones."""
+
+    rank: int = AlsConfig.rank
+    max_iter: int = AlsConfig.max_iter
+    reg_param: float = AlsConfig.reg_param
+    alpha: float = AlsConfig.alpha
+    top_k: int = AlsConfig.top_k
+    similarity_blocks: int = AlsConfig.similarity_blocks
+    seed: int = AlsConfig.seed
+
+    def to_als_config(self) -> AlsConfig:
+        return AlsConfig(**self.model_dump())
 
 
 @asset(
@@ -46,13 +61,14 @@ ACTIVE_ITEM_MIN_EVENTS = 5
     group_name="candidate_sources",
     kinds={"spark", "parquet"},
     description=(
-        "Spark MLlib implicit ALS (rank 64, 10 iterations) on session x item confidences (clicks 1, carts 6, "
+        "Spark MLlib implicit ALS (default rank 64, 10 iterations) on session x item confidences (clicks 1, carts 6, "
         "orders 3) of the training window: item and session factors, the top-K similar items per item (blocked "
         "cosine), and the top items for each of W's evaluation sessions."
     ),
 )
 def als(
     context: AssetExecutionContext,
+    config: AlsRunConfig,
     spark: SparkResource,
     lake: LakeResource,
     mlflow_tracking: MlflowResource,
@@ -65,7 +81,8 @@ def als(
     eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
     train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
 
-    result = fit_als(train, ALS_CONFIG, checkpoint_dir=str(Path(lake.root) / "_checkpoints" / "als"))
+    als_config = config.to_als_config()
+    result = fit_als(train, als_config, checkpoint_dir=str(Path(lake.root) / "_checkpoints" / "als"))
     try:
         lake.lake.write_partition(result.item_factors, ALS_ITEM_FACTORS_TABLE, week)
         lake.lake.write_partition(result.session_factors, ALS_SESSION_FACTORS_TABLE, week)
@@ -78,11 +95,11 @@ def als(
         stats=result.stats,
     )
     lake.lake.write_partition(
-        similar_items(stored.item_factors, ALS_CONFIG.top_k, ALS_CONFIG.similarity_blocks), SIMILAR_ITEMS_TABLE, week
+        similar_items(stored.item_factors, als_config.top_k, als_config.similarity_blocks), SIMILAR_ITEMS_TABLE, week
     )
     coverage = item_coverage(stored.item_factors, active_items(train, ACTIVE_ITEM_MIN_EVENTS))
     lake.lake.write_partition(
-        recommend_for_sessions(stored, eval_sessions, ALS_CONFIG.top_k),
+        recommend_for_sessions(stored, eval_sessions, als_config.top_k),
         ALS_RECOMMENDATIONS_TABLE,
         week,
         stats=lambda written: {**result.stats, "coverage": {"als_items": coverage}, "recommendation_rows": written.count()},
@@ -130,7 +147,8 @@ def als_factors(
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     quality = pipeline_config.quality
-    suite = factors_suite(ALS_CONFIG.rank, quality.min_factor_norm, quality.max_factor_norm)
+    fitted_rank = lake.lake.read_stats(ALS_RECOMMENDATIONS_TABLE, week)["params"]["rank"]
+    suite = factors_suite(fitted_rank, quality.min_factor_norm, quality.max_factor_norm)
     reports = [
         validate(factor_validation_frame(lake.lake.read_partition(spark.session, table, week)), f"{ALS_FACTORS_CHECK}.{table}", suite)
         for table in (ALS_ITEM_FACTORS_TABLE, ALS_SESSION_FACTORS_TABLE)
@@ -151,8 +169,9 @@ def similar_items_contract(
     context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
+    top_k = lake.lake.read_stats(ALS_RECOMMENDATIONS_TABLE, week)["params"]["top_k"]
     frame = similar_items_validation_frame(lake.lake.read_partition(spark.session, SIMILAR_ITEMS_TABLE, week))
-    return check_result_from_report(validate(frame, SIMILAR_ITEMS_CHECK, similar_items_suite(ALS_CONFIG.top_k)), week=week.key)
+    return check_result_from_report(validate(frame, SIMILAR_ITEMS_CHECK, similar_items_suite(top_k)), week=week.key)
 
 
 @asset_check(

@@ -95,7 +95,13 @@ def validate(frame, suite_name: str, expectations: list) -> ValidationReport:
 
     context = gx.get_context(mode="ephemeral")
     is_pandas = frame.__class__.__module__.startswith("pandas")
-    source = context.data_sources.add_pandas("frame") if is_pandas else context.data_sources.add_spark("frame")
+    # persist=False: GE would otherwise cache every validated Spark frame, and Spark serves a
+    # later read of the same lake path from that cache, so a rerun would validate stale data.
+    source = (
+        context.data_sources.add_pandas("frame")
+        if is_pandas
+        else context.data_sources.add_spark("frame", persist=False)
+    )
     batch_definition = source.add_dataframe_asset(name=suite_name).add_batch_definition_whole_dataframe("whole")
     suite = gx.ExpectationSuite(name=suite_name, expectations=expectations)
     batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})

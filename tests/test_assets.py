@@ -1,4 +1,4 @@
-"""The Dagster layer: definitions load, real OTTO sessions flow through, failing checks block."""
+"""The Dagster layer for ingestion: definitions load, real OTTO sessions flow through, failing checks block."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dagster import DagsterInstance, Definitions
 from assets.events import EVENTS_DRIFT_CHECK, EVENTS_QUARANTINE_RATE_CHECK
 from assets.sessions import SESSIONS_CONTRACT_CHECK
 from definitions import build_definitions, defs
+from jobs import INGEST_JOB_NAME
 from pipelines.land import land_otto_file
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, SESSIONS_TABLE, Lake
 from pipelines.weeks import Week
@@ -20,8 +21,8 @@ FIXTURE_WEEKS = {"2022-08-01": 339, "2022-08-08": 201, "2022-08-15": 99, "2022-0
 LOOSE_DRIFT = {"drift_min_volume_ratio": 0.01, "drift_max_volume_ratio": 100.0, "drift_max_type_share_delta": 1.0}
 
 
-def run_week(definitions: Definitions, key: str, instance: DagsterInstance):
-    return definitions.resolve_job_def("weekly_recommender").execute_in_process(
+def run_week(definitions: Definitions, key: str, instance: DagsterInstance, job_name: str = INGEST_JOB_NAME):
+    return definitions.resolve_job_def(job_name).execute_in_process(
         partition_key=key, instance=instance, raise_on_error=False
     )
 

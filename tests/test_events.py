@@ -153,3 +153,14 @@ def test_events_suite_passes_clean_events(spark):
         ev.EVENTS_SPARK_SCHEMA,
     )
     assert validate(frame, "events_contract", events_suite(WEEK)).success
+
+
+def test_validation_sees_a_rewritten_partition_not_a_cached_one(spark, tmp_path, corrupted_week):
+    """GE must not leave validated frames cached: Spark would serve the old files' rows to the next check."""
+    lake = Lake(str(tmp_path / "lake"))
+    ev.materialize_events_week(spark, lake, [corrupted_week], WEEK)
+    assert validate(lake.read_partition(spark, EVENTS_TABLE, WEEK), "events_contract", events_suite(WEEK)).success
+
+    bad = spark.createDataFrame([(1, 2, WEEK.end_ms + 5, "views")], ev.EVENTS_SPARK_SCHEMA)
+    lake.write_partition(bad, EVENTS_TABLE, WEEK)
+    assert not validate(lake.read_partition(spark, EVENTS_TABLE, WEEK), "events_contract", events_suite(WEEK)).success
