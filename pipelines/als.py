@@ -28,6 +28,9 @@ FACTORS_COLUMN = "factors"
 # int64 positions `argpartition` returns: 12 bytes an element, ~200 MB at this size, whatever
 # the block size, which bounds a Python worker's memory.
 SCORE_CHUNK_ELEMENTS = 1 << 24
+# Implicit ALS shrinks the factors of rows with very little, isolated evidence (e.g. an item
+# seen once, by a session that saw nothing else) towards zero; they are counted in the stats.
+NEAR_ZERO_NORM = 1e-6
 # `monotonically_increasing_id` puts the partition index in the bits above bit 33.
 _PARTITION_SHIFT = 33
 
@@ -214,8 +217,10 @@ def _norm_summary(factors) -> dict:
         F.min("norm").alias("min"),
         F.avg("norm").alias("mean"),
         F.max("norm").alias("max"),
+        F.count(F.when(F.col("norm") < NEAR_ZERO_NORM, 1)).alias("near_zero"),
+        F.count(F.when(~F.col("all_finite"), 1)).alias("not_finite"),
     ).first()
-    return {"rows": row["rows"], "min": row["min"], "mean": row["mean"], "max": row["max"]}
+    return {name: row[name] for name in ("rows", "min", "mean", "max", "near_zero", "not_finite")}
 
 
 def factor_validation_frame(factors) -> DataFrame:

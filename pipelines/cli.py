@@ -40,6 +40,13 @@ def _land(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipelines.metrics import evaluate_files
+
+    _print_json(evaluate_files(args.labels, args.predictions, k=args.k))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     land.add_argument("--out", required=True)
     land.add_argument("--timezone", default=DEFAULT_TIMEZONE)
     land.set_defaults(handler=_land)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a Kaggle-format predictions CSV against OTTO labels JSONL (prints JSON)"
+    )
+    evaluate.add_argument("--labels", required=True, help="JSONL: {\"session\": s, \"labels\": {...}} per line")
+    evaluate.add_argument("--predictions", required=True, help="CSV: session_type,labels")
+    evaluate.add_argument("--k", type=int, default=20)
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 

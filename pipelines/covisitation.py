@@ -36,8 +36,7 @@ timestamps. The self-join then yields each (session, aid_x, aid_y) exactly once,
 per-session dedup of rule 3 becomes plain column arithmetic instead of an aggregation
 over every raw pair. Everything before the join is partitioned by session once, so the
 join itself needs no further shuffle. The browse pairs (clicks and carts_orders share
-them) and the buy pairs are aggregated in one pass, and the top-K filter lets Spark
-prune each item's neighbours before the ranking shuffle.
+them) and the buy pairs are shuffled once, by item, and aggregated and ranked in place.
 
 Weights are accumulated as exact integers (pair counts per neighbour type, summed
 millisecond offsets) and turned into doubles once per (aid, neighbour): floating-point
@@ -107,7 +106,11 @@ def build_covisitation(events, config: CovisitationConfig, window_start_ms: int,
         _buy_pairs(buy_items, config), allowMissingColumns=True
     )
 
-    totals = pairs.groupBy("aid", "neighbour").agg(
+    # Shuffled by item alone: the aggregation by (aid, neighbour) and the ranking by item
+    # both reuse this partitioning, so the pair rows cross the network once and the
+    # aggregated rows not at all. (A map-side partial aggregation would only merge about a
+    # third of the pair rows, as most pairs occur in few sessions.)
+    totals = pairs.repartition("aid").groupBy("aid", "neighbour").agg(
         F.count("clicks_offset_ms").alias("clicks_sessions"),
         F.sum("clicks_offset_ms").alias("clicks_offset_ms"),
         *[F.count(f"co_{t}").alias(f"co_{t}") for t in EVENT_TYPES],
@@ -124,34 +127,34 @@ def build_covisitation(events, config: CovisitationConfig, window_start_ms: int,
         F.col(f"co_{EVENT_TYPES[0]}") * float(config.type_weight(EVENT_TYPES[0])),
     )
     carts_orders_pairs = sum((F.col(f"co_{t}") for t in EVENT_TYPES[1:]), F.col(f"co_{EVENT_TYPES[0]}"))
+    matrix_weights = {
+        "clicks": (F.col("clicks_sessions") > 0, clicks_weight),
+        "carts_orders": (carts_orders_pairs > 0, carts_orders_weight),
+        "buy2buy": (F.col("buy2buy_sessions") > 0, F.col("buy2buy_sessions").cast("double")),
+    }
     stacked = totals.select(
         "aid",
         "neighbour",
-        F.inline(
-            F.array(
-                _matrix_entry("clicks", F.col("clicks_sessions") > 0, clicks_weight),
-                _matrix_entry("carts_orders", carts_orders_pairs > 0, carts_orders_weight),
-                _matrix_entry("buy2buy", F.col("buy2buy_sessions") > 0, F.col("buy2buy_sessions").cast("double")),
-            )
-        ),
-    ).where(F.col("matrix").isNotNull())
+        F.inline(F.array(*[_matrix_entry(index, *matrix_weights[name]) for index, name in enumerate(MATRICES)])),
+    ).where(F.col("matrix_index").isNotNull())
 
-    # `row_number() <= k` right after the window lets Spark keep only each item's k best
-    # per partition before the shuffle (WindowGroupLimit), so few rows reach the ranking.
-    ranking = Window.partitionBy("matrix", "aid").orderBy(F.col("weight").desc(), F.col("neighbour").asc())
+    # The matrix is ranked as a small integer after the item: sorting on a leading string
+    # with three values would leave the sort prefix useless.
+    ranking = Window.partitionBy("aid", "matrix_index").orderBy(F.col("weight").desc(), F.col("neighbour").asc())
+    matrix_name = F.create_map(*[item for index, name in enumerate(MATRICES) for item in (F.lit(index), F.lit(name))])
     return (
         stacked.withColumn("rank", F.row_number().over(ranking))
         .where(F.col("rank") <= config.top_k)
-        .select(*COVISITATION_COLUMNS)
+        .select(matrix_name[F.col("matrix_index")].alias("matrix"), "aid", "neighbour", "weight", "rank")
     )
 
 
-def _matrix_entry(matrix: str, present, weight):
+def _matrix_entry(matrix_index: int, present, weight):
     from pyspark.sql import functions as F
 
-    return F.when(present, F.struct(F.lit(matrix).alias("matrix"), weight.alias("weight"))).otherwise(
-        F.lit(None).cast("struct<matrix:string,weight:double>")
-    )
+    entry_type = "struct<matrix_index:tinyint,weight:double>"
+    entry = F.struct(F.lit(matrix_index).cast("tinyint").alias("matrix_index"), weight.alias("weight"))
+    return F.when(present, entry).otherwise(F.lit(None).cast(entry_type))
 
 
 def _capped_session_items(events, max_events: int):
@@ -160,20 +163,20 @@ def _capped_session_items(events, max_events: int):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    # Types as small integers whose order is the cap's tie-break priority: fixed-width keys
+    # hash and sort much faster than strings. Unknown types (the events stage admits none)
+    # get no code and are dropped.
+    code = F.lit(None).cast("tinyint")
+    for event_type, priority in TYPE_PRIORITY.items():
+        code = F.when(F.col("type") == event_type, F.lit(priority).cast("tinyint")).otherwise(code)
+    coded = events.select("session", "aid", "ts", code.alias("type_code")).where(F.col("type_code").isNotNull())
     # One shuffle by session; the collapse, the cap and the pivot below all group by
     # session (plus more keys), so Spark reuses this partitioning for them and for the join.
-    latest = (
-        events.repartition("session")
-        .groupBy("session", "aid", "type")
-        .agg(F.max("ts").alias("ts"))
-    )
-    priority = F.create_map(*[item for name, rank in TYPE_PRIORITY.items() for item in (F.lit(name), F.lit(rank))])
-    recency = Window.partitionBy("session").orderBy(
-        F.col("ts").desc(), F.coalesce(priority[F.col("type")], F.lit(-1)).desc(), F.col("aid").asc(), F.col("type")
-    )
+    latest = coded.repartition("session").groupBy("session", "aid", "type_code").agg(F.max("ts").alias("ts"))
+    recency = Window.partitionBy("session").orderBy(F.col("ts").desc(), F.col("type_code").desc(), F.col("aid"))
     capped = latest.withColumn("recency", F.row_number().over(recency)).where(F.col("recency") <= max_events)
     return capped.groupBy("session", "aid").agg(
-        *[F.max(F.when(F.col("type") == t, F.col("ts"))).alias(f"ts_{t}") for t in EVENT_TYPES]
+        *[F.max(F.when(F.col("type_code") == TYPE_PRIORITY[t], F.col("ts"))).alias(f"ts_{t}") for t in EVENT_TYPES]
     )
 
 

@@ -118,3 +118,16 @@ def test_malformed_prediction_file_is_a_clear_error(tmp_path):
     (tmp_path / "labels.jsonl").write_text('{"session": 12, "labels": {"clicks": 1}}\n')
     with pytest.raises(ValueError, match="unknown type 'views'"):
         evaluate_files(tmp_path / "labels.jsonl", tmp_path / "bad.csv")
+
+
+def test_recsys_evaluate_prints_the_metric_as_json(tmp_path, capsys):
+    import json
+
+    from pipelines.cli import main
+
+    write_labels_jsonl(labels_frame(OFFICIAL_LABELS), tmp_path / "labels.jsonl")
+    write_predictions_csv(predictions_frame(OFFICIAL_PREDICTIONS), tmp_path / "predictions.csv")
+    assert main(["evaluate", "--labels", str(tmp_path / "labels.jsonl"), "--predictions", str(tmp_path / "predictions.csv"), "--k", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["score"] == pytest.approx(0.1 / 3 + 0.3 * 3 / 9 + 0.6 / 5)
+    assert main(["evaluate", "--labels", str(tmp_path / "missing.jsonl"), "--predictions", str(tmp_path / "predictions.csv")]) == 2
