@@ -19,8 +19,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipelines.als import AlsConfig, AlsResult, fit_als, recommend_for_sessions, similar_items
+from pipelines.candidates import CandidateConfig, build_candidates, label_hits, recall_report
 from pipelines.config import PROJECT_ROOT
+from pipelines.covisitation import CovisitationConfig, build_covisitation
+from pipelines.evaluation import labels_long, split_evaluation_sessions, training_events
 from pipelines.events import materialize_events_week
+from pipelines.popularity import TopSellersConfig, build_top_sellers
 from pipelines.generate import generate_raw
 from pipelines.lake import Lake
 from pipelines.raw import list_local_week_files
@@ -82,6 +87,76 @@ def stage(name: str, memory: PeakMemory, results: list):
     print(json.dumps(record), flush=True)
 
 
+def run_ingest(spark, lake: Lake, raw_dir: Path, weeks: list[Week], memory: PeakMemory, results: list) -> None:
+    total_events = 0
+    with stage("events (all weeks)", memory, results) as record:
+        for week in weeks:
+            summary = materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), week)], week)
+            total_events += summary.events
+        record.update(rows=total_events, quarantined=summary.quarantined)
+    results[-1]["events_per_second"] = round(total_events / results[-1]["seconds"])
+
+    with stage("sessions (last week, full window)", memory, results) as record:
+        summary = materialize_sessions_week(spark, lake, weeks[-1], weeks, 500)
+        record.update(rows=summary.sessions, history_events=summary.history_events)
+    results[-1]["events_per_second"] = round(summary.history_events / results[-1]["seconds"])
+
+
+def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list) -> None:
+    """The candidate stages for the last week, as the assets run them (defaults: K=20, ALS rank 64 x 10)."""
+    week, before = weeks[-1], weeks[:-1]
+    with stage("eval_split", memory, results) as record:
+        eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, "sessions", week), seed=42)
+        lake.write_partition(eval_sessions, "eval_sessions", week)
+        lake.write_partition(eval_labels, "eval_labels", week)
+        eval_sessions = lake.read_partition(spark, "eval_sessions", week)
+        record.update(rows=eval_sessions.count())
+    train = training_events(spark, lake, before, eval_sessions)
+    window_start, window_end = before[0].start_ms if before else week.start_ms, week.end_ms
+
+    with stage("top_sellers", memory, results) as record:
+        lake.write_partition(build_top_sellers(train, week.start_ms, TopSellersConfig()), "top_sellers", week, num_files=1)
+        record.update(rows=lake.read_partition(spark, "top_sellers", week).count(), training_events=train.count())
+
+    with stage("covisitation", memory, results) as record:
+        lake.write_partition(build_covisitation(train, CovisitationConfig(), window_start, window_end), "covisitation", week)
+        written = lake.read_partition(spark, "covisitation", week)
+        record.update(rows=written.count(), rows_per_matrix={r["matrix"]: r["count"] for r in written.groupBy("matrix").count().collect()})
+
+    config = AlsConfig()
+    with stage("als (fit, rank 64, 10 iterations)", memory, results) as record:
+        fitted = fit_als(train, config, checkpoint_dir=str(workdir / "checkpoints"))
+        lake.write_partition(fitted.item_factors, "als_item_factors", week)
+        lake.write_partition(fitted.session_factors, "als_session_factors", week)
+        record.update(rows=fitted.stats["n_ratings"], items=fitted.stats["n_items"], sessions=fitted.stats["n_sessions"],
+                      timings=fitted.stats["timings"], native_blas=fitted.stats["linear_algebra"].get("uses_native"))
+        fitted.release()
+    stored = AlsResult(
+        item_factors=lake.read_partition(spark, "als_item_factors", week),
+        session_factors=lake.read_partition(spark, "als_session_factors", week),
+        stats=fitted.stats,
+    )
+    with stage("als similar items (blocked cosine, top 20)", memory, results) as record:
+        lake.write_partition(similar_items(stored.item_factors, config.top_k, config.similarity_blocks), "similar_items", week)
+        record.update(rows=lake.read_partition(spark, "similar_items", week).count())
+    with stage("als recommendations (eval sessions, top 20)", memory, results) as record:
+        lake.write_partition(recommend_for_sessions(stored, eval_sessions, config.top_k), "als_recommendations", week)
+        record.update(rows=lake.read_partition(spark, "als_recommendations", week).count())
+
+    with stage("candidates + recall report", memory, results) as record:
+        read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+        table = build_candidates(eval_sessions, read("covisitation"), read("als_recommendations"), read("top_sellers"), CandidateConfig())
+        lake.write_partition(table, "candidates", week)
+        labels = labels_long(read("eval_labels"))
+        report = recall_report(label_hits(read("candidates"), labels), labels.toPandas())
+        record.update(
+            rows=read("candidates").count(),
+            baseline_covisitation=round(report["baseline_covisitation"]["score"], 4),
+            baseline_popularity=round(report["baseline_popularity"]["score"], 4),
+            combined_ceiling={k: round(v, 4) for k, v in report["combined"].items()},
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=1_000_000)
@@ -89,6 +164,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--driver-memory", default="12g")
     parser.add_argument("--workdir", default=str(PROJECT_ROOT / "data" / "bench"))
+    parser.add_argument("--stages", default="ingest,sources", help="comma list of: ingest, sources")
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
@@ -98,7 +174,9 @@ def main() -> int:
     print(json.dumps({"stage": "generate", "sessions": args.sessions, "events": generation["events"],
                       "seconds": generation.get("bench_seconds", generation.get("seconds"))}), flush=True)
 
-    shutil.rmtree(lake_dir, ignore_errors=True)
+    stages = set(args.stages.split(","))
+    if "ingest" in stages:
+        shutil.rmtree(lake_dir, ignore_errors=True)
     spark = build_spark_session(
         "local[*]",
         {"spark.driver.memory": args.driver_memory, "spark.ui.enabled": "false",
@@ -110,18 +188,10 @@ def main() -> int:
     weeks = [Week.parse(START, TIMEZONE).shift(i) for i in range(args.weeks)]
     results: list[dict] = []
 
-    total_events = 0
-    with stage("events (all weeks)", memory, results) as record:
-        for week in weeks:
-            summary = materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), week)], week)
-            total_events += summary.events
-        record.update(rows=total_events, quarantined=0)
-    results[-1]["events_per_second"] = round(total_events / results[-1]["seconds"])
-
-    with stage("sessions (last week, full window)", memory, results) as record:
-        summary = materialize_sessions_week(spark, lake, weeks[-1], weeks, 500)
-        record.update(rows=summary.sessions, history_events=summary.history_events)
-    results[-1]["events_per_second"] = round(summary.history_events / results[-1]["seconds"])
+    if "ingest" in stages:
+        run_ingest(spark, lake, raw_dir, weeks, memory, results)
+    if "sources" in stages:
+        run_sources(spark, lake, workdir, weeks, memory, results)
 
     spark.stop()
     python_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

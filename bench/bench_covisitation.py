@@ -47,7 +47,10 @@ def run(spark, events, window_start_ms: int, window_end_ms: int, config: Covisit
     counted = time.perf_counter()
     written = spark.read.parquet(out_dir)
     per_matrix = {row["matrix"]: row["count"] for row in written.groupBy("matrix").count().collect()}
-    items = {row["matrix"]: row["items"] for row in written.groupBy("matrix").agg(F.countDistinct("aid").alias("items")).collect()}
+    items = {
+        row["matrix"]: row["items"]
+        for row in written.groupBy("matrix").agg(F.countDistinct("aid").alias("items")).collect()
+    }
     return {
         "stage": "covisitation",
         "rows": {matrix: per_matrix.get(matrix, 0) for matrix in MATRICES},
@@ -99,6 +102,8 @@ def stage_report(spark, top: int = 12) -> list[dict]:
             "name": s["name"][:60],
             "tasks": s["numTasks"],
             "run_s": round(s.get("executorRunTime", 0) / 1000, 1),
+            # CPU time below run time means the tasks waited for a core (other jobs on the machine).
+            "cpu_s": round(s.get("executorCpuTime", 0) / 1e9, 1),
             "input_mb": round(s.get("inputBytes", 0) / 2**20),
             "shuffle_read_mb": round(s.get("shuffleReadBytes", 0) / 2**20),
             "shuffle_write_mb": round(s.get("shuffleWriteBytes", 0) / 2**20),
@@ -136,8 +141,8 @@ def main() -> int:
         },
         app_name="covisitation-bench",
     )
-    print(f"machine: {os.cpu_count()} cores; spark {spark.version}; shuffle partitions {args.shuffle_partitions}",
-          flush=True)
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; spark {spark.version}; "
+          f"shuffle partitions {args.shuffle_partitions}", flush=True)
     lake_dir = Path(args.lake)
     if (lake_dir / "events").is_dir():
         events = read_lake_events(spark, lake_dir, weeks)
@@ -150,7 +155,9 @@ def main() -> int:
 
     from pyspark.sql import functions as F
 
-    counted = events.agg(F.count(F.lit(1)).alias("events"), F.approx_count_distinct("session").alias("sessions")).first()
+    counted = events.agg(
+        F.count(F.lit(1)).alias("events"), F.approx_count_distinct("session").alias("sessions")
+    ).first()
     print(json.dumps({"source": source, "weeks": args.weeks, "events": counted["events"],
                       "sessions_approx": counted["sessions"]}), flush=True)
     result = run(spark, events, weeks[0].start_ms, weeks[-1].end_ms, out_dir=args.out)

@@ -2,13 +2,13 @@
 
 The three matrices of the best public OTTO solutions (Chris Deotte's "candidate rerank"):
 
-- `clicks`: pairs of events at most `clicks_window_ms` apart, weighted by when they
+- `clicks`: pairs of events less than `clicks_window_ms` apart, weighted by when they
   happened (linearly from `clicks_time_weight_min` at the window start to
   `clicks_time_weight_max` at its end), so recent co-visits count more.
-- `carts_orders`: pairs at most `carts_orders_window_ms` apart, weighted by the type of
+- `carts_orders`: pairs less than `carts_orders_window_ms` apart, weighted by the type of
   the *neighbour's* event (`type_weights`: a neighbour that was carted says more than
   one that was clicked).
-- `buy2buy`: pairs of cart/order events at most `buy2buy_window_ms` apart, weight 1:
+- `buy2buy`: pairs of cart/order events less than `buy2buy_window_ms` apart, weight 1:
   "frequently bought together".
 
 Definitions, applied identically by the tests' brute-force reference:
@@ -26,7 +26,8 @@ Definitions, applied identically by the tests' brute-force reference:
    the matrix's window. Pairs are directed; both (x, y) and (y, x) exist.
 3. Per session a pair is counted once: per (aid_x, aid_y) for `clicks` (with the time
    weight of the qualifying occurrence with the latest x.ts) and `buy2buy`; per
-   (aid_x, aid_y, type_y) for `carts_orders`. Weights are summed over sessions.
+   (aid_x, aid_y, type_y) for `carts_orders`. Weights are summed over sessions; a
+   carts_orders pair whose summed weight is 0 (only zero-weight neighbour types) is dropped.
 4. Each item keeps its `top_k` neighbours by weight, ties broken by neighbour id
    ascending; `rank` runs 1..k.
 
@@ -37,6 +38,10 @@ per-session dedup of rule 3 becomes plain column arithmetic instead of an aggreg
 over every raw pair. Everything before the join is partitioned by session once, so the
 join itself needs no further shuffle. The browse pairs (clicks and carts_orders share
 them) and the buy pairs are shuffled once, by item, and aggregated and ranked in place.
+
+Where this departs from Deotte's notebook: he does not collapse repeated events before
+the cap, and his carts_orders keeps one neighbour type per (session, aid_x, aid_y) (the
+first after his sort) where this counts each neighbour type once.
 
 Weights are accumulated as exact integers (pair counts per neighbour type, summed
 millisecond offsets) and turned into doubles once per (aid, neighbour): floating-point
@@ -77,9 +82,13 @@ class CovisitationConfig:
             raise ValueError("top_k must be at least 1 and max_events_per_session at least 2")
         if min(self.clicks_window_ms, self.carts_orders_window_ms, self.buy2buy_window_ms) <= 0:
             raise ValueError("co-visitation windows must be positive")
+        if not 0 < self.clicks_time_weight_min <= self.clicks_time_weight_max:
+            raise ValueError("clicks time weights need 0 < min <= max")
         unknown = {name for name, _ in self.type_weights} - set(EVENT_TYPES)
         if unknown:
             raise ValueError(f"type_weights name unknown event types {sorted(unknown)}; known: {EVENT_TYPES}")
+        if any(weight < 0 for _, weight in self.type_weights):
+            raise ValueError("type_weights must not be negative (0 ignores a neighbour type)")
 
     def type_weight(self, event_type: str) -> float:
         """Weight of a neighbour event of `event_type` in `carts_orders` (0 when unlisted)."""
@@ -126,10 +135,9 @@ def build_covisitation(events, config: CovisitationConfig, window_start_ms: int,
         (F.col(f"co_{t}") * float(config.type_weight(t)) for t in EVENT_TYPES[1:]),
         F.col(f"co_{EVENT_TYPES[0]}") * float(config.type_weight(EVENT_TYPES[0])),
     )
-    carts_orders_pairs = sum((F.col(f"co_{t}") for t in EVENT_TYPES[1:]), F.col(f"co_{EVENT_TYPES[0]}"))
     matrix_weights = {
         "clicks": (F.col("clicks_sessions") > 0, clicks_weight),
-        "carts_orders": (carts_orders_pairs > 0, carts_orders_weight),
+        "carts_orders": (carts_orders_weight > 0, carts_orders_weight),
         "buy2buy": (F.col("buy2buy_sessions") > 0, F.col("buy2buy_sessions").cast("double")),
     }
     stacked = totals.select(
@@ -218,9 +226,10 @@ def _browse_pairs(items, config: CovisitationConfig, window_start_ms: int):
     x = {t: F.col(f"x_{t}") for t in EVENT_TYPES}
     y = {t: F.col(f"y_{t}") for t in EVENT_TYPES}
     # `greatest` skips nulls: the latest of the item's events that has a neighbour event close by.
-    latest_clicks_x = F.greatest(
-        *[F.when(_any([_within(x[tx], y[ty], config.clicks_window_ms) for ty in EVENT_TYPES]), x[tx]) for tx in EVENT_TYPES]
-    )
+    clicks_near = {
+        tx: _any([_within(x[tx], y[ty], config.clicks_window_ms) for ty in EVENT_TYPES]) for tx in EVENT_TYPES
+    }
+    latest_clicks_x = F.greatest(*[F.when(clicks_near[tx], x[tx]) for tx in EVENT_TYPES])
     co_hits = {
         ty: F.when(_any([_within(x[tx], y[ty], config.carts_orders_window_ms) for tx in EVENT_TYPES]), F.lit(1))
         for ty in EVENT_TYPES
@@ -272,8 +281,8 @@ def validation_frame(covisitation):
     Per row: `is_known_matrix`, `is_self_pair`, `weight_finite`, `weight_positive`, and
     `ordered_after_previous` (weight not above the previous rank's, and a larger
     neighbour id on equal weight: the documented ranking). Per (matrix, aid), on every
-    row of that item: `n_neighbours`, `n_distinct_neighbours`, `max_rank` (ranks are
-    1..n exactly when max_rank == n_neighbours and ranks are distinct).
+    row of that item: `n_neighbours`, `n_distinct_neighbours`, `n_distinct_ranks` and
+    `max_rank` (ranks are exactly 1..n when all four are equal and ranks start at 1).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -295,5 +304,6 @@ def validation_frame(covisitation):
         ).alias("ordered_after_previous"),
         F.count(F.lit(1)).over(item).alias("n_neighbours"),
         F.size(F.collect_set("neighbour").over(item)).alias("n_distinct_neighbours"),
+        F.size(F.collect_set("rank").over(item)).alias("n_distinct_ranks"),
         F.max("rank").over(item).alias("max_rank"),
     )
