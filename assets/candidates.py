@@ -13,11 +13,13 @@ from dagster import (
 )
 
 from assets.als import ALS_RECOMMENDATIONS_TABLE, als
-from assets.covisitation import COVISITATION_TABLE, covisitation
+from assets.covisitation import covisitation
 from assets.eval_split import eval_split
 from assets.partitions import weekly_partitions
 from assets.quality_checks import check_result_from_report, markdown_table
-from assets.top_sellers import TOP_SELLERS_TABLE, top_sellers
+from assets.top_sellers import top_sellers
+from pipelines.covisitation import COVISITATION_TABLE
+from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.candidates import CANDIDATES_TABLE, CandidateConfig, build_candidates, label_hits, recall_report
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
 from pipelines.quality import candidates_suite, candidates_validation_frame, validate

@@ -17,12 +17,11 @@ from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
 from assets.quality_checks import check_result_from_report
-from pipelines.covisitation import MATRICES, CovisitationConfig, build_covisitation, validation_frame
+from pipelines.covisitation import COVISITATION_TABLE, MATRICES, CovisitationConfig, build_covisitation, validation_frame
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
 from pipelines.quality import coverage_suite, covisitation_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
-COVISITATION_TABLE = "covisitation"
 COVISITATION_CONTRACT_CHECK = "covisitation_contract"
 COVISITATION_COVERAGE_CHECK = "covisitation_coverage"
 COVISITATION_CONFIG = CovisitationConfig()

@@ -18,11 +18,10 @@ from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
 from assets.quality_checks import check_result_from_report, markdown_table
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
-from pipelines.popularity import TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
+from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
 from pipelines.quality import per_type_counts_suite, top_sellers_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
-TOP_SELLERS_TABLE = "top_sellers"
 TOP_SELLERS_CONTRACT_CHECK = "top_sellers_contract"
 TOP_SELLERS_PER_TYPE_CHECK = "top_sellers_every_type"
 TOP_SELLERS_CONFIG = TopSellersConfig()

@@ -22,12 +22,12 @@ from pathlib import Path
 from pipelines.als import AlsConfig, AlsResult, fit_als, recommend_for_sessions, similar_items
 from pipelines.candidates import CandidateConfig, build_candidates, label_hits, recall_report
 from pipelines.config import PROJECT_ROOT
-from pipelines.covisitation import CovisitationConfig, build_covisitation
-from pipelines.evaluation import labels_long, split_evaluation_sessions, training_events
+from pipelines.covisitation import COVISITATION_TABLE, CovisitationConfig, build_covisitation
+from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, split_evaluation_sessions, training_events
 from pipelines.events import materialize_events_week
-from pipelines.popularity import TopSellersConfig, build_top_sellers
+from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers
 from pipelines.generate import generate_raw
-from pipelines.lake import Lake
+from pipelines.lake import SESSIONS_TABLE, Lake
 from pipelines.raw import list_local_week_files
 from pipelines.sessions import materialize_sessions_week
 from pipelines.spark import build_spark_session
@@ -106,21 +106,21 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
     """The candidate stages for the last week, as the assets run them (defaults: K=20, ALS rank 64 x 10)."""
     week, before = weeks[-1], weeks[:-1]
     with stage("eval_split", memory, results) as record:
-        eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, "sessions", week), seed=42)
-        lake.write_partition(eval_sessions, "eval_sessions", week)
-        lake.write_partition(eval_labels, "eval_labels", week)
-        eval_sessions = lake.read_partition(spark, "eval_sessions", week)
+        eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, week), seed=42)
+        lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
+        lake.write_partition(eval_labels, EVAL_LABELS_TABLE, week)
+        eval_sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week)
         record.update(rows=eval_sessions.count())
     train = training_events(spark, lake, before, eval_sessions)
     window_start, window_end = before[0].start_ms if before else week.start_ms, week.end_ms
 
     with stage("top_sellers", memory, results) as record:
-        lake.write_partition(build_top_sellers(train, week.start_ms, TopSellersConfig()), "top_sellers", week, num_files=1)
-        record.update(rows=lake.read_partition(spark, "top_sellers", week).count(), training_events=train.count())
+        lake.write_partition(build_top_sellers(train, week.start_ms, TopSellersConfig()), TOP_SELLERS_TABLE, week, num_files=1)
+        record.update(rows=lake.read_partition(spark, TOP_SELLERS_TABLE, week).count(), training_events=train.count())
 
     with stage("covisitation", memory, results) as record:
-        lake.write_partition(build_covisitation(train, CovisitationConfig(), window_start, window_end), "covisitation", week)
-        written = lake.read_partition(spark, "covisitation", week)
+        lake.write_partition(build_covisitation(train, CovisitationConfig(), window_start, window_end), COVISITATION_TABLE, week)
+        written = lake.read_partition(spark, COVISITATION_TABLE, week)
         record.update(rows=written.count(), rows_per_matrix={r["matrix"]: r["count"] for r in written.groupBy("matrix").count().collect()})
 
     config = AlsConfig()
@@ -145,9 +145,9 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
 
     with stage("candidates + recall report", memory, results) as record:
         read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
-        table = build_candidates(eval_sessions, read("covisitation"), read("als_recommendations"), read("top_sellers"), CandidateConfig())
+        table = build_candidates(eval_sessions, read(COVISITATION_TABLE), read("als_recommendations"), read(TOP_SELLERS_TABLE), CandidateConfig())
         lake.write_partition(table, "candidates", week)
-        labels = labels_long(read("eval_labels"))
+        labels = labels_long(read(EVAL_LABELS_TABLE))
         report = recall_report(label_hits(read("candidates"), labels), labels.toPandas())
         record.update(
             rows=read("candidates").count(),

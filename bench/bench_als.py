@@ -66,7 +66,7 @@ class CpuClock:
 
 
 def run(spark, events, config: AlsConfig, checkpoint_dir: str, out_dir: str | None = None,
-        recommend_sessions: int = RECOMMEND_SESSIONS) -> dict:
+        recommend_sessions: int = RECOMMEND_SESSIONS, fit_only: bool = False) -> dict:
     """Fit, then write similar items and recommendations for `recommend_sessions` sessions as
     Parquet under `out_dir` (a temporary folder by default); seconds, rows and factor norms."""
     import tempfile
@@ -88,6 +88,8 @@ def run(spark, events, config: AlsConfig, checkpoint_dir: str, out_dir: str | No
     report["linear_algebra"] = result.stats["linear_algebra"]
     report["params"] = result.stats["params"]
     try:
+        if fit_only:
+            return report
         clock, cpu_clock = time.perf_counter(), cpu()
         similar_path = str(out / "similar_items")
         similar_items(result.item_factors, config.top_k, config.similarity_blocks).write.mode("overwrite").parquet(similar_path)
@@ -110,7 +112,7 @@ def run(spark, events, config: AlsConfig, checkpoint_dir: str, out_dir: str | No
         result.release()
         if own_out:
             shutil.rmtree(out, ignore_errors=True)
-    report["total_seconds"] = round(time.perf_counter() - started, 1)
+        report["total_seconds"] = round(time.perf_counter() - started, 1)
     return report
 
 
@@ -127,6 +129,7 @@ def main() -> int:
     parser.add_argument("--similarity-blocks", type=int, default=8)
     parser.add_argument("--recommend-sessions", type=int, default=RECOMMEND_SESSIONS)
     parser.add_argument("--shuffle-partitions", default="8")
+    parser.add_argument("--fit-only", action="store_true", help="time the fit only (for tuning)")
     parser.add_argument("--workdir", default="/tmp/bench_als")
     args = parser.parse_args()
 
@@ -168,7 +171,7 @@ def main() -> int:
     try:
         events = spark.read.parquet(*[str(d) for d in week_dirs]).select("session", "aid", "ts", "type")
         report = run(spark, events, config, str(workdir / "checkpoints"), out_dir=str(workdir / "out"),
-                     recommend_sessions=args.recommend_sessions)
+                     recommend_sessions=args.recommend_sessions, fit_only=args.fit_only)
         report["weeks"] = args.weeks
         print(json.dumps(report, indent=2, default=str), flush=True)
     finally:

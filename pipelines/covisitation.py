@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 from pipelines.config import EVENT_TYPES
 
+COVISITATION_TABLE = "covisitation"
 DAY_MS = 24 * 3600 * 1000
 MATRICES = ("clicks", "carts_orders", "buy2buy")
 COVISITATION_COLUMNS = ("matrix", "aid", "neighbour", "weight", "rank")

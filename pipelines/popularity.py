@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pipelines.config import EVENT_TYPES
 
+TOP_SELLERS_TABLE = "top_sellers"
 DAY_MS = 24 * 3600 * 1000
 POPULAR = "popular"
 TRENDING = "trending"
