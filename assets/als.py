@@ -11,13 +11,12 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
-from assets.quality_checks import check_result_from_report
+from assets.quality_checks import check_result_from_report, weekly_blocking_check
 from pipelines.als import AlsConfig, AlsResult, factor_validation_frame, fit_als, recommend_for_sessions, similar_items
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
 from pipelines.quality import (
@@ -135,11 +134,9 @@ def als(
     )
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=als,
     name=ALS_FACTORS_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: item and session factors finite, of the configured rank, norms within RECSYS_MIN/MAX_FACTOR_NORM.",
 )
 def als_factors(
@@ -158,11 +155,9 @@ def als_factors(
                                     suites_passed=MetadataValue.json({r.suite: r.success for r in reports}))
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=als,
     name=SIMILAR_ITEMS_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: similar items have no self pairs or duplicates, at most K per item, cosine in [-1, 1].",
 )
 def similar_items_contract(
@@ -174,11 +169,9 @@ def similar_items_contract(
     return check_result_from_report(validate(frame, SIMILAR_ITEMS_CHECK, similar_items_suite(top_k)), week=week.key)
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=als,
     name=ALS_COVERAGE_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: ALS has factors for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items.",
 )
 def als_coverage(

@@ -9,14 +9,13 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from assets.als import ALS_RECOMMENDATIONS_TABLE, als
 from assets.covisitation import covisitation
 from assets.eval_split import eval_split
 from assets.partitions import weekly_partitions
-from assets.quality_checks import check_result_from_report, markdown_table
+from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
 from assets.top_sellers import top_sellers
 from pipelines.covisitation import COVISITATION_TABLE
 from pipelines.popularity import TOP_SELLERS_TABLE
@@ -106,11 +105,9 @@ def candidates(
     )
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=candidates,
     name=CANDIDATES_CONTRACT_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: one row per (session, type, aid), known types, every row from a source, < 10,000 per query.",
 )
 def candidates_contract(

@@ -10,13 +10,12 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
-from assets.quality_checks import check_result_from_report
+from assets.quality_checks import check_result_from_report, weekly_blocking_check
 from pipelines.covisitation import COVISITATION_TABLE, MATRICES, CovisitationConfig, build_covisitation, validation_frame
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
 from pipelines.quality import coverage_suite, covisitation_suite, validate
@@ -99,11 +98,9 @@ def covisitation(
     )
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=covisitation,
     name=COVISITATION_CONTRACT_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: no self pairs, no duplicate neighbours, at most K per item, ranks 1..n, positive finite weights.",
 )
 def covisitation_contract(
@@ -115,11 +112,9 @@ def covisitation_contract(
     return check_result_from_report(report, week=week.key)
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=covisitation,
     name=COVISITATION_COVERAGE_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description=(
         "GE: each matrix has neighbours for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items "
         "(>= 5 events; for buy2buy, >= 5 carts/orders)."

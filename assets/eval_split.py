@@ -7,11 +7,10 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from assets.partitions import weekly_partitions
-from assets.quality_checks import check_result_from_report
+from assets.quality_checks import check_result_from_report, weekly_blocking_check
 from assets.sessions import sessions
 from pipelines.evaluation import (
     EVAL_LABELS_TABLE,
@@ -64,11 +63,9 @@ def eval_split(
     )
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=eval_split,
     name=EVAL_SPLIT_CONTRACT_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: one row per evaluation session, non-empty prefix and hidden part, every session has labels.",
 )
 def eval_split_contract(

@@ -13,12 +13,11 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 from dagster_aws.s3 import S3Resource
 
 from assets.partitions import weekly_partitions
-from assets.quality_checks import check_result_from_report
+from assets.quality_checks import check_result_from_report, weekly_blocking_check
 from pipelines.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE
 from pipelines.quality import drift_frame, drift_suite, events_suite, quarantine_suite, validate
@@ -86,11 +85,9 @@ def events(
     )
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=events,
     name=EVENTS_CONTRACT_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: schema and types, type domain, ts inside the week, non-negative ids, no duplicates, rows > 0.",
 )
 def events_contract(
@@ -101,11 +98,9 @@ def events_contract(
     return check_result_from_report(validate(frame, EVENTS_CONTRACT_CHECK, events_suite(week)), week=week.key)
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=events,
     name=EVENTS_QUARANTINE_RATE_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: share of quarantined records at most RECSYS_MAX_QUARANTINE_RATE (default 1%).",
 )
 def events_quarantine_rate(
@@ -126,11 +121,9 @@ def events_quarantine_rate(
     )
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=events,
     name=EVENTS_DRIFT_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: event volume and type mix within the configured bounds of the previous week's.",
 )
 def events_drift(

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+
+from assets.partitions import weekly_partitions
 
 from pipelines.quality import ValidationReport
+
+
+def weekly_blocking_check(*, asset, name: str, description: str):
+    """A check per weekly partition that blocks: on failure nothing downstream runs in that run."""
+    return asset_check(asset=asset, name=name, description=description, blocking=True, partitions_def=weekly_partitions)
 
 
 def check_result_from_report(report: ValidationReport, **extra_metadata) -> AssetCheckResult:

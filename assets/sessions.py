@@ -10,12 +10,11 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from assets.events import events
 from assets.partitions import history_window, weekly_partitions
-from assets.quality_checks import check_result_from_report
+from assets.quality_checks import check_result_from_report, weekly_blocking_check
 from pipelines.lake import SESSIONS_TABLE
 from pipelines.quality import drift_frame, drift_suite, sessions_suite, sessions_validation_frame, validate
 from pipelines.sessions import materialize_sessions_week
@@ -62,11 +61,9 @@ def sessions(
     )
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=sessions,
     name=SESSIONS_CONTRACT_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description=(
         "GE: one row per session, non-negative ids, history sorted and within the cap, "
         "type counts consistent, at least one event and the last event inside the week."
@@ -81,11 +78,9 @@ def sessions_contract(
     return check_result_from_report(report, week=week.key)
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=sessions,
     name=SESSIONS_DRIFT_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: number of active sessions within the configured volume bounds of the previous week's.",
 )
 def sessions_drift(

@@ -10,13 +10,12 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
-from assets.quality_checks import check_result_from_report, markdown_table
+from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
 from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
 from pipelines.quality import per_type_counts_suite, top_sellers_suite, validate
@@ -77,11 +76,9 @@ def top_sellers(
     )
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=top_sellers,
     name=TOP_SELLERS_CONTRACT_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: known types and lists, ranks within top-N, positive finite scores, no duplicate aid in a list.",
 )
 def top_sellers_contract(
@@ -93,11 +90,9 @@ def top_sellers_contract(
     return check_result_from_report(report, week=week.key)
 
 
-@asset_check(
+@weekly_blocking_check(
     asset=top_sellers,
     name=TOP_SELLERS_PER_TYPE_CHECK,
-    blocking=True,
-    partitions_def=weekly_partitions,
     description="GE: the popular list is non-empty for clicks, carts and orders (it is every list's fallback).",
 )
 def top_sellers_every_type(
