@@ -348,3 +348,154 @@ def candidates_validation_frame(candidates):
     return candidates.select(
         "session", "type", "aid", "n_sources", F.count(F.lit(1)).over(query).alias("candidates_in_query")
     )
+
+
+# --- published recommendation tables (pre-publication gates, see pipelines/publish.py) ----
+
+
+def published_lists_suite(key_columns, min_length: int = 1, max_length: int = 20) -> list:
+    """Runs on `published_lists_validation_frame` of frequently_bought_together, similar_items or
+    session_recommendations: 1..20 distinct recs per row, as many scores, scores descending, known aids."""
+    import great_expectations.expectations as gxe
+
+    keys = list(key_columns)
+    expectations = [
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in keys],
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=keys) if len(keys) > 1 else gxe.ExpectColumnValuesToBeUnique(column=keys[0]),
+        gxe.ExpectColumnValuesToBeBetween(column="n_recs", min_value=min_length, max_value=max_length),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_recs", column_B="n_scores"),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_recs", column_B="n_distinct_recs"),
+        gxe.ExpectColumnValuesToBeInSet(column="recs_not_null", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="scores_finite", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="scores_descending", value_set=[True]),
+        gxe.ExpectColumnValuesToBeBetween(column="n_unknown_recs", min_value=0, max_value=0),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+    if "aid" in keys:
+        expectations += [
+            gxe.ExpectColumnValuesToBeInSet(column="aid_known", value_set=[True]),
+            gxe.ExpectColumnValuesToBeInSet(column="recommends_itself", value_set=[False]),
+        ]
+    if "type" in keys:
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="type", value_set=list(EVENT_TYPES)))
+    return expectations
+
+
+def _known_aids(catalogue):
+    from pyspark.sql import functions as F
+
+    return catalogue.select(F.col("aid").cast("long").alias("_aid")).where(F.col("_aid").isNotNull()).distinct()
+
+
+def published_lists_validation_frame(table, key_columns, catalogue):
+    """One row per list with its lengths, order, and how many of its aids the catalogue does not know."""
+    from pyspark.sql import functions as F
+
+    keys = list(key_columns)
+    known = _known_aids(catalogue)
+    lists = table.select(*keys, "recs", "scores")
+    unknown = (
+        lists.select(*keys, F.explode("recs").alias("_aid"))
+        .join(known, "_aid", "left_anti")
+        .groupBy(*keys)
+        .agg(F.count(F.lit(1)).alias("n_unknown_recs"))
+    )
+    frame = lists.join(unknown, keys, "left")
+    columns = [
+        *keys,
+        F.coalesce(F.size("recs"), F.lit(0)).alias("n_recs"),
+        F.coalesce(F.size("scores"), F.lit(0)).alias("n_scores"),
+        F.coalesce(F.size(F.array_distinct("recs")), F.lit(0)).alias("n_distinct_recs"),
+        F.coalesce(F.forall("recs", lambda r: r.isNotNull()), F.lit(False)).alias("recs_not_null"),
+        F.coalesce(
+            F.forall("scores", lambda s: s.isNotNull() & ~F.isnan(s) & (F.abs(s) < F.lit(float("inf")))), F.lit(False)
+        ).alias("scores_finite"),
+        F.coalesce(F.sort_array("scores", asc=False) == F.col("scores"), F.lit(False)).alias("scores_descending"),
+        F.coalesce(F.col("n_unknown_recs"), F.lit(0)).alias("n_unknown_recs"),
+    ]
+    if "aid" in keys:
+        frame = frame.join(known.select(F.col("_aid").alias("aid"), F.lit(True).alias("aid_known")), "aid", "left")
+        columns += [
+            F.coalesce(F.col("aid_known"), F.lit(False)).alias("aid_known"),
+            F.coalesce(F.array_contains("recs", F.col("aid")), F.lit(False)).alias("recommends_itself"),
+        ]
+    return frame.select(*columns)
+
+
+def published_top_sellers_suite(max_rank: int = 20) -> list:
+    """Runs on `published_top_sellers_validation_frame`: ranks 1..n per type, distinct known aids, scores ordered."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnDistinctValuesToEqualSet(column="type", value_set=list(EVENT_TYPES)),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("type", "rank", "aid", "score")],
+        gxe.ExpectColumnValuesToBeBetween(column="rank", min_value=1, max_value=max_rank),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["type", "rank"]),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["type", "aid"]),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="rows_in_type", column_B="max_rank_in_type"),
+        gxe.ExpectColumnValuesToBeInSet(column="aid_known", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="score_finite", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="score_not_above_previous_rank", value_set=[True]),
+    ]
+
+
+def published_top_sellers_validation_frame(top_sellers, catalogue):
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    per_type = Window.partitionBy("type")
+    by_rank = Window.partitionBy("type").orderBy("rank")
+    known = _known_aids(catalogue).select(F.col("_aid").alias("aid"), F.lit(True).alias("aid_known"))
+    frame = top_sellers.select("type", "rank", "aid", "score").join(known, "aid", "left")
+    return frame.select(
+        "type",
+        "rank",
+        "aid",
+        "score",
+        F.count(F.lit(1)).over(per_type).alias("rows_in_type"),
+        F.max("rank").over(per_type).alias("max_rank_in_type"),
+        F.coalesce(F.col("aid_known"), F.lit(False)).alias("aid_known"),
+        F.coalesce(~F.isnan("score") & (F.abs("score") < F.lit(float("inf"))), F.lit(False)).alias("score_finite"),
+        F.coalesce(F.col("score") <= F.lag("score").over(by_rank), F.lit(True)).alias("score_not_above_previous_rank"),
+    )
+
+
+def session_coverage_suite() -> list:
+    """Runs on `session_coverage_validation_frame`: `uncovered` names each missing `session/type`."""
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToBeNull(column="uncovered")]
+
+
+def session_coverage_validation_frame(session_recommendations, active_sessions):
+    """Every active session crossed with every event type, with `uncovered` = "session/type" when it has no list."""
+    from pyspark.sql import functions as F
+
+    expected = active_sessions.select("session").distinct().select(
+        "session", F.explode(F.array(*[F.lit(t) for t in EVENT_TYPES])).alias("type")
+    )
+    present = session_recommendations.select("session", "type").distinct().withColumn("_present", F.lit(True))
+    joined = expected.join(present, ["session", "type"], "left")
+    return joined.select(
+        "session",
+        "type",
+        F.when(F.col("_present").isNull(), F.concat_ws("/", F.col("session").cast("string"), F.col("type"))).alias("uncovered"),
+    )
+
+
+def published_row_counts_suite(tables, min_ratio: float = 0.5, max_ratio: float = 2.0) -> list:
+    """Runs on `published_row_counts_frame`: rows per table against the previous published week."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeBetween(column=f"{t}_row_ratio", min_value=min_ratio, max_value=max_ratio) for t in tables
+    ]
+
+
+def published_row_counts_frame(current: dict, previous: dict):
+    """One-row pandas frame: `<table>_row_ratio` = rows now / rows in the previous manifest."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{f"{t}_row_ratio": (n / previous[t]) if previous.get(t) else float("inf") for t, n in current.items()}]
+    )
