@@ -14,6 +14,7 @@ import assets.events
 import assets.sessions
 import assets.top_sellers
 from jobs import ingest_job, weekly_recommender_job
+from jobs.schedules import late_raw_week_sensor, weekly_recommender_schedule
 from resources import build_resources
 
 STAGE_MODULES = [
@@ -33,6 +34,8 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> Definiti
         assets=[assets.events.raw_jsonl, *load_assets_from_modules(STAGE_MODULES)],
         asset_checks=load_asset_checks_from_modules(STAGE_MODULES),
         jobs=[weekly_recommender_job, ingest_job],
+        schedules=[weekly_recommender_schedule],
+        sensors=[late_raw_week_sensor],
         resources=dict(resources) if resources is not None else build_resources(),
     )
 
