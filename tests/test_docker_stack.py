@@ -311,7 +311,7 @@ def test_mlflow_server_uses_postgres_and_minio_and_accepts_the_stack_host(servic
     backend = option(argv, "--backend-store-uri")
     postgres_env = as_env(services["postgres"]["environment"])
     assert backend == (
-        f"postgresql://{postgres_env['POSTGRES_USER']}:{postgres_env['POSTGRES_PASSWORD']}@postgres:5432/mlflow"
+        f"postgresql+psycopg2://{postgres_env['POSTGRES_USER']}:{postgres_env['POSTGRES_PASSWORD']}@postgres:5432/mlflow"
     )
     assert "CREATE DATABASE mlflow" in (DOCKER_DIR / "postgres-init.sql").read_text()
     assert option(argv, "--host") == "0.0.0.0"
@@ -339,7 +339,9 @@ def _env_refs(node) -> set[str]:
 
 
 def test_instance_uses_postgres_with_credentials_from_the_compose_environment(docker_dagster_yaml, services):
-    db = docker_dagster_yaml["storage"]["postgres"]["postgres_db"]
+    db = dict(docker_dagster_yaml["storage"]["postgres"]["postgres_db"])
+    # The installed driver (psycopg2-binary): SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3.
+    assert db.pop("scheme") == "postgresql+psycopg2"
     assert {key: spec["env"] for key, spec in db.items()} == {
         "username": "DAGSTER_POSTGRES_USER",
         "password": "DAGSTER_POSTGRES_PASSWORD",
@@ -404,7 +406,7 @@ def test_instance_postgres_storage_config_resolves_to_the_stack_database(stack_e
     result = process_config(resolve_to_config_type(storage_class.config_type()), ref.storage_data.config_dict)
     assert result.success, result.errors
     user, password = stack_env["DAGSTER_POSTGRES_USER"], stack_env["DAGSTER_POSTGRES_PASSWORD"]
-    assert pg_url_from_config(result.value) == f"postgresql://{user}:{password}@postgres:5432/dagster"
+    assert pg_url_from_config(result.value) == f"postgresql+psycopg2://{user}:{password}@postgres:5432/dagster"
 
 
 def test_dagster_schema_check_rejects_a_broken_instance(tmp_path):
