@@ -52,10 +52,11 @@ def http_ok(url: str) -> bool:
 
 
 class ManagedProcess:
-    def __init__(self, popen: subprocess.Popen, log: Path, name: str):
+    def __init__(self, popen: subprocess.Popen, log: Path, name: str, stop_signal: int = signal.SIGTERM):
         self.popen = popen
         self.log = log
         self.name = name
+        self.stop_signal = stop_signal
 
     def assert_running(self) -> None:
         if self.popen.poll() is not None:
@@ -75,7 +76,7 @@ class ManagedProcess:
         if self.popen.poll() is not None:
             return
         try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            os.killpg(self.popen.pid, self.stop_signal)
             self.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
@@ -87,16 +88,20 @@ class ManagedProcess:
 @contextmanager
 def managed_process(
     args: Sequence[str], log: Path, name: str | None = None, env: Mapping[str, str] | None = None,
-    cwd: str | Path | None = None,
+    cwd: str | Path | None = None, user: str | None = None, stop_signal: int = signal.SIGTERM,
 ) -> Iterator[ManagedProcess]:
-    """Start `args` in a new process group with stdout+stderr in `log`; kill the whole group on exit."""
+    """Start `args` in a new process group with stdout+stderr in `log`; kill the whole group on exit.
+
+    `user` runs the process as another user (needs root), e.g. servers that refuse to run as root;
+    `stop_signal` is sent to the group first (SIGKILL follows after the grace period).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = log.open("ab")
     popen = subprocess.Popen(
         list(args), stdout=handle, stderr=subprocess.STDOUT, env=dict(env) if env is not None else None,
-        cwd=cwd, start_new_session=True,
+        cwd=cwd, start_new_session=True, user=user,
     )
-    process = ManagedProcess(popen, log, name or Path(args[0]).name)
+    process = ManagedProcess(popen, log, name or Path(args[0]).name, stop_signal=stop_signal)
     try:
         yield process
     finally:
