@@ -11,6 +11,8 @@ import assets.candidates
 import assets.covisitation
 import assets.eval_split
 import assets.events
+import assets.features
+import assets.ranker
 import assets.sessions
 import assets.top_sellers
 from jobs import ingest_job, weekly_recommender_job
@@ -25,6 +27,8 @@ STAGE_MODULES = [
     assets.covisitation,
     assets.als,
     assets.candidates,
+    assets.features,
+    assets.ranker,
 ]
 
 

@@ -1,4 +1,9 @@
-"""`als`: implicit ALS on session x item confidences: factors, similar items, session recommendations."""
+"""`als`: implicit ALS on session x item confidences: item and session factors, and similar items.
+
+Candidates and the served model use ALS through `similar_items` of a session's history items, so
+training and serving score a session the same way (session factors exist only for sessions seen
+in the fit).
+"""
 
 from pathlib import Path
 
@@ -17,7 +22,15 @@ from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
 from assets.quality_checks import check_result_from_report, weekly_blocking_check
-from pipelines.als import AlsConfig, AlsResult, factor_validation_frame, fit_als, recommend_for_sessions, similar_items
+from pipelines.als import (
+    ALS_ITEM_FACTORS_TABLE,
+    ALS_SESSION_FACTORS_TABLE,
+    SIMILAR_ITEMS_TABLE,
+    AlsConfig,
+    factor_validation_frame,
+    fit_als,
+    similar_items,
+)
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
 from pipelines.quality import (
     coverage_suite,
@@ -29,10 +42,6 @@ from pipelines.quality import (
 from pipelines.tracking import flatten_metrics
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
-ALS_ITEM_FACTORS_TABLE = "als_item_factors"
-ALS_SESSION_FACTORS_TABLE = "als_session_factors"
-SIMILAR_ITEMS_TABLE = "similar_items"
-ALS_RECOMMENDATIONS_TABLE = "als_recommendations"
 ALS_FACTORS_CHECK = "als_factors"
 SIMILAR_ITEMS_CHECK = "similar_items_contract"
 ALS_COVERAGE_CHECK = "als_coverage"
@@ -61,8 +70,8 @@ class AlsRunConfig(Config):
     kinds={"spark", "parquet"},
     description=(
         "Spark MLlib implicit ALS (default rank 64, 10 iterations) on session x item confidences (clicks 1, carts 6, "
-        "orders 3) of the training window: item and session factors, the top-K similar items per item (blocked "
-        "cosine), and the top items for each of W's evaluation sessions."
+        "orders 3) of the training window: item and session factors, and the top-K similar items per item "
+        "(blocked cosine)."
     ),
 )
 def als(
@@ -87,23 +96,16 @@ def als(
         lake.lake.write_partition(result.session_factors, ALS_SESSION_FACTORS_TABLE, week)
     finally:
         result.release()
-    # Downstream steps read the stored factors, so what was checked is what is used.
-    stored = AlsResult(
-        item_factors=lake.lake.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, week),
-        session_factors=lake.lake.read_partition(spark.session, ALS_SESSION_FACTORS_TABLE, week),
-        stats=result.stats,
-    )
+    # Similar items come from the stored factors, so what was checked is what is used.
+    item_factors = lake.lake.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, week)
+    coverage = item_coverage(item_factors, active_items(train, ACTIVE_ITEM_MIN_EVENTS))
     lake.lake.write_partition(
-        similar_items(stored.item_factors, als_config.top_k, als_config.similarity_blocks), SIMILAR_ITEMS_TABLE, week
-    )
-    coverage = item_coverage(stored.item_factors, active_items(train, ACTIVE_ITEM_MIN_EVENTS))
-    lake.lake.write_partition(
-        recommend_for_sessions(stored, eval_sessions, als_config.top_k),
-        ALS_RECOMMENDATIONS_TABLE,
+        similar_items(item_factors, als_config.top_k, als_config.similarity_blocks),
+        SIMILAR_ITEMS_TABLE,
         week,
-        stats=lambda written: {**result.stats, "coverage": {"als_items": coverage}, "recommendation_rows": written.count()},
+        stats=lambda written: {**result.stats, "coverage": {"als_items": coverage}, "similar_items_rows": written.count()},
     )
-    stats = lake.lake.read_stats(ALS_RECOMMENDATIONS_TABLE, week)
+    stats = lake.lake.read_stats(SIMILAR_ITEMS_TABLE, week)
 
     with mlflow_tracking.week_run(context):
         mlflow.log_params({f"als.{k}": v for k, v in stats["params"].items()})
@@ -128,7 +130,7 @@ def als(
             "session_factor_norm": MetadataValue.json(stats["session_factor_norm"]),
             "coverage_of_active_items": coverage,
             "linear_algebra": MetadataValue.json(stats.get("linear_algebra", {})),
-            "recommendation_rows": stats["recommendation_rows"],
+            "similar_items_rows": stats["similar_items_rows"],
             "similar_items_path": MetadataValue.path(str(lake.lake.partition_dir(SIMILAR_ITEMS_TABLE, week))),
         }
     )
@@ -144,7 +146,7 @@ def als_factors(
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     quality = pipeline_config.quality
-    fitted_rank = lake.lake.read_stats(ALS_RECOMMENDATIONS_TABLE, week)["params"]["rank"]
+    fitted_rank = lake.lake.read_stats(SIMILAR_ITEMS_TABLE, week)["params"]["rank"]
     suite = factors_suite(fitted_rank, quality.min_factor_norm, quality.max_factor_norm)
     reports = [
         validate(factor_validation_frame(lake.lake.read_partition(spark.session, table, week)), f"{ALS_FACTORS_CHECK}.{table}", suite)
@@ -164,7 +166,7 @@ def similar_items_contract(
     context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
-    top_k = lake.lake.read_stats(ALS_RECOMMENDATIONS_TABLE, week)["params"]["top_k"]
+    top_k = lake.lake.read_stats(SIMILAR_ITEMS_TABLE, week)["params"]["top_k"]
     frame = similar_items_validation_frame(lake.lake.read_partition(spark.session, SIMILAR_ITEMS_TABLE, week))
     return check_result_from_report(validate(frame, SIMILAR_ITEMS_CHECK, similar_items_suite(top_k)), week=week.key)
 
@@ -180,6 +182,6 @@ def als_coverage(
     import pandas as pd
 
     week = pipeline_config.week(context.partition_key)
-    coverage = lake.lake.read_stats(ALS_RECOMMENDATIONS_TABLE, week)["coverage"]
+    coverage = lake.lake.read_stats(SIMILAR_ITEMS_TABLE, week)["coverage"]
     report = validate(pd.DataFrame([coverage]), ALS_COVERAGE_CHECK, coverage_suite(pipeline_config.min_source_coverage, ["als_items"]))
     return check_result_from_report(report, week=week.key, coverage=MetadataValue.json(coverage))

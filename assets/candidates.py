@@ -11,12 +11,13 @@ from dagster import (
     asset,
 )
 
-from assets.als import ALS_RECOMMENDATIONS_TABLE, als
+from assets.als import als
 from assets.covisitation import covisitation
 from assets.eval_split import eval_split
 from assets.partitions import weekly_partitions
 from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
 from assets.top_sellers import top_sellers
+from pipelines.als import SIMILAR_ITEMS_TABLE
 from pipelines.covisitation import COVISITATION_TABLE
 from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.candidates import CANDIDATES_TABLE, CandidateConfig, build_candidates, label_hits, recall_report
@@ -53,7 +54,7 @@ def report_table(report: dict) -> str:
     group_name="candidates",
     kinds={"spark", "parquet"},
     description=(
-        "Per (evaluation session, type): the union of history, co-visitation, ALS and top-seller candidates with "
+        "Per (evaluation session, type): the union of history, co-visitation, ALS similar-item and top-seller candidates with "
         "each source's score and rank, plus the hand-rule baseline rank. Metadata: recall@20 and candidate "
         "ceiling per source and combined, and the popularity and hand-rule baselines' OTTO scores."
     ),
@@ -71,7 +72,7 @@ def candidates(
     read = lambda table: lake.lake.read_partition(spark.session, table, week)  # noqa: E731
     started = time.perf_counter()
     table = build_candidates(
-        read(EVAL_SESSIONS_TABLE), read(COVISITATION_TABLE), read(ALS_RECOMMENDATIONS_TABLE), read(TOP_SELLERS_TABLE),
+        read(EVAL_SESSIONS_TABLE), read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE),
         CANDIDATE_CONFIG,
     )
     lake.lake.write_partition(table, CANDIDATES_TABLE, week)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 FACTORS_COLUMN = "factors"
+ALS_ITEM_FACTORS_TABLE = "als_item_factors"
+ALS_SESSION_FACTORS_TABLE = "als_session_factors"
+SIMILAR_ITEMS_TABLE = "similar_items"
 # Elements of one score chunk (rows x block columns). A chunk holds the float32 scores plus the
 # int64 positions `argpartition` returns: 12 bytes an element, ~200 MB at this size, whatever
 # the block size, which bounds a Python worker's memory.

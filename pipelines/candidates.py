@@ -9,10 +9,14 @@ Each source proposes a ranked list per (session, type):
   neighbours' weights normalised by its strongest neighbour and scaled by its recency;
   clicks use the time-weighted clicks matrix, carts and orders the carts-orders matrix
   plus buy2buy neighbours of the items already carted or ordered;
-- `als`: the session's top items by ALS factor dot product;
+- `als`: ALS similar items (cosine of item factors) of the prefix items, weighted like
+  co-visitation neighbours; using item-item similarity, not session factors, lets the served
+  model score sessions ALS never saw, exactly as in training;
 - `top_sellers`: the window's most popular items of the type.
 
-The union of the lists is the candidate table, with every source's score and rank as
+Every source reads a session as `session, prefix` (its time-ordered events, the visible
+prefix in evaluation, the full history in production), capped to the last
+`max_prefix_events`. The union of the lists is the candidate table, with every source's score and rank as
 columns (null when a source did not propose the item). The **hand-rule baseline** ranks
 that table like the public rerank: history items first (by history score), then
 co-visitation neighbours by summed weight, then top sellers.
@@ -38,6 +42,7 @@ class CandidateConfig:
     covisitation: int = 40
     als: int = 20
     top_sellers: int = 20
+    max_prefix_events: int = 100
 
 
 def _types_frame(spark, types=EVENT_TYPES):
@@ -52,92 +57,120 @@ def _ranked(frame, score_column: str, limit: int, tie_column: str = "aid"):
     return frame.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= limit)
 
 
-def weighted_history(eval_sessions):
-    """`session, aid, ts, type, recency` for every prefix event (recency in (0, 1], last event = 1)."""
+def weighted_history(sessions, max_prefix_events: int):
+    """`session, aid, ts, type, recency, position_from_end` for the last `max_prefix_events` prefix
+    events (recency in (0, 1], last event = 1; position_from_end 0 for the last event)."""
     from pyspark.sql import functions as F
 
-    exploded = eval_sessions.select("session", "n_prefix", F.posexplode("prefix").alias("position", "e"))
-    fraction = F.when(F.col("n_prefix") > 1, F.col("position") / (F.col("n_prefix") - 1)).otherwise(F.lit(1.0))
+    prefix = last_elements("prefix", max_prefix_events)
+    exploded = sessions.select("session", prefix.alias("kept")).select(
+        "session", F.size("kept").alias("n_kept"), F.posexplode("kept").alias("position", "e")
+    )
+    fraction = F.when(F.col("n_kept") > 1, F.col("position") / (F.col("n_kept") - 1)).otherwise(F.lit(1.0))
     return exploded.select(
         "session",
         F.col("e.aid").alias("aid"),
         F.col("e.ts").alias("ts"),
         F.col("e.type").alias("type"),
         (F.pow(F.lit(2.0), F.lit(0.1) + F.lit(0.9) * fraction) - F.lit(1.0)).alias("recency"),
+        (F.col("n_kept") - 1 - F.col("position")).alias("position_from_end"),
     )
 
 
-def history_candidates(eval_sessions, limit: int):
+def last_elements(column: str, n: int):
+    """The last `n` elements of an array column (Spark's slice with a negative start past the
+    beginning returns an empty array, hence the explicit start)."""
+    from pyspark.sql import functions as F
+
+    return F.slice(column, F.greatest(F.lit(1), F.size(column) - n + 1), F.lit(n))
+
+
+def history_candidates(history, limit: int):
     from pyspark.sql import functions as F
 
     type_weight = F.create_map(*[x for t, w in TYPE_WEIGHTS.items() for x in (F.lit(t), F.lit(w))])
-    scored = weighted_history(eval_sessions).groupBy("session", "aid").agg(
-        F.sum(F.col("recency") * type_weight[F.col("type")]).alias("score"), F.max("ts").alias("last_ts")
-    )
-    per_type = scored.crossJoin(_types_frame(eval_sessions.sparkSession))
+    scored = history.groupBy("session", "aid").agg(F.sum(F.col("recency") * type_weight[F.col("type")]).alias("score"))
+    per_type = scored.crossJoin(_types_frame(history.sparkSession))
     return _ranked(per_type, "score", limit).select("session", "type", "aid", "score", "rank")
 
 
-def _neighbour_scores(sources, covisitation, matrix: str):
-    """Sum over source items of recency x (weight / strongest weight of that source item)."""
+def neighbour_sources(history, types=None):
+    """One source row per (session, aid) of the history (of `types`, if given): its latest recency."""
+    from pyspark.sql import functions as F
+
+    selected = history.where(F.col("type").isin(*types)) if types else history
+    return selected.groupBy("session", "aid").agg(F.max("recency").alias("recency"))
+
+
+def covisitation_neighbours(covisitation, matrix: str):
+    """`aid, neighbour, weight` of one co-visitation matrix."""
+    from pyspark.sql import functions as F
+
+    return covisitation.where(F.col("matrix") == matrix).select("aid", "neighbour", "weight")
+
+
+def similar_item_neighbours(similar_items):
+    """`aid, neighbour, weight` from ALS similar items (only positive cosine adds evidence)."""
+    from pyspark.sql import functions as F
+
+    return similar_items.where(F.col("score") > 0).select("aid", "neighbour", F.col("score").alias("weight"))
+
+
+def neighbour_scores(sources, neighbours):
+    """Per (session, neighbour): sum over source items of recency x (weight / strongest weight of that item)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    neighbours = covisitation.where(F.col("matrix") == matrix).select("aid", "neighbour", "weight")
-    neighbours = neighbours.withColumn("relative", F.col("weight") / F.max("weight").over(Window.partitionBy("aid")))
-    return sources.join(neighbours, "aid").groupBy("session", F.col("neighbour").alias("aid")).agg(
+    relative = neighbours.withColumn("relative", F.col("weight") / F.max("weight").over(Window.partitionBy("aid")))
+    return sources.join(relative, "aid").groupBy("session", F.col("neighbour").alias("aid")).agg(
         F.sum(F.col("recency") * F.col("relative")).alias("score")
     )
 
 
-def covisitation_candidates(eval_sessions, covisitation, limit: int):
+def covisitation_candidates(history, covisitation, limit: int):
     from pyspark.sql import functions as F
 
-    history = weighted_history(eval_sessions)
-    # One source row per (session, aid): its most recent occurrence sets the recency.
-    sources = history.groupBy("session", "aid").agg(F.max("recency").alias("recency"))
-    buy_sources = history.where(F.col("type").isin(*BUY_TYPES)).groupBy("session", "aid").agg(
-        F.max("recency").alias("recency")
-    )
-    clicks = _neighbour_scores(sources, covisitation, "clicks").withColumn("type", F.lit("clicks"))
+    sources = neighbour_sources(history)
+    clicks = neighbour_scores(sources, covisitation_neighbours(covisitation, "clicks")).withColumn("type", F.lit("clicks"))
     buys = (
-        _neighbour_scores(sources, covisitation, "carts_orders")
-        .unionByName(_neighbour_scores(buy_sources, covisitation, "buy2buy"))
+        neighbour_scores(sources, covisitation_neighbours(covisitation, "carts_orders"))
+        .unionByName(neighbour_scores(neighbour_sources(history, BUY_TYPES), covisitation_neighbours(covisitation, "buy2buy")))
         .groupBy("session", "aid")
         .agg(F.sum("score").alias("score"))
-        .crossJoin(_types_frame(eval_sessions.sparkSession, BUY_TYPES))
+        .crossJoin(_types_frame(history.sparkSession, BUY_TYPES))
     )
     return _ranked(clicks.unionByName(buys), "score", limit).select("session", "type", "aid", "score", "rank")
 
 
-def als_candidates(als_recommendations, limit: int):
-    """ALS recommendations (`session, aid, score, rank`) proposed for every type."""
-    from pyspark.sql import functions as F
+def als_candidates(history, similar_items, limit: int):
+    """ALS similar items of the history items, proposed for every type."""
+    scored = neighbour_scores(neighbour_sources(history), similar_item_neighbours(similar_items))
+    per_type = scored.crossJoin(_types_frame(history.sparkSession))
+    return _ranked(per_type, "score", limit).select("session", "type", "aid", "score", "rank")
 
-    per_type = als_recommendations.where(F.col("rank") <= limit).crossJoin(_types_frame(als_recommendations.sparkSession))
-    return per_type.select("session", "type", "aid", "score", "rank")
 
-
-def top_seller_candidates(eval_sessions, top_sellers, limit: int):
+def top_seller_candidates(sessions, top_sellers, limit: int):
     from pyspark.sql import functions as F
 
     popular = top_sellers.where((F.col("list") == POPULAR) & (F.col("rank") <= limit)).select(
         "type", "aid", "score", "rank"
     )
-    return eval_sessions.select("session").crossJoin(F.broadcast(popular)).select(
+    return sessions.select("session").crossJoin(F.broadcast(popular)).select(
         "session", "type", "aid", "score", "rank"
     )
 
 
-def build_candidates(eval_sessions, covisitation, als_recommendations, top_sellers, config: CandidateConfig):
-    """The union of all sources, one row per (session, type, aid), with per-source score and rank columns."""
+def build_candidates(sessions, covisitation, similar_items, top_sellers, config: CandidateConfig):
+    """The union of all sources for `sessions` (`session, prefix`), one row per (session, type, aid),
+    with per-source score and rank columns."""
     from pyspark.sql import functions as F
 
+    history = weighted_history(sessions, config.max_prefix_events)
     per_source = {
-        "history": history_candidates(eval_sessions, config.history),
-        "covisitation": covisitation_candidates(eval_sessions, covisitation, config.covisitation),
-        "als": als_candidates(als_recommendations, config.als),
-        "top_sellers": top_seller_candidates(eval_sessions, top_sellers, config.top_sellers),
+        "history": history_candidates(history, config.history),
+        "covisitation": covisitation_candidates(history, covisitation, config.covisitation),
+        "als": als_candidates(history, similar_items, config.als),
+        "top_sellers": top_seller_candidates(sessions, top_sellers, config.top_sellers),
     }
     union = None
     for name, frame in per_source.items():

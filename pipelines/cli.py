@@ -47,6 +47,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import time
+
+    import mlflow
+    import pandas as pd
+
+    from pipelines.config import Settings
+    from pipelines.metrics import write_predictions_csv
+    from pipelines.model import recommendations_to_long
+
+    settings = Settings.from_env()
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    model_uri = args.model_uri or f"models:/{settings.registered_model_name}@champion"
+    sessions = pd.read_json(args.sessions, lines=True, dtype=False)
+    started = time.perf_counter()
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(f"cannot load {model_uri} from {settings.mlflow_tracking_uri}: {error.message}") from None
+    loaded = time.perf_counter()
+    recommendations = model.predict(sessions)
+    scored = time.perf_counter()
+    write_predictions_csv(recommendations_to_long(recommendations), args.out)
+    _print_json({
+        "model_uri": model_uri,
+        "sessions": int(sessions["session"].nunique()) if len(sessions) else 0,
+        "rows": int(len(recommendations)),
+        "out": args.out,
+        "load_seconds": round(loaded - started, 2),
+        "predict_seconds": round(scored - loaded, 2),
+        "sessions_per_second": round(len(sessions) / max(scored - loaded, 1e-9), 1),
+    })
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     land.add_argument("--out", required=True)
     land.add_argument("--timezone", default=DEFAULT_TIMEZONE)
     land.set_defaults(handler=_land)
+
+    predict = commands.add_parser(
+        "predict", help="score OTTO-format sessions with the registered model into the Kaggle CSV (session_type,labels)"
+    )
+    predict.add_argument("--sessions", required=True, help="OTTO JSONL: {\"session\": s, \"events\": [...]} per line")
+    predict.add_argument("--out", required=True, help="CSV to write")
+    predict.add_argument("--model-uri", default=None, help="default: models:/$RECSYS_MODEL_NAME@champion")
+    predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser(
         "evaluate", help="score a Kaggle-format predictions CSV against OTTO labels JSONL (prints JSON)"

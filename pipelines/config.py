@@ -80,6 +80,8 @@ class Settings:
     eval_seed: int = 42
     experiment_name: str = "session-recommender"
     registered_model_name: str = "session-recommender"
+    # The champion alias moves to a new version unless it scores below the champion minus this.
+    champion_tolerance: float = 0.002
     quality: QualityThresholds = field(default_factory=QualityThresholds)
 
     @classmethod
@@ -101,5 +103,6 @@ class Settings:
             eval_seed=_env_int("RECSYS_EVAL_SEED", 42),
             experiment_name=_env("RECSYS_MLFLOW_EXPERIMENT", "session-recommender"),
             registered_model_name=_env("RECSYS_MODEL_NAME", "session-recommender"),
+            champion_tolerance=_env_float("RECSYS_CHAMPION_TOLERANCE", 0.002),
             quality=QualityThresholds.from_env(),
         )

@@ -94,6 +94,19 @@ class Lake:
             result = result.unionByName(frame)
         return result
 
+    def write_document(self, payload: dict[str, Any], table: str, week: Week) -> Path:
+        """Replace `table`'s `week` with a JSON document only (a result that is not a frame), read by `read_stats`."""
+        target = self.partition_dir(table, week)
+        staging = target.parent / f"{STAGING_PREFIX}{week.folder}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            (staging / SIDECAR_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+            (staging / "_SUCCESS").touch()
+            self._swap_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
     def read_stats(self, table: str, week: Week) -> dict[str, Any] | None:
         """The summary written with the partition (drift checks compare it across weeks)."""
         path = self.partition_dir(table, week) / SIDECAR_NAME

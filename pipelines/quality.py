@@ -350,6 +350,31 @@ def candidates_validation_frame(candidates):
     )
 
 
+def features_suite(expected_rows: int) -> list:
+    """Runs on `pipelines.features.features_validation_frame`: one row per candidate, all finite."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectTableRowCountToEqual(value=expected_rows),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["session", "type", "aid"]),
+        gxe.ExpectColumnValuesToBeInSet(column="features_finite", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="has_session_features", value_set=[True]),
+    ]
+
+
+def ranker_suite(min_margin: float = 0.0) -> list:
+    """Runs on a one-row pandas frame of the week's scores: the ranker beats both baselines.
+
+    Columns: `margin_over_covisitation` and `margin_over_popularity` (ranker score minus baseline).
+    """
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeBetween(column=column, min_value=min_margin, strict_min=True)
+        for column in ("margin_over_covisitation", "margin_over_popularity")
+    ]
+
+
 # --- published recommendation tables (pre-publication gates, see pipelines/publish.py) ----
 
 

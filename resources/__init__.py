@@ -108,6 +108,13 @@ class MlflowResource(ConfigurableResource):
     tracking_uri: str
     experiment_name: str = "session-recommender"
     registered_model_name: str = "session-recommender"
+    champion_tolerance: float = 0.002
+
+    @property
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
 
     def run_id_for(self, context) -> str:
         from pipelines.tracking import week_run_id
@@ -149,6 +156,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
             tracking_uri=settings.mlflow_tracking_uri,
             experiment_name=settings.experiment_name,
             registered_model_name=settings.registered_model_name,
+            champion_tolerance=settings.champion_tolerance,
         ),
         "pipeline_config": PipelineConfigResource(
             raw_uri=settings.raw_uri,

@@ -1,4 +1,4 @@
-"""Candidate sources as Dagster assets on generated data: two weeks through the whole graph."""
+"""The weekly graph on generated data: two weeks through every stage, the ranker, MLflow, predict and serving."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from tests.conftest import make_resources
 
 WEEKS = ["2022-08-01", "2022-08-08"]
 # Small and fast: the stage logic is the same at rank 64.
-FAST_RUN_CONFIG = {"ops": {"als": {"config": {"rank": 8, "max_iter": 4, "similarity_blocks": 2}}}}
+FAST_RUN_CONFIG = {"ops": {
+    "als": {"config": {"rank": 8, "max_iter": 4, "similarity_blocks": 2}},
+    "ranker": {"config": {"num_boost_round": 60}},
+}}
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +124,167 @@ def test_a_corrupted_covisitation_table_fails_its_check_and_blocks_candidates(tw
     failed = checks["covisitation_contract"].metadata["failed_expectations"].value
     assert any(f["kwargs"].get("column") == "is_self_pair" for f in failed)
     assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {"covisitation"}
+
+
+# --- ranker, MLflow, registry, predict and serving --------------------------------------
+
+
+def _week_runs(two_weeks):
+    import mlflow
+
+    resource = two_weeks["resources"]["mlflow_tracking"]
+    mlflow.set_tracking_uri(resource.tracking_uri)
+    return resource, mlflow.search_runs(experiment_names=[resource.experiment_name])
+
+
+def test_ranker_beats_both_baselines_every_week_on_the_same_sessions(two_weeks):
+    for week, result in two_weeks["results"].items():
+        metadata = _metadata(result, "ranker")
+        assert metadata["score"] > metadata["baseline_covisitation_score"], week
+        assert metadata["score"] > metadata["baseline_popularity_score"], week
+        check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "ranker_beats_baselines")
+        assert check.passed
+
+
+def test_logged_oof_predictions_rescore_to_the_logged_metric(two_weeks, tmp_path):
+    import mlflow
+
+    from pipelines.metrics import evaluate_files
+
+    _, runs = _week_runs(two_weeks)
+    for _, run in runs.iterrows():
+        local = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="evaluation", dst_path=str(tmp_path / run["run_id"]))
+        rescored = evaluate_files(f"{local}/labels.jsonl", f"{local}/oof_predictions.csv")
+        assert rescored["score"] == pytest.approx(run["metrics.ranker.score"], abs=1e-9)
+        for name in ("recall_clicks", "recall_carts", "recall_orders", "ndcg_orders", "mrr_clicks"):
+            assert run[f"metrics.ranker.{name}"] == pytest.approx(rescored[name], abs=1e-9)
+        assert run["metrics.baseline_popularity.score"] < run["metrics.ranker.score"]
+        artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "evaluation")}
+        assert {"evaluation/recall_at_k.png", "evaluation/feature_importance_orders.png"} <= artifacts
+
+
+def test_registry_holds_a_version_per_week_and_a_champion(two_weeks):
+    from mlflow import MlflowClient
+
+    resource, _ = _week_runs(two_weeks)
+    client = MlflowClient(resource.tracking_uri)
+    versions = client.search_model_versions(f"name = '{resource.registered_model_name}'")
+    assert sorted(v.tags["week"] for v in versions) == WEEKS
+    champion = client.get_model_version_by_alias(resource.registered_model_name, "champion")
+    assert champion.tags["gate"] == "promoted"
+
+
+@pytest.fixture(scope="module")
+def held_out(two_weeks, spark, tmp_path_factory):
+    """Week 2's evaluation prefixes as OTTO JSONL, and their labels, written like the official test set."""
+    import json
+
+    from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
+    from pipelines.metrics import write_labels_jsonl
+    from pipelines.weeks import Week
+
+    lake = Lake(str(two_weeks["root"] / "lake"))
+    week = Week.parse(WEEKS[1], "Europe/Berlin")
+    folder = tmp_path_factory.mktemp("held-out")
+    sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week).orderBy("session").limit(300).toPandas()
+    with open(folder / "sessions.jsonl", "w") as handle:
+        for row in sessions.itertuples():
+            events = [{"aid": int(e["aid"]), "ts": int(e["ts"]), "type": e["type"]} for e in row.prefix]
+            handle.write(json.dumps({"session": int(row.session), "events": events}) + "\n")
+    labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week)).toPandas()
+    write_labels_jsonl(labels[labels["session"].isin(sessions["session"])], folder / "labels.jsonl")
+    return folder
+
+
+def test_predict_scores_held_out_sessions_with_the_champion(two_weeks, held_out, monkeypatch, capsys):
+    import json
+
+    from pipelines.cli import main
+    from pipelines.metrics import read_predictions_csv
+
+    resource = two_weeks["resources"]["mlflow_tracking"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", resource.tracking_uri)
+    monkeypatch.setenv("RECSYS_MODEL_NAME", resource.registered_model_name)
+    assert main(["predict", "--sessions", str(held_out / "sessions.jsonl"), "--out", str(held_out / "predictions.csv")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sessions"] == 300 and summary["model_uri"].endswith("@champion")
+
+    predictions = read_predictions_csv(held_out / "predictions.csv")
+    assert predictions.groupby(["session", "type"]).size().max() <= 20
+    assert predictions["session"].nunique() == 300
+    assert main(["evaluate", "--labels", str(held_out / "labels.jsonl"), "--predictions", str(held_out / "predictions.csv")]) == 0
+    metric = json.loads(capsys.readouterr().out)
+    assert metric["score"] > 0.2
+
+
+def test_predict_rejects_malformed_sessions_with_a_clear_error(two_weeks, tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    resource = two_weeks["resources"]["mlflow_tracking"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", resource.tracking_uri)
+    monkeypatch.setenv("RECSYS_MODEL_NAME", resource.registered_model_name)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"session": 1, "events": [{"aid": 5, "ts": 1659304800000, "type": "views"}]}\n')
+    assert main(["predict", "--sessions", str(bad), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "unknown event types ['views']" in capsys.readouterr().err
+
+
+def test_shuffled_labels_drop_the_ranker_to_the_baseline(two_weeks, spark):
+    """If labels leaked into features, a ranker trained on other sessions' labels would still score well."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long
+    from pipelines.features import FEATURES_TABLE
+    from pipelines.metrics import score_predictions
+    from pipelines.ranker import RankerConfig, attach_labels, fit_target, load_feature_rows, top_k
+    from pipelines.weeks import Week
+
+    lake = Lake(str(two_weeks["root"] / "lake"))
+    week = Week.parse(WEEKS[1], "Europe/Berlin")
+    labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week)).toPandas()
+    sessions = labels["session"].unique()
+    permuted = dict(zip(sessions, np.random.default_rng(0).permutation(sessions)))
+    shuffled = labels.assign(session=labels["session"].map(permuted))
+    config = RankerConfig(num_boost_round=60)
+    features_dir = lake.partition_dir(FEATURES_TABLE, week)
+    blind = pd.concat([
+        top_k(fit_target(attach_labels(load_feature_rows(features_dir, t), shuffled), t, config).oof)
+        for t in ("clicks", "carts", "orders")
+    ])
+    blind_score = score_predictions(blind, labels)["score"]
+    metadata = _metadata(two_weeks["results"][WEEKS[1]], "ranker")
+    assert blind_score < metadata["baseline_covisitation_score"] + 0.01
+    assert blind_score < metadata["score"] - 0.03
+
+
+def test_the_champion_is_served_over_http(two_weeks, held_out, tmp_path):
+    import json
+    import os
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from tests.processes import free_port, http_ok, managed_process
+
+    resource = two_weeks["resources"]["mlflow_tracking"]
+    port = free_port()
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": resource.tracking_uri, "SPARK_MASTER": "local[1]"}
+    first = json.loads((held_out / "sessions.jsonl").read_text().splitlines()[0])
+    with managed_process(
+        [str(mlflow_cli), "models", "serve", "-m", f"models:/{resource.registered_model_name}@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+        tmp_path / "serve.log", name="mlflow models serve", env=env,
+    ) as server:
+        server.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), timeout=180)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_records": [first]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            body = json.loads(response.read())
+    predictions = body["predictions"]
+    assert {p["type"] for p in predictions} == {"clicks", "carts", "orders"}
+    assert all(p["session"] == first["session"] and 1 <= len(p["recs"]) <= 20 for p in predictions)

@@ -1,0 +1,108 @@
+"""`features`: label-free features for every candidate row of W's evaluation sessions, and item statistics."""
+
+import time
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetDep,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.candidates import CANDIDATE_CONFIG, candidates
+from assets.events import events
+from assets.partitions import training_weeks_before, weekly_partitions
+from assets.quality_checks import check_result_from_report, weekly_blocking_check
+from pipelines.als import SIMILAR_ITEMS_TABLE
+from pipelines.candidates import CANDIDATES_TABLE
+from pipelines.covisitation import COVISITATION_TABLE
+from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
+from pipelines.features import (
+    FEATURE_COLUMNS,
+    FEATURES_TABLE,
+    ITEM_STATS_TABLE,
+    SourceTables,
+    add_features,
+    build_item_stats,
+    features_validation_frame,
+)
+from pipelines.popularity import TOP_SELLERS_TABLE
+from pipelines.quality import features_suite, validate
+from resources import LakeResource, PipelineConfigResource, SparkResource
+
+FEATURES_CONTRACT_CHECK = "features_contract"
+
+
+def source_tables(spark, lake, week) -> SourceTables:
+    """Week W's fitted tables, as the features and the served model read them."""
+    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    return SourceTables(
+        covisitation=read(COVISITATION_TABLE),
+        similar_items=read(SIMILAR_ITEMS_TABLE),
+        top_sellers=read(TOP_SELLERS_TABLE),
+        item_stats=read(ITEM_STATS_TABLE),
+    )
+
+
+@asset(
+    deps=[candidates, AssetDep(events, partition_mapping=training_weeks_before)],
+    partitions_def=weekly_partitions,
+    group_name="ranking",
+    kinds={"spark", "parquet"},
+    description=(
+        "Per candidate row: candidate (source scores and ranks, hand-rule rank), session (length, duration, counts), "
+        "item (popularity by type over the window and its last week, trend, conversion) and session x item "
+        "(interactions, recency, co-visitation weights per matrix, ALS similarity) features. Never reads a label. "
+        "Also writes `item_stats`, which the served model bundles."
+    ),
+)
+def features(
+    context: AssetExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> MaterializeResult:
+    week = pipeline_config.week(context.partition_key)
+    weeks_before = pipeline_config.training_weeks_before(context.partition_key)
+    started = time.perf_counter()
+    eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
+    train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
+    lake.lake.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
+
+    candidate_rows = lake.lake.read_partition(spark.session, CANDIDATES_TABLE, week)
+    table = add_features(
+        candidate_rows, eval_sessions.select("session", "prefix"), source_tables(spark.session, lake.lake, week),
+        CANDIDATE_CONFIG,
+    )
+    lake.lake.write_partition(
+        table, FEATURES_TABLE, week,
+        stats=lambda written: {"rows": written.count(), "candidate_rows": candidate_rows.count(),
+                               "rows_per_type": {r["type"]: r["count"] for r in written.groupBy("type").count().collect()}},
+    )
+    stats = lake.lake.read_stats(FEATURES_TABLE, week)
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "dagster/row_count": stats["rows"],
+            "rows_per_type": MetadataValue.json(stats["rows_per_type"]),
+            "feature_columns": MetadataValue.json(FEATURE_COLUMNS),
+            "n_features": len(FEATURE_COLUMNS),
+            "seconds": round(time.perf_counter() - started, 1),
+            "path": MetadataValue.path(str(lake.lake.partition_dir(FEATURES_TABLE, week))),
+        }
+    )
+
+
+@weekly_blocking_check(
+    asset=features,
+    name=FEATURES_CONTRACT_CHECK,
+    description="GE: exactly one feature row per candidate, every feature finite or missing, session features present.",
+)
+def features_contract(
+    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    stats = lake.lake.read_stats(FEATURES_TABLE, week)
+    frame = features_validation_frame(lake.lake.read_partition(spark.session, FEATURES_TABLE, week))
+    report = validate(frame, FEATURES_CONTRACT_CHECK, features_suite(stats["candidate_rows"]))
+    return check_result_from_report(report, week=week.key)

@@ -1,0 +1,176 @@
+"""`ranker`: LightGBM LambdaRank per target, K-fold evaluation, the MLflow model and the champion gate."""
+
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.candidates import CANDIDATE_CONFIG
+from assets.features import features, source_tables
+from assets.partitions import weekly_partitions
+from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
+from pipelines.config import EVENT_TYPES
+from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long
+from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE
+from pipelines.metrics import write_labels_jsonl, write_predictions_csv
+from pipelines.model import log_recommender, save_bundle
+from pipelines.plots import plot_feature_importance, plot_recall_curves
+from pipelines.quality import ranker_suite, validate
+from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_ranker, recall_at_k_curve
+from pipelines.registry import gate_version
+from pipelines.tracking import code_version, flatten_metrics
+from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
+
+RANKER_TABLE = "ranker"
+RANKER_BEATS_BASELINES_CHECK = "ranker_beats_baselines"
+
+
+class RankerRunConfig(Config):
+    """LightGBM and K-fold knobs, editable per run in the launchpad; defaults are the benchmarked ones."""
+
+    folds: int = RankerConfig.folds
+    seed: int = RankerConfig.seed
+    num_boost_round: int = RankerConfig.num_boost_round
+    learning_rate: float = RankerConfig.learning_rate
+    num_leaves: int = RankerConfig.num_leaves
+    min_data_in_leaf: int = RankerConfig.min_data_in_leaf
+
+    def to_ranker_config(self) -> RankerConfig:
+        return RankerConfig(**self.model_dump())
+
+
+def scores_table(metrics: dict) -> str:
+    import pandas as pd
+
+    rows = [
+        {"ranking": name, **{t: round(values[f"recall_{t}"], 4) for t in EVENT_TYPES}, "score": round(values["score"], 4),
+         "ndcg@20 orders": round(values["ndcg_orders"], 4), "mrr@20 clicks": round(values["mrr_clicks"], 4)}
+        for name, values in metrics.items()
+    ]
+    return markdown_table(pd.DataFrame(rows))
+
+
+@asset(
+    deps=[features],
+    partitions_def=weekly_partitions,
+    group_name="ranking",
+    kinds={"lightgbm", "mlflow"},
+    description=(
+        "One LightGBM LambdaRank model per target (clicks, carts, orders), session-grouped K-fold on W's evaluation "
+        "sessions. The OTTO score of the out-of-fold predictions is the week's result, beside the popularity and "
+        "hand-rule baselines on the same sessions. Logs the week's MLflow run (metrics, plots, OOF predictions and "
+        "labels), registers the pyfunc recommender and moves `champion` only through the gate."
+    ),
+)
+def ranker(
+    context: AssetExecutionContext,
+    config: RankerRunConfig,
+    spark: SparkResource,
+    lake: LakeResource,
+    mlflow_tracking: MlflowResource,
+    pipeline_config: PipelineConfigResource,
+) -> MaterializeResult:
+    import mlflow
+
+    week = pipeline_config.week(context.partition_key)
+    ranker_config = config.to_ranker_config()
+    started = time.perf_counter()
+    labels = labels_long(lake.lake.read_partition(spark.session, EVAL_LABELS_TABLE, week)).toPandas()
+    evaluation = evaluate_ranker(lake.lake.partition_dir(FEATURES_TABLE, week), labels, ranker_config)
+    fit_seconds = time.perf_counter() - started
+    results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
+    baselines = {name: metrics[name]["score"] for name in BASELINES}
+    item_count = lake.lake.read_partition(spark.session, ITEM_STATS_TABLE, week).count()
+    coverage = evaluation.predictions[RANKER]["aid"].nunique() / max(item_count, 1)
+
+    with tempfile.TemporaryDirectory(prefix="ranker-") as scratch, mlflow_tracking.week_run(context) as run:
+        scratch = Path(scratch)
+        write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
+        write_labels_jsonl(labels, scratch / "labels.jsonl")
+        curves = {name: recall_at_k_curve(frame, labels) for name, frame in evaluation.predictions.items()}
+        plot_recall_curves(curves, scratch / "recall_at_k.png")
+        for event_type, result in results.items():
+            plot_feature_importance(result.feature_importance, scratch / f"feature_importance_{event_type}.png")
+        mlflow.log_params({f"ranker.{k}": v for k, v in ranker_config.params().items()})
+        mlflow.log_params({"features.code_version": FEATURE_CODE_VERSION, "features.count": len(FEATURE_COLUMNS)})
+        mlflow.log_metrics({
+            **flatten_metrics("", metrics),
+            **flatten_metrics("ceiling", evaluation.ceiling),
+            "catalogue_coverage": coverage,
+            "ranker.seconds": fit_seconds,
+            **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
+        })
+        for path in sorted(scratch.iterdir()):
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+
+        bundle = save_bundle(
+            scratch / "bundle",
+            source_tables(spark.session, lake.lake, week),
+            {t: r.model for t, r in results.items()},
+            {"week": week.key, "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
+             "mlflow_run_id": run.info.run_id, "code_version": code_version()},
+        )
+        model_info = log_recommender(bundle)
+        registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
+        decision = gate_version(
+            mlflow_tracking.client, mlflow_tracking.registered_model_name, registered.version, score, baselines,
+            mlflow_tracking.champion_tolerance, extra_tags={"week": week.key, "mlflow_run_id": run.info.run_id},
+        )
+        mlflow.set_tags({"model.version": registered.version, "model.gate": "promoted" if decision.promoted else "rejected",
+                         "model.gate_reason": decision.reason})
+
+    summary = {
+        "week": week.key, "metrics": metrics, "ceiling": evaluation.ceiling, "coverage": coverage, "gate": decision.as_dict(),
+        "model_name": mlflow_tracking.registered_model_name, "model_version": registered.version,
+        "mlflow_run_id": run.info.run_id, "train_rows": {t: r.train_rows for t, r in results.items()},
+    }
+    lake.lake.write_document(summary, RANKER_TABLE, week)
+    context.log.info(f"ranker {score:.4f} vs baselines {baselines}; gate: {decision.reason}")
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "score": score,
+            **{f"{name}_score": value for name, value in baselines.items()},
+            "scores": MetadataValue.md(scores_table(metrics)),
+            "candidate_ceiling": MetadataValue.json(evaluation.ceiling),
+            "catalogue_coverage": coverage,
+            "model": f"{mlflow_tracking.registered_model_name} v{registered.version}",
+            "champion_gate": MetadataValue.json(decision.as_dict()),
+            "mlflow_run_id": run.info.run_id,
+            "model_uri": f"models:/{mlflow_tracking.registered_model_name}/{registered.version}",
+            "fit_seconds": round(fit_seconds, 1),
+        }
+    )
+
+
+@weekly_blocking_check(
+    asset=ranker,
+    name=RANKER_BEATS_BASELINES_CHECK,
+    description="GE: the ranker's out-of-fold OTTO score is above the hand-rule and popularity baselines on the same sessions.",
+)
+def ranker_beats_baselines(
+    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    import pandas as pd
+
+    week = pipeline_config.week(context.partition_key)
+    metrics = lake.lake.read_stats(RANKER_TABLE, week)["metrics"]
+    score = metrics["ranker"]["score"]
+    margins = pd.DataFrame([{
+        "margin_over_covisitation": score - metrics["baseline_covisitation"]["score"],
+        "margin_over_popularity": score - metrics["baseline_popularity"]["score"],
+    }])
+    report = validate(margins, RANKER_BEATS_BASELINES_CHECK, ranker_suite())
+    return check_result_from_report(
+        report, week=week.key, score=score, **{f"{b}_score": metrics[b]["score"] for b in BASELINES}
+    )

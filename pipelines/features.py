@@ -1,0 +1,199 @@
+"""Label-free features for every candidate row, in Spark.
+
+Input is what the ranker may know when it scores a session: the session's visible events
+(`session, prefix`) and the tables fitted on the training window (co-visitation, ALS similar
+items, top sellers, item statistics). Nothing here reads a label, so the same function builds
+the training rows of week W (prefixes of its evaluation sessions) and the rows the served model
+scores (full histories of any session).
+
+Feature groups (every column is numeric; missing values stay null and LightGBM treats them as
+missing):
+
+- candidate: each source's score and rank, the number of sources, the hand-rule rank;
+- session: length, duration, events by type, distinct items;
+- item: events by type over the window and its last week, click trend, cart and order rates;
+- session x item: events by type with the item in the session, seconds and events since the
+  session last touched it, co-visitation weight summed from the session's items for each matrix,
+  ALS similarity summed from the session's items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.candidates import (
+    BUY_TYPES,
+    SOURCES,
+    CandidateConfig,
+    build_candidates,
+    covisitation_neighbours,
+    neighbour_scores,
+    neighbour_sources,
+    similar_item_neighbours,
+    weighted_history,
+)
+from pipelines.config import EVENT_TYPES
+
+FEATURES_TABLE = "features"
+ITEM_STATS_TABLE = "item_stats"
+FEATURE_CODE_VERSION = "1"
+KEY_COLUMNS = ("session", "type", "aid")
+DAY_MS = 24 * 3600 * 1000
+TREND_SMOOTHING = 5.0
+
+CANDIDATE_FEATURES = [
+    *[f"{source}_{kind}" for source in SOURCES for kind in ("score", "rank")],
+    "n_sources",
+    "baseline_rank",
+]
+SESSION_FEATURES = ["session_length", "session_duration_s", "session_unique_aids"] + [
+    f"session_{event_type}" for event_type in EVENT_TYPES
+]
+ITEM_FEATURES = (
+    [f"item_{event_type}" for event_type in EVENT_TYPES]
+    + [f"item_{event_type}_last_week" for event_type in EVENT_TYPES]
+    + ["item_click_trend", "item_cart_rate", "item_order_rate"]
+)
+SESSION_ITEM_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
+    "interaction_seconds_since",
+    "interaction_events_since",
+    "covisitation_clicks_weight",
+    "covisitation_carts_orders_weight",
+    "covisitation_buy2buy_weight",
+    "als_similarity",
+]
+FEATURE_COLUMNS = CANDIDATE_FEATURES + SESSION_FEATURES + ITEM_FEATURES + SESSION_ITEM_FEATURES
+
+
+@dataclass(frozen=True)
+class SourceTables:
+    """What candidates and features are built from: one week's fitted tables (Spark frames)."""
+
+    covisitation: object
+    similar_items: object
+    top_sellers: object
+    item_stats: object
+
+
+def build_item_stats(events, reference_ms: int):
+    """Per item: events by type over the training window and its last week before `reference_ms`,
+    the click trend (last week vs the one before, smoothed) and cart/order rates per click.
+
+    `events` are the training events (weeks before W and W's visible prefixes): prefix events,
+    at or after `reference_ms`, count as last week.
+    """
+    from pyspark.sql import functions as F
+
+    last_week = F.col("ts") >= reference_ms - 7 * DAY_MS
+    previous_week = (F.col("ts") >= reference_ms - 14 * DAY_MS) & ~last_week
+    counts = []
+    for event_type in EVENT_TYPES:
+        is_type = F.col("type") == event_type
+        counts += [
+            F.sum(is_type.cast("long")).alias(f"item_{event_type}"),
+            F.sum((is_type & last_week).cast("long")).alias(f"item_{event_type}_last_week"),
+        ]
+    counts.append(F.sum(((F.col("type") == "clicks") & previous_week).cast("long")).alias("clicks_previous_week"))
+    per_item = events.groupBy("aid").agg(*counts)
+    smoothing = F.lit(TREND_SMOOTHING)
+    return per_item.select(
+        "aid",
+        *[f"item_{event_type}" for event_type in EVENT_TYPES],
+        *[f"item_{event_type}_last_week" for event_type in EVENT_TYPES],
+        ((F.col("item_clicks_last_week") + smoothing) / (F.col("clicks_previous_week") + smoothing)).alias(
+            "item_click_trend"
+        ),
+        (F.col("item_carts") / (F.col("item_clicks") + 1.0)).alias("item_cart_rate"),
+        (F.col("item_orders") / (F.col("item_clicks") + 1.0)).alias("item_order_rate"),
+    )
+
+
+def session_features(sessions):
+    """`session` + SESSION_FEATURES from the whole visible prefix."""
+    from pyspark.sql import functions as F
+
+    count_type = lambda name: F.size(F.filter("prefix", lambda e: e["type"] == name))  # noqa: E731
+    return sessions.select(
+        "session",
+        F.size("prefix").alias("session_length"),
+        ((F.element_at("prefix", -1)["ts"] - F.element_at("prefix", 1)["ts"]) / 1000.0).alias("session_duration_s"),
+        F.size(F.array_distinct(F.transform("prefix", lambda e: e["aid"]))).alias("session_unique_aids"),
+        *[count_type(event_type).alias(f"session_{event_type}") for event_type in EVENT_TYPES],
+        F.element_at("prefix", -1)["ts"].alias("_last_ts"),
+    )
+
+
+def session_item_features(history, session_stats):
+    """`session, aid` + interaction counts by type, and seconds/events since the last interaction."""
+    from pyspark.sql import functions as F
+
+    per_pair = history.groupBy("session", "aid").agg(
+        *[F.sum((F.col("type") == event_type).cast("int")).alias(f"interaction_{event_type}") for event_type in EVENT_TYPES],
+        F.max("ts").alias("_item_last_ts"),
+        F.min("position_from_end").alias("interaction_events_since"),
+    )
+    return per_pair.join(session_stats.select("session", "_last_ts"), "session").select(
+        "session",
+        "aid",
+        *[f"interaction_{event_type}" for event_type in EVENT_TYPES],
+        ((F.col("_last_ts") - F.col("_item_last_ts")) / 1000.0).alias("interaction_seconds_since"),
+        "interaction_events_since",
+    )
+
+
+def neighbour_features(history, tables: SourceTables):
+    """`session, aid` + the weights summed from the session's items, per co-visitation matrix and for ALS."""
+    sources = neighbour_sources(history)
+    per_feature = {
+        "covisitation_clicks_weight": neighbour_scores(sources, covisitation_neighbours(tables.covisitation, "clicks")),
+        "covisitation_carts_orders_weight": neighbour_scores(
+            sources, covisitation_neighbours(tables.covisitation, "carts_orders")
+        ),
+        "covisitation_buy2buy_weight": neighbour_scores(
+            neighbour_sources(history, BUY_TYPES), covisitation_neighbours(tables.covisitation, "buy2buy")
+        ),
+        "als_similarity": neighbour_scores(sources, similar_item_neighbours(tables.similar_items)),
+    }
+    joined = None
+    for name, frame in per_feature.items():
+        renamed = frame.withColumnRenamed("score", name)
+        joined = renamed if joined is None else joined.join(renamed, ["session", "aid"], "full_outer")
+    return joined
+
+
+def add_features(candidates, sessions, tables: SourceTables, config: CandidateConfig):
+    """`candidates` (from `build_candidates`) with every FEATURE_COLUMNS column, as doubles."""
+    from pyspark.sql import functions as F
+
+    history = weighted_history(sessions, config.max_prefix_events)
+    session_stats = session_features(sessions)
+    with_features = (
+        candidates.join(session_stats, "session", "left")
+        .join(tables.item_stats, "aid", "left")
+        .join(session_item_features(history, session_stats), ["session", "aid"], "left")
+        .join(neighbour_features(history, tables), ["session", "aid"], "left")
+    )
+    return with_features.select(*KEY_COLUMNS, *[F.col(name).cast("double").alias(name) for name in FEATURE_COLUMNS])
+
+
+def candidate_features(sessions, tables: SourceTables, config: CandidateConfig):
+    """Candidates and features in one go: what the served model computes for new sessions."""
+    candidates = build_candidates(sessions, tables.covisitation, tables.similar_items, tables.top_sellers, config)
+    return add_features(candidates, sessions, tables, config)
+
+
+def features_validation_frame(features):
+    """One row per candidate with what the features contract checks: keys present, values finite."""
+    from pyspark.sql import functions as F
+
+    finite = [~(F.isnan(name) | F.col(name).isin(float("inf"), float("-inf"))) for name in FEATURE_COLUMNS]
+    all_finite = finite[0]
+    for condition in finite[1:]:
+        all_finite = all_finite & condition
+    return features.select(
+        "session",
+        "type",
+        "aid",
+        F.coalesce(all_finite, F.lit(True)).alias("features_finite"),
+        F.col("session_length").isNotNull().alias("has_session_features"),
+    )

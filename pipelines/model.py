@@ -1,0 +1,226 @@
+"""The servable recommender: one MLflow pyfunc bundling the week's source tables and the rankers.
+
+A bundle is a folder:
+
+    model_info.json      feature columns and code version, candidate config, week, scores
+    tables/<name>/       Parquet: covisitation, similar_items, top_sellers, item_stats
+    rankers/<type>.txt   LightGBM model per target type
+
+`recommend` turns sessions into top-20 lists per type with the exact Spark code that built the
+training rows (`pipelines.features.candidate_features`), then scores them with the rankers inside
+Spark (`mapInPandas`), so batch tables, `recsys predict` and `mlflow models serve` all rank the
+way the evaluation measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+try:  # mlflow is a dependency of the project; the import guard keeps `pipelines` importable without it.
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object
+
+from pipelines.candidates import CandidateConfig, last_elements
+from pipelines.config import EVENT_TYPES
+from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, SourceTables, candidate_features
+from pipelines.metrics import K
+from pipelines.ranker import predict_scores
+
+BUNDLE_ARTIFACT = "bundle"
+MODEL_ARTIFACT_PATH = "recommender"
+INFO_FILE = "model_info.json"
+TABLE_NAMES = ("covisitation", "similar_items", "top_sellers", "item_stats")
+TYPE_ORDER = {"clicks": 0, "carts": 1, "orders": 2}
+RECOMMENDATIONS_SCHEMA = "session BIGINT, type STRING, recs ARRAY<BIGINT>, scores ARRAY<FLOAT>"
+
+
+class InvalidSessionsError(ValueError):
+    """Input sessions that cannot be scored (the message says which and why)."""
+
+
+def save_bundle(directory: str | Path, tables: SourceTables, rankers: dict, info: dict, files_per_table: int = 2) -> Path:
+    """Write the tables (Spark frames) and the rankers (LightGBM boosters) into `directory`."""
+    directory = Path(directory)
+    (directory / "rankers").mkdir(parents=True, exist_ok=True)
+    for name in TABLE_NAMES:
+        getattr(tables, name).coalesce(files_per_table).write.mode("overwrite").parquet(str(directory / "tables" / name))
+    for event_type, booster in rankers.items():
+        booster.save_model(str(directory / "rankers" / f"{event_type}.txt"))
+    full_info = {"feature_columns": FEATURE_COLUMNS, "feature_code_version": FEATURE_CODE_VERSION, **info}
+    (directory / INFO_FILE).write_text(json.dumps(full_info, indent=2, sort_keys=True, default=str))
+    return directory
+
+
+class Bundle:
+    """A bundle folder opened for scoring."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.info = json.loads((self.directory / INFO_FILE).read_text())
+        if self.info["feature_columns"] != FEATURE_COLUMNS:
+            raise ValueError(
+                f"model bundle {self.directory} was trained with other features "
+                f"(feature code version {self.info.get('feature_code_version')}, this code {FEATURE_CODE_VERSION})"
+            )
+        self.candidate_config = CandidateConfig(**self.info.get("candidate_config", {}))
+        self.ranker_strings = {
+            event_type: (self.directory / "rankers" / f"{event_type}.txt").read_text() for event_type in EVENT_TYPES
+        }
+
+    def tables(self, spark) -> SourceTables:
+        return SourceTables(**{name: spark.read.parquet(str(self.directory / "tables" / name)) for name in TABLE_NAMES})
+
+    def recommend(self, sessions, k: int = K):
+        """`sessions`: Spark `session, prefix` -> Spark `session, type, recs, scores` (top k per type)."""
+        features = candidate_features(sessions, self.tables(sessions.sparkSession), self.candidate_config)
+        return top_k_lists(score_features(features, self.ranker_strings), k)
+
+
+def score_features(features, ranker_strings: dict[str, str]):
+    """Add `score` to Spark candidate feature rows with the LightGBM model of each row's type."""
+    import numpy as np
+
+    def score(batches):
+        import lightgbm as lgb
+
+        boosters = {event_type: lgb.Booster(model_str=text) for event_type, text in ranker_strings.items()}
+        for batch in batches:
+            scores = np.zeros(len(batch))
+            for event_type, index in batch.groupby("type").groups.items():
+                # One thread per Python worker: Spark already runs one worker per core.
+                scores[batch.index.get_indexer(index)] = predict_scores(boosters[event_type], batch.loc[index], num_threads=1)
+            yield batch[["session", "type", "aid"]].assign(score=scores)
+
+    return features.mapInPandas(score, "session BIGINT, type STRING, aid BIGINT, score DOUBLE")
+
+
+def top_k_lists(scored, k: int = K):
+    """`session, type, recs, scores` with the k best aids per (session, type), scores descending."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy("session", "type").orderBy(F.desc("score"), F.asc("aid"))
+    best = scored.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= k)
+    grouped = best.groupBy("session", "type").agg(
+        F.sort_array(F.collect_list(F.struct("rank", "aid", "score"))).alias("ranked")
+    )
+    return grouped.select(
+        "session",
+        "type",
+        F.transform("ranked", lambda r: r["aid"]).alias("recs"),
+        F.transform("ranked", lambda r: r["score"].cast("float")).alias("scores"),
+    )
+
+
+def otto_sessions_to_long(frame: pd.DataFrame) -> pd.DataFrame:
+    """OTTO rows (`session`, `events`: list of {aid, ts, type}) -> `session, aid, ts, type`, validated."""
+    if not {"session", "events"} <= set(frame.columns):
+        raise InvalidSessionsError(f"expected columns 'session' and 'events', got {list(frame.columns)}")
+    exploded = frame[["session", "events"]].explode("events", ignore_index=True)
+    empty = exploded["events"].isna()
+    if empty.any():
+        raise InvalidSessionsError(f"sessions without events: {exploded.loc[empty, 'session'].head(5).tolist()}")
+    events = pd.DataFrame.from_records(exploded["events"].tolist(), columns=["aid", "ts", "type"])
+    events.insert(0, "session", exploded["session"].to_numpy())
+    unknown = ~events["type"].isin(EVENT_TYPES)
+    if unknown.any():
+        raise InvalidSessionsError(
+            f"unknown event types {sorted(events.loc[unknown, 'type'].astype(str).unique())[:5]} "
+            f"(sessions {events.loc[unknown, 'session'].head(5).tolist()}); expected one of {list(EVENT_TYPES)}"
+        )
+    try:
+        for column in ("session", "aid", "ts"):
+            events[column] = pd.to_numeric(events[column], errors="raise").astype("int64")
+    except (ValueError, TypeError) as error:
+        raise InvalidSessionsError(f"session, aid and ts must be integers: {error}") from None
+    if (events[["session", "aid", "ts"]] < 0).to_numpy().any():
+        raise InvalidSessionsError("session, aid and ts must be non-negative")
+    return events
+
+
+def prefixes_from_events(events, max_events: int = 500):
+    """Spark `session, aid, ts, type` -> `session, prefix` ordered like the `sessions` asset, last `max_events` kept."""
+    from pyspark.sql import functions as F
+
+    type_rank = F.create_map(*[x for name, rank in TYPE_ORDER.items() for x in (F.lit(name), F.lit(rank))])
+    grouped = events.groupBy("session").agg(
+        F.array_sort(F.collect_list(F.struct("ts", type_rank[F.col("type")].alias("type_rank"), "aid", "type"))).alias(
+            "ordered"
+        )
+    )
+    kept = last_elements("ordered", max_events)
+    return grouped.select(
+        "session",
+        F.transform(kept, lambda e: F.struct(e["ts"].alias("ts"), e["aid"].alias("aid"), e["type"].alias("type"))).alias(
+            "prefix"
+        ),
+    )
+
+
+def _local_spark():
+    from pyspark.sql import SparkSession
+
+    from pipelines.spark import build_spark_session
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return build_spark_session(
+        os.environ.get("SPARK_MASTER", "local[*]"),
+        {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": os.environ.get("RECSYS_SERVING_PARTITIONS", "4")},
+        app_name="session-recommender-serving",
+    )
+
+
+class RecommenderModel(PythonModel):
+    """pyfunc: OTTO sessions in (`session`, `events`), top-20 per type out (`session, type, recs, scores`)."""
+
+    def load_context(self, context):
+        self.bundle = Bundle(context.artifacts[BUNDLE_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if frame.empty:
+            return pd.DataFrame({"session": [], "type": [], "recs": [], "scores": []})
+        events = otto_sessions_to_long(frame)
+        spark = _local_spark()
+        sessions = prefixes_from_events(spark.createDataFrame(events, "session BIGINT, aid BIGINT, ts BIGINT, type STRING"))
+        result = self.bundle.recommend(sessions).toPandas()
+        result["recs"] = result["recs"].map(lambda aids: [int(a) for a in aids])
+        result["scores"] = result["scores"].map(lambda values: [float(v) for v in values])
+        order = pd.Categorical(result["type"], categories=list(EVENT_TYPES), ordered=True)
+        return result.assign(_order=order).sort_values(["session", "_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "pyspark", "lightgbm", "pandas", "numpy", "pyarrow")]
+
+
+def log_recommender(bundle_dir: str | Path, name: str = MODEL_ARTIFACT_PATH):
+    """Log the bundle as a pyfunc model into the active MLflow run; returns mlflow's ModelInfo."""
+    import mlflow
+
+    pipelines_dir = Path(__file__).resolve().parent
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=RecommenderModel(),
+        artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+        code_paths=[str(pipelines_dir)],
+        pip_requirements=pip_requirements(),
+    )
+
+
+def recommendations_to_long(recommendations: pd.DataFrame) -> pd.DataFrame:
+    """`session, type, recs` lists -> long `session, type, aid, rank` predictions."""
+    exploded = recommendations[["session", "type", "recs"]].explode("recs").dropna(subset=["recs"])
+    exploded = exploded.rename(columns={"recs": "aid"}).astype({"aid": "int64"})
+    return exploded.assign(rank=exploded.groupby(["session", "type"]).cumcount() + 1)

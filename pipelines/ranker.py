@@ -1,0 +1,274 @@
+"""LightGBM LambdaRank per target with session-grouped K-fold: the week's honest evaluation.
+
+For each target type (clicks, carts, orders) the training rows are the candidate rows of that
+type, labelled 1 when the candidate is in the session's truth. Sessions are assigned to K folds
+by a seeded permutation; fold k's model is trained on the other folds and scores fold k only,
+so every out-of-fold score comes from a model that never saw that session. Queries without a
+positive carry no LambdaRank gradient and are left out of training; negatives are downsampled
+per session (seeded), positives always kept. The final model of a type is fitted on all
+sessions with the same parameters and serves in production.
+
+LightGBM and OpenMP do not survive a fork: nothing here forks, and callers must not fork after
+training (no multiprocessing start method "fork" once this ran).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import EVENT_TYPES
+from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS
+from pipelines.metrics import K, candidate_recall, score_predictions
+
+LABEL_COLUMN = "label"
+SCORE_COLUMN = "score"
+# Graded relevance: the target's own truth is 2; for carts and orders, the other buy type's
+# truth is 1 (a carted item is often ordered later), which multiplies the scarce order signal.
+RELATED_TRUTH = {"carts": "orders", "orders": "carts"}
+# Candidates the hand rule does not rank (ALS-only) start below every ranked one.
+UNRANKED_PRIOR_RANK = 200.0
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    folds: int = 3
+    seed: int = 42
+    num_boost_round: int = 120
+    learning_rate: float = 0.08
+    num_leaves: int = 31
+    min_data_in_leaf: int = 40
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    lambdarank_truncation_level: int = 25
+    negatives_per_session: dict = field(default_factory=lambda: {"clicks": 20, "carts": 30, "orders": 40})
+    num_threads: int = 0
+
+    def lightgbm_params(self) -> dict:
+        return {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [K],
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": 1,
+            "lambdarank_truncation_level": self.lambdarank_truncation_level,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
+
+    def params(self) -> dict:
+        flat = {k: v for k, v in asdict(self).items() if k != "negatives_per_session"}
+        flat.update({f"negatives_per_session.{t}": n for t, n in self.negatives_per_session.items()})
+        return flat
+
+
+@dataclass
+class FoldRecord:
+    fold: int
+    train_sessions: set[int]
+    scored_sessions: set[int]
+    train_rows: int
+
+
+@dataclass
+class TargetResult:
+    event_type: str
+    model: object  # lightgbm.Booster fitted on every session
+    oof: pd.DataFrame  # session, type, aid, score for every candidate row of the type
+    folds: list[FoldRecord]
+    feature_importance: pd.Series
+    train_rows: int
+    train_sessions: int
+    seconds: float
+
+
+def assign_folds(sessions: np.ndarray, folds: int, seed: int) -> pd.Series:
+    """Fold number per distinct session (seeded permutation: balanced and reproducible)."""
+    unique = np.sort(pd.unique(sessions))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = np.empty(len(unique), dtype=np.int64)
+    fold_of[order] = np.arange(len(unique)) % folds
+    return pd.Series(fold_of, index=unique, name="fold")
+
+
+def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """`candidates` (one type or all) with `label`: 2 where (session, type, aid) is in `labels`, 1 where
+    the aid is in the session's truth of the related buy type, else 0. Metrics count only the 2s."""
+    truth = labels[list(KEY_COLUMNS)].drop_duplicates()
+    related = truth[truth["type"].isin(list(RELATED_TRUTH))].assign(type=lambda f: f["type"].map(RELATED_TRUTH))
+    graded = pd.concat([truth.assign(**{LABEL_COLUMN: np.int8(2)}), related.assign(**{LABEL_COLUMN: np.int8(1)})])
+    graded = graded.groupby(list(KEY_COLUMNS), as_index=False)[LABEL_COLUMN].max()
+    merged = candidates.merge(graded, on=list(KEY_COLUMNS), how="left")
+    merged[LABEL_COLUMN] = merged[LABEL_COLUMN].fillna(0).astype(np.int8)
+    return merged
+
+
+def prior_score(frame: pd.DataFrame) -> np.ndarray:
+    """The hand rule as a starting score (-log2(1 + rank)): boosting learns corrections to the
+    baseline's order instead of rediscovering it, which matters when a week has few buyers."""
+    ranks = frame["baseline_rank"].to_numpy(dtype=np.float64, na_value=np.nan)
+    return -np.log2(1.0 + np.where(np.isnan(ranks), UNRANKED_PRIOR_RANK, ranks))
+
+
+def training_rows(rows: pd.DataFrame, negatives_per_session: int, seed: int) -> pd.DataFrame:
+    """Rows of sessions with at least one positive; all positives, up to n random negatives per session.
+
+    Sorted by session so LightGBM's `group` sizes describe contiguous queries.
+    """
+    has_positive = rows.groupby("session", sort=False)[LABEL_COLUMN].transform("max") > 0
+    useful = rows[has_positive]
+    noise = np.random.default_rng(seed).random(len(useful))
+    negative_order = (
+        useful.assign(_noise=np.where(useful[LABEL_COLUMN] > 0, -1.0, noise))
+        .groupby("session", sort=False)["_noise"]
+        .rank(method="first")
+    )
+    positives = useful[LABEL_COLUMN] > 0
+    keep = positives | (negative_order - positives.groupby(useful["session"]).transform("sum") <= negatives_per_session)
+    return useful[keep].sort_values(["session", "aid"], kind="stable")
+
+
+def _fit(train: pd.DataFrame, config: RankerConfig):
+    import lightgbm as lgb
+
+    groups = train.groupby("session", sort=False).size().to_numpy()
+    dataset = lgb.Dataset(
+        train[FEATURE_COLUMNS].to_numpy(dtype=np.float32),
+        label=train[LABEL_COLUMN].to_numpy(),
+        group=groups,
+        init_score=prior_score(train),
+        feature_name=list(FEATURE_COLUMNS),
+        free_raw_data=True,
+    )
+    return lgb.train(config.lightgbm_params(), dataset, num_boost_round=config.num_boost_round)
+
+
+def predict_scores(model, frame: pd.DataFrame, num_threads: int = 0) -> np.ndarray:
+    """The model's corrections plus the prior it was trained from (LightGBM does not store init scores)."""
+    return model.predict(frame[FEATURE_COLUMNS].to_numpy(dtype=np.float32), num_threads=num_threads) + prior_score(frame)
+
+
+def fit_target(rows: pd.DataFrame, event_type: str, config: RankerConfig) -> TargetResult:
+    """K-fold out-of-fold scores for every row of one target type, and the all-sessions model.
+
+    `rows`: candidate rows of `event_type` with FEATURE_COLUMNS and `label`.
+    """
+    started = time.perf_counter()
+    negatives = config.negatives_per_session[event_type]
+    fold_of = assign_folds(rows["session"].to_numpy(), config.folds, config.seed)
+    row_fold = fold_of.reindex(rows["session"].to_numpy()).to_numpy()
+    train_all = training_rows(rows, negatives, config.seed)
+    train_fold = fold_of.reindex(train_all["session"].to_numpy()).to_numpy()
+    oof = np.full(len(rows), np.nan)
+    records = []
+    for fold in range(config.folds):
+        train = train_all[train_fold != fold]
+        scored = row_fold == fold
+        if len(train) == 0:
+            raise ValueError(f"{event_type}: fold {fold} has no training session with a positive; too little data")
+        model = _fit(train, config)
+        oof[scored] = predict_scores(model, rows[scored], config.num_threads)
+        records.append(FoldRecord(
+            fold=fold,
+            train_sessions=set(train["session"].unique().tolist()),
+            scored_sessions=set(rows.loc[scored, "session"].unique().tolist()),
+            train_rows=len(train),
+        ))
+    final = _fit(train_all, config)
+    importance = pd.Series(final.feature_importance("gain"), index=FEATURE_COLUMNS, name=event_type)
+    return TargetResult(
+        event_type=event_type,
+        model=final,
+        oof=rows[list(KEY_COLUMNS)].assign(**{SCORE_COLUMN: oof}),
+        folds=records,
+        feature_importance=importance,
+        train_rows=len(train_all),
+        train_sessions=int(train_all["session"].nunique()),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def top_k(scored: pd.DataFrame, score_column: str = SCORE_COLUMN, k: int = K) -> pd.DataFrame:
+    """`session, type, aid, rank` of the k best rows per (session, type) (ties: smaller aid first)."""
+    ordered = scored.sort_values(["session", "type", score_column, "aid"], ascending=[True, True, False, True])
+    ordered = ordered.assign(rank=ordered.groupby(["session", "type"], sort=False).cumcount() + 1)
+    return ordered[ordered["rank"] <= k][["session", "type", "aid", "rank"]]
+
+
+def ranked_by(rows: pd.DataFrame, rank_column: str, k: int = K) -> pd.DataFrame:
+    """Predictions of a rule that already ranks the rows (e.g. `baseline_rank`); unranked rows drop out."""
+    ranked = rows[rows[rank_column].notna() & (rows[rank_column] <= k)]
+    return ranked[["session", "type", "aid"]].assign(rank=ranked[rank_column].astype("int64"))
+
+
+def recall_at_k_curve(predictions: pd.DataFrame, labels: pd.DataFrame, ks=(1, 2, 5, 10, 15, 20)) -> pd.DataFrame:
+    """Recall per type at several cut-offs of one ranked list."""
+    rows = []
+    for k in ks:
+        metrics = score_predictions(predictions[predictions["rank"] <= k], labels, k=20)
+        rows.append({"k": k, **{t: metrics[f"recall_{t}"] for t in EVENT_TYPES}, "score": metrics["score"]})
+    return pd.DataFrame(rows)
+
+
+def load_feature_rows(features_dir: str | Path, event_type: str) -> pd.DataFrame:
+    """One type's candidate rows from the features Parquet (pyarrow, not Spark: straight to numpy)."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(str(features_dir), format="parquet", exclude_invalid_files=True)
+    table = dataset.to_table(columns=[*KEY_COLUMNS, *FEATURE_COLUMNS], filter=ds.field("type") == event_type)
+    frame = table.to_pandas()
+    floats = {name: np.float32 for name in FEATURE_COLUMNS}
+    return frame.astype(floats)
+
+
+@dataclass
+class RankerEvaluation:
+    results: dict[str, TargetResult]
+    predictions: dict[str, pd.DataFrame]  # ranking name -> top-k `session, type, aid, rank`
+    metrics: dict[str, dict[str, float]]  # ranking name -> score_predictions(...)
+    ceiling: dict[str, float]  # recall of the unordered candidate set
+
+    @property
+    def score(self) -> float:
+        return self.metrics[RANKER]["score"]
+
+
+RANKER = "ranker"
+BASELINE_COVISITATION = "baseline_covisitation"
+BASELINE_POPULARITY = "baseline_popularity"
+BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
+
+
+def evaluate_ranker(features_dir: str | Path, labels: pd.DataFrame, config: RankerConfig, types=EVENT_TYPES) -> RankerEvaluation:
+    """Fit every target on week W's evaluation sessions; score the OOF predictions and both baselines
+    on the same candidate rows."""
+    results: dict[str, TargetResult] = {}
+    parts: dict[str, list[pd.DataFrame]] = {RANKER: [], BASELINE_COVISITATION: [], BASELINE_POPULARITY: []}
+    positives = []
+    for event_type in types:
+        rows = attach_labels(load_feature_rows(features_dir, event_type), labels)
+        result = fit_target(rows, event_type, config)
+        results[event_type] = result
+        parts[RANKER].append(top_k(result.oof))
+        parts[BASELINE_COVISITATION].append(ranked_by(rows, "baseline_rank"))
+        parts[BASELINE_POPULARITY].append(ranked_by(rows, "top_sellers_rank"))
+        positives.append(rows.loc[rows[LABEL_COLUMN] == 2, list(KEY_COLUMNS)])
+        del rows
+    predictions = {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+    return RankerEvaluation(
+        results=results,
+        predictions=predictions,
+        metrics={name: score_predictions(frame, labels) for name, frame in predictions.items()},
+        ceiling=candidate_recall(pd.concat(positives, ignore_index=True), labels),
+    )

@@ -1,0 +1,80 @@
+"""The model registry gate: which registered version is the `champion`.
+
+Every week's model is registered. The `champion` alias moves to the new version only if it beats
+both baselines of its own evaluation and its total score is at least the current champion's minus
+a tolerance (scores of different weeks are not perfectly comparable, so small dips are allowed).
+Otherwise the version is tagged `gate=rejected` with the reason and the champion stays.
+Rolling back is moving the alias by hand: `MlflowClient().set_registered_model_alias(name,
+"champion", version)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+CHAMPION_ALIAS = "champion"
+SCORE_TAG = "score"
+GATE_TAG = "gate"
+GATE_REASON_TAG = "gate_reason"
+PROMOTED = "promoted"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    version: str
+    promoted: bool
+    reason: str
+    score: float
+    champion_before: str | None
+    champion_score: float | None
+    champion_after: str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def current_champion(client, name: str):
+    """(version, score) of the champion, or (None, None) when there is none yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException:
+        return None, None
+    score = version.tags.get(SCORE_TAG)
+    return str(version.version), (float(score) if score is not None else None)
+
+
+def decide(score: float, baselines: dict[str, float], champion_score: float | None, tolerance: float) -> tuple[bool, str]:
+    """(promote?, reason) for a candidate version's score."""
+    for name, baseline in sorted(baselines.items()):
+        if not score > baseline:
+            return False, f"score {score:.4f} does not beat the {name} baseline {baseline:.4f}"
+    if champion_score is None:
+        return True, f"first version to pass the gate (score {score:.4f})"
+    if score >= champion_score - tolerance:
+        return True, f"score {score:.4f} >= champion {champion_score:.4f} - tolerance {tolerance}"
+    return False, f"score {score:.4f} < champion {champion_score:.4f} - tolerance {tolerance}"
+
+
+def gate_version(client, name: str, version: str, score: float, baselines: dict[str, float], tolerance: float,
+                 extra_tags: dict[str, str] | None = None) -> GateDecision:
+    """Tag `version` with its score and the gate's verdict; move `champion` to it if it passes."""
+    champion_before, champion_score = current_champion(client, name)
+    promoted, reason = decide(score, baselines, champion_score, tolerance)
+    tags = {SCORE_TAG: f"{score:.6f}", GATE_TAG: PROMOTED if promoted else REJECTED, GATE_REASON_TAG: reason,
+            **{f"baseline.{k}": f"{v:.6f}" for k, v in baselines.items()}, **(extra_tags or {})}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    return GateDecision(
+        version=str(version),
+        promoted=promoted,
+        reason=reason,
+        score=score,
+        champion_before=champion_before,
+        champion_score=champion_score,
+        champion_after=str(version) if promoted else champion_before,
+    )
