@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,13 +280,14 @@ class _LocalTarget:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith(WEEK_PREFIX))
 
-    def delete(self, keys: list[str]) -> list[str]:
-        errors = []
+    def delete(self, keys: list[str]) -> dict[str, str]:
+        """Delete `keys`; returns the keys that could not be deleted, with the reason."""
+        errors = {}
         for key in keys:
             try:
                 (self.root / key).unlink(missing_ok=True)
             except OSError as error:
-                errors.append(f"{self.describe(key)}: {error}")
+                errors[key] = str(error)
         # Remove folders left empty (a table or a temporary folder of an earlier publication).
         for folder in sorted({(self.root / key).parent for key in keys}, key=lambda p: len(p.parts), reverse=True):
             while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
@@ -379,14 +380,16 @@ class _S3Target:
             folders.extend(p["Prefix"][len(root):].rstrip("/") for p in page.get("CommonPrefixes", []))
         return sorted(folders)
 
-    def delete(self, keys: list[str]) -> list[str]:
-        errors = []
+    def delete(self, keys: list[str]) -> dict[str, str]:
+        """Delete `keys`; returns the keys that could not be deleted, with the reason."""
+        errors = {}
         for start in range(0, len(keys), 1000):
             batch = keys[start:start + 1000]
             response = self.client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True}
             )
-            errors.extend(f"s3://{self.bucket}/{e.get('Key')}: {e.get('Code')} {e.get('Message')}" for e in response.get("Errors", []))
+            for error in response.get("Errors", []):
+                errors[self._relative(error.get("Key", ""))] = f"{error.get('Code')} {error.get('Message')}"
         return errors
 
 
@@ -583,10 +586,11 @@ def publish_week(
     manifest_files: dict[str, list[dict[str, Any]]] = {}
 
     def fail(step: str, obj_key: str, error: Exception, cleanup: bool) -> PublishError:
-        if cleanup and uploaded:
-            # Unreferenced by any manifest: remove them (best effort; the next publication of the week retries).
+        if cleanup:
+            # Unreferenced by any manifest (the failed object may exist too): remove them, best
+            # effort; the next publication of the week deletes whatever is left.
             try:
-                target.delete(list(uploaded))
+                target.delete(sorted({*uploaded, obj_key}))
             except Exception:  # noqa: BLE001
                 pass
         return PublishError(step, target.describe(obj_key), _cause(error), key, f"_latest.json was left untouched ({latest_note})")
@@ -678,8 +682,9 @@ def publish_week(
     try:
         stale = [k for k in target.list_keys(f"{folder}/") if k not in keep]
         if stale:
-            cleanup_errors = target.delete(stale)
-            deleted = [k for k in stale if not any(target.describe(k) in e for e in cleanup_errors)]
+            failed = target.delete(stale)
+            deleted = [k for k in stale if k not in failed]
+            cleanup_errors = [f"{target.describe(k)}: {reason}" for k, reason in failed.items()]
     except Exception as error:  # noqa: BLE001 - published already; leftovers go with the next publication
         cleanup_errors.append(f"listing or deleting stale objects under {target.describe(folder + '/')}: {_cause(error)}")
 
@@ -845,6 +850,25 @@ class GateResult:
         return f"{self.name}: failed: {self.report.failure_summary()}"
 
 
+def validate_materialized(frame, suite_name: str, expectations: list):
+    """`pipelines.quality.validate` on a Spark frame computed once for all expectations.
+
+    GE runs a Spark job per metric; without this every job would redo the validation frame's
+    joins and windows (3x slower on small data). The cache lives only for this validation, so
+    a rerun never sees stale data.
+    """
+    from pipelines.quality import validate
+
+    if frame.__class__.__module__.startswith("pandas"):
+        return validate(frame, suite_name, expectations)
+    cached = frame.persist()
+    try:
+        cached.count()
+        return validate(cached, suite_name, expectations)
+    finally:
+        cached.unpersist()
+
+
 GATE_TOP_SELLERS = "published_top_sellers"
 GATE_FREQUENTLY_BOUGHT_TOGETHER = "published_frequently_bought_together"
 GATE_SIMILAR_ITEMS = "published_similar_items"
@@ -905,8 +929,9 @@ def run_publish_gates(
         published_top_sellers_validation_frame,
         session_coverage_suite,
         session_coverage_validation_frame,
-        validate,
     )
+
+    validate = validate_materialized
 
     thresholds = thresholds or PublishGateThresholds()
     lengths = {"min_length": thresholds.min_list_length, "max_length": thresholds.max_list_length}
@@ -950,8 +975,3 @@ def run_publish_gates(
 def failed_gates(results: Mapping[str, GateResult]) -> list[GateResult]:
     return [result for result in results.values() if not result.passed]
 
-
-def _iter_manifest_keys(manifest: Mapping[str, Any]) -> Iterable[str]:
-    for entry in manifest.get("tables", {}).values():
-        for item in entry.get("files", []):
-            yield item["key"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from pipelines.publish import (
     s3_client_from_resource,
     verify_manifest,
 )
+from pipelines.publish import validate_materialized as validate
 from tests.processes import free_port
 
 WEEK_A, WEEK_B = "2022-08-01", "2022-08-08"
@@ -440,7 +440,7 @@ def test_gates_pass_on_good_tables(spark, catalogue, active_sessions):
 
 
 def test_gate_duplicate_and_unknown_aids(spark, catalogue):
-    from pipelines.quality import published_lists_suite, published_lists_validation_frame, validate
+    from pipelines.quality import published_lists_suite, published_lists_validation_frame
 
     rows = table_rows()[SIMILAR_ITEMS]
     rows[0] = (1, [2, 2, 3], [0.9, 0.8, 0.1])  # duplicate aid in a list
@@ -458,7 +458,7 @@ def test_gate_duplicate_and_unknown_aids(spark, catalogue):
 
 
 def test_gate_too_long_unordered_and_mismatched_lists(spark, catalogue):
-    from pipelines.quality import published_lists_suite, published_lists_validation_frame, validate
+    from pipelines.quality import published_lists_suite, published_lists_validation_frame
 
     keys = ["session", "type"]
     rows = table_rows()[SESSION_RECOMMENDATIONS]
@@ -483,7 +483,6 @@ def test_gate_missing_session_and_bad_top_sellers(spark, catalogue):
         published_top_sellers_validation_frame,
         session_coverage_suite,
         session_coverage_validation_frame,
-        validate,
     )
 
     active = spark.createDataFrame([(100,), (101,), (102,)], "session BIGINT")
