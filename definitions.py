@@ -13,6 +13,7 @@ import assets.eval_split
 import assets.events
 import assets.features
 import assets.ranker
+import assets.recommendations
 import assets.sessions
 import assets.top_sellers
 from jobs import ingest_job, weekly_recommender_job
@@ -29,6 +30,7 @@ STAGE_MODULES = [
     assets.candidates,
     assets.features,
     assets.ranker,
+    assets.recommendations,
 ]
 
 

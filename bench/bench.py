@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.als import AlsConfig, AlsResult, fit_als, recommend_for_sessions, similar_items
+from pipelines.als import SIMILAR_ITEMS_TABLE, AlsConfig, fit_als, similar_items
 from pipelines.candidates import CandidateConfig, build_candidates, label_hits, recall_report
 from pipelines.config import PROJECT_ROOT
 from pipelines.covisitation import COVISITATION_TABLE, CovisitationConfig, build_covisitation
@@ -131,21 +131,27 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         record.update(rows=fitted.stats["n_ratings"], items=fitted.stats["n_items"], sessions=fitted.stats["n_sessions"],
                       timings=fitted.stats["timings"], native_blas=fitted.stats["linear_algebra"].get("uses_native"))
         fitted.release()
-    stored = AlsResult(
-        item_factors=lake.read_partition(spark, "als_item_factors", week),
-        session_factors=lake.read_partition(spark, "als_session_factors", week),
-        stats=fitted.stats,
-    )
     with stage("als similar items (blocked cosine, top 20)", memory, results) as record:
-        lake.write_partition(similar_items(stored.item_factors, config.top_k, config.similarity_blocks), "similar_items", week)
-        record.update(rows=lake.read_partition(spark, "similar_items", week).count())
-    with stage("als recommendations (eval sessions, top 20)", memory, results) as record:
-        lake.write_partition(recommend_for_sessions(stored, eval_sessions, config.top_k), "als_recommendations", week)
-        record.update(rows=lake.read_partition(spark, "als_recommendations", week).count())
+        item_factors = lake.read_partition(spark, "als_item_factors", week)
+        lake.write_partition(similar_items(item_factors, config.top_k, config.similarity_blocks), SIMILAR_ITEMS_TABLE, week)
+        record.update(rows=lake.read_partition(spark, SIMILAR_ITEMS_TABLE, week).count())
 
+
+def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list,
+                predict_sessions: int) -> None:
+    """candidates, features and ranker for the last week (needs `sources`), then `recsys predict` throughput."""
+    import pandas as pd
+
+    from pipelines.features import FEATURES_TABLE, ITEM_STATS_TABLE, SourceTables, add_features, build_item_stats
+    from pipelines.model import Bundle, otto_sessions_to_long, prefixes_from_events, save_bundle
+    from pipelines.ranker import RankerConfig, evaluate_ranker
+
+    week, before = weeks[-1], weeks[:-1]
+    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    eval_sessions = read(EVAL_SESSIONS_TABLE)
+    config = CandidateConfig()
     with stage("candidates + recall report", memory, results) as record:
-        read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
-        table = build_candidates(eval_sessions, read(COVISITATION_TABLE), read("als_recommendations"), read(TOP_SELLERS_TABLE), CandidateConfig())
+        table = build_candidates(eval_sessions, read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE), config)
         lake.write_partition(table, "candidates", week)
         labels = labels_long(read(EVAL_LABELS_TABLE))
         report = recall_report(label_hits(read("candidates"), labels), labels.toPandas())
@@ -156,6 +162,35 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
             combined_ceiling={k: round(v, 4) for k, v in report["combined"].items()},
         )
 
+    with stage("features (item stats + all feature groups)", memory, results) as record:
+        train = training_events(spark, lake, before, eval_sessions)
+        lake.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
+        tables = SourceTables(read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE), read(ITEM_STATS_TABLE))
+        lake.write_partition(add_features(read("candidates"), eval_sessions.select("session", "prefix"), tables, config), FEATURES_TABLE, week)
+        record.update(rows=read(FEATURES_TABLE).count())
+
+    with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
+        labels_pd = labels_long(read(EVAL_LABELS_TABLE)).toPandas()
+        evaluation = evaluate_ranker(lake.partition_dir(FEATURES_TABLE, week), labels_pd, RankerConfig())
+        record.update(
+            train_rows={t: r.train_rows for t, r in evaluation.results.items()},
+            seconds_per_target={t: round(r.seconds, 1) for t, r in evaluation.results.items()},
+            scores={name: round(m["score"], 4) for name, m in evaluation.metrics.items()},
+        )
+
+    bundle_dir = workdir / "bundle"
+    save_bundle(bundle_dir, SourceTables(read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE),
+                                         read(ITEM_STATS_TABLE)),
+                {t: r.model for t, r in evaluation.results.items()}, {"week": week.key})
+    with stage(f"predict ({predict_sessions} OTTO sessions through the model bundle)", memory, results) as record:
+        sample = eval_sessions.orderBy("session").limit(predict_sessions).toPandas()
+        otto = pd.DataFrame({"session": sample["session"],
+                             "events": sample["prefix"].map(lambda p: [{"aid": e["aid"], "ts": e["ts"], "type": e["type"]} for e in p])})
+        started = time.perf_counter()
+        sessions = prefixes_from_events(spark.createDataFrame(otto_sessions_to_long(otto)))
+        rows = Bundle(bundle_dir).recommend(sessions).toPandas()
+        record.update(rows=len(rows), sessions_per_second=round(len(otto) / (time.perf_counter() - started), 1))
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -164,7 +199,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--driver-memory", default="12g")
     parser.add_argument("--workdir", default=str(PROJECT_ROOT / "data" / "bench"))
-    parser.add_argument("--stages", default="ingest,sources", help="comma list of: ingest, sources")
+    parser.add_argument("--stages", default="ingest,sources,ranking", help="comma list of: ingest, sources, ranking")
+    parser.add_argument("--predict-sessions", type=int, default=20_000)
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
@@ -192,6 +228,8 @@ def main() -> int:
         run_ingest(spark, lake, raw_dir, weeks, memory, results)
     if "sources" in stages:
         run_sources(spark, lake, workdir, weeks, memory, results)
+    if "ranking" in stages:
+        run_ranking(spark, lake, workdir, weeks, memory, results, args.predict_sessions)
 
     spark.stop()
     python_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

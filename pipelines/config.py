@@ -14,6 +14,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_RAW_DIR = PROJECT_ROOT / "data" / "sample" / "raw"
 DEFAULT_PARTITION_START = "2022-08-01"
 DEFAULT_TIMEZONE = "Europe/Berlin"
+DEFAULT_PUBLISH_URI = str(PROJECT_ROOT / "data" / "published")
 EVENT_TYPES = ("clicks", "carts", "orders")
 
 
@@ -89,7 +90,7 @@ class Settings:
         return cls(
             raw_uri=_absolute_uri(_env("RECSYS_RAW_URI", str(SAMPLE_RAW_DIR))),
             lake_dir=_absolute_uri(_env("RECSYS_LAKE_DIR", "data/lake")),
-            publish_uri=_absolute_uri(_env("RECSYS_PUBLISH_URI", "data/published")),
+            publish_uri=_absolute_uri(_env("RECSYS_PUBLISH_URI", DEFAULT_PUBLISH_URI)),
             partition_start=_env("RECSYS_PARTITION_START", DEFAULT_PARTITION_START),
             timezone=_env("RECSYS_TIMEZONE", DEFAULT_TIMEZONE),
             spark_master=_env("SPARK_MASTER", "local[*]"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -197,6 +198,34 @@ class RecommenderModel(PythonModel):
         result["scores"] = result["scores"].map(lambda values: [float(v) for v in values])
         order = pd.Categorical(result["type"], categories=list(EVENT_TYPES), ordered=True)
         return result.assign(_order=order).sort_values(["session", "_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Champion:
+    name: str
+    version: str
+    run_id: str
+    bundle: Bundle
+
+
+def load_champion(tracking_uri: str, name: str, alias: str = "champion") -> Champion:
+    """The registered version behind `alias`, with its bundle opened (downloaded from the artifact store)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        raise LookupError(
+            f"no '{alias}' version of registered model {name!r} at {tracking_uri}: no week has passed the champion "
+            f"gate yet, so there is no model to recommend with ({error.message})"
+        ) from None
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    return Champion(name=name, version=str(version.version), run_id=version.run_id,
+                    bundle=model.unwrap_python_model().bundle)
 
 
 def pip_requirements() -> list[str]:

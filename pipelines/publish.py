@@ -850,25 +850,6 @@ class GateResult:
         return f"{self.name}: failed: {self.report.failure_summary()}"
 
 
-def validate_materialized(frame, suite_name: str, expectations: list):
-    """`pipelines.quality.validate` on a Spark frame computed once for all expectations.
-
-    GE runs a Spark job per metric; without this every job would redo the validation frame's
-    joins and windows (3x slower on small data). The cache lives only for this validation, so
-    a rerun never sees stale data.
-    """
-    from pipelines.quality import validate
-
-    if frame.__class__.__module__.startswith("pandas"):
-        return validate(frame, suite_name, expectations)
-    cached = frame.persist()
-    try:
-        cached.count()
-        return validate(cached, suite_name, expectations)
-    finally:
-        cached.unpersist()
-
-
 GATE_TOP_SELLERS = "published_top_sellers"
 GATE_FREQUENTLY_BOUGHT_TOGETHER = "published_frequently_bought_together"
 GATE_SIMILAR_ITEMS = "published_similar_items"
@@ -929,9 +910,8 @@ def run_publish_gates(
         published_top_sellers_validation_frame,
         session_coverage_suite,
         session_coverage_validation_frame,
+        validate,
     )
-
-    validate = validate_materialized
 
     thresholds = thresholds or PublishGateThresholds()
     lengths = {"min_length": thresholds.min_list_length, "max_length": thresholds.max_list_length}

@@ -49,7 +49,17 @@ def _client(tracking_uri: str):
 def experiment_id(tracking_uri: str, experiment_name: str) -> str:
     client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
-    return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    if experiment:
+        return experiment.experiment_id
+    return client.create_experiment(experiment_name, artifact_location=default_artifact_location(tracking_uri, experiment_name))
+
+
+def default_artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
+    """Artifacts beside a SQLite database (MLflow's default is ./mlruns of whatever the cwd is);
+    a tracking server decides for itself (None)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts" / experiment_name).as_uri()
+    return None
 
 
 def week_run_id(tracking_uri: str, experiment_name: str, partition_key: str, dagster_run_id: str, job_name: str = "") -> str:

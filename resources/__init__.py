@@ -9,7 +9,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from pipelines.config import QualityThresholds, Settings
+from pipelines.config import DEFAULT_PUBLISH_URI, QualityThresholds, Settings
 from pipelines.lake import Lake
 from pipelines.spark import build_spark_session
 from pipelines.weeks import Week
@@ -74,6 +74,7 @@ class PipelineConfigResource(ConfigurableResource):
     min_source_coverage: float = QualityThresholds.min_source_coverage
     min_factor_norm: float = QualityThresholds.min_factor_norm
     max_factor_norm: float = QualityThresholds.max_factor_norm
+    publish_uri: str = DEFAULT_PUBLISH_URI
 
     def week(self, partition_key: str) -> Week:
         return Week.parse(partition_key, self.timezone)
@@ -115,6 +116,11 @@ class MlflowResource(ConfigurableResource):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def load_champion(self):
+        from pipelines.model import load_champion
+
+        return load_champion(self.tracking_uri, self.registered_model_name)
 
     def run_id_for(self, context) -> str:
         from pipelines.tracking import week_run_id
@@ -160,6 +166,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
         ),
         "pipeline_config": PipelineConfigResource(
             raw_uri=settings.raw_uri,
+            publish_uri=settings.publish_uri,
             timezone=settings.timezone,
             partition_start=settings.partition_start,
             history_weeks=settings.history_weeks,

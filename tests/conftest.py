@@ -61,6 +61,9 @@ def make_resources(
             tracking_uri=mlflow_uri or f"sqlite:///{Path(lake_dir).parent / 'mlflow.db'}", experiment_name="tests"
         ),
         "pipeline_config": PipelineConfigResource(
-            raw_uri=raw_uri, timezone=TIMEZONE, partition_start=partition_start, **config_overrides
+            raw_uri=raw_uri,
+            timezone=TIMEZONE,
+            partition_start=partition_start,
+            **{"publish_uri": str(Path(lake_dir).parent / "published"), **config_overrides},
         ),
     }

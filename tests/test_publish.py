@@ -37,7 +37,7 @@ from pipelines.publish import (
     s3_client_from_resource,
     verify_manifest,
 )
-from pipelines.publish import validate_materialized as validate
+from pipelines.quality import validate
 from tests.processes import free_port
 
 WEEK_A, WEEK_B = "2022-08-01", "2022-08-08"

@@ -1,0 +1,215 @@
+"""`recommendation_tables` (built and gated in the lake) and `published_recommendations` (uploaded atomically).
+
+Downstream readers follow `_latest.json`: it moves only after every file of the week and its
+manifest are uploaded and verified, and only when every gate before it passed.
+"""
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    Backoff,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+)
+from dagster_aws.s3 import S3Resource
+
+from assets.als import als
+from assets.covisitation import covisitation
+from assets.partitions import weekly_partitions
+from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
+from assets.ranker import ranker
+from assets.sessions import sessions
+from assets.top_sellers import top_sellers
+from pipelines.als import SIMILAR_ITEMS_TABLE
+from pipelines.covisitation import COVISITATION_TABLE
+from pipelines.lake import EVENTS_TABLE, SESSIONS_TABLE
+from pipelines.popularity import TOP_SELLERS_TABLE
+from pipelines.publish import (
+    FREQUENTLY_BOUGHT_TOGETHER,
+    GATE_ROW_COUNTS,
+    PUBLISHED_TABLES,
+    SESSION_RECOMMENDATIONS,
+    SIMILAR_ITEMS,
+    TOP_SELLERS,
+    ModelInfo,
+    PublishConfig,
+    PublishGateThresholds,
+    failed_gates,
+    is_s3_uri,
+    previous_manifest,
+    publish_week,
+    run_publish_gates,
+    s3_client_from_resource,
+    verify_manifest,
+)
+from pipelines.recommendations import (
+    active_sessions,
+    catalogue,
+    frequently_bought_together_table,
+    lake_table,
+    similar_items_table,
+    top_sellers_table,
+)
+from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
+
+PUBLISH_GATES_CHECK = "publish_gates"
+MANIFEST_VERIFIED_CHECK = "published_manifest_verified"
+
+
+def _s3_client(uri: str, s3: S3Resource):
+    return s3_client_from_resource(s3) if is_s3_uri(uri) else None
+
+
+@asset(
+    deps=[ranker, top_sellers, covisitation, als, sessions],
+    partitions_def=weekly_partitions,
+    group_name="publishing",
+    kinds={"spark", "parquet"},
+    description=(
+        "The four published tables of week W, staged in the lake: top sellers per type, frequently bought together "
+        "(buy2buy), similar items (ALS), and the champion model's top 20 per type for every session active in W."
+    ),
+)
+def recommendation_tables(
+    context: AssetExecutionContext,
+    spark: SparkResource,
+    lake: LakeResource,
+    mlflow_tracking: MlflowResource,
+    pipeline_config: PipelineConfigResource,
+) -> MaterializeResult:
+    week = pipeline_config.week(context.partition_key)
+    read = lambda table: lake.lake.read_partition(spark.session, table, week)  # noqa: E731
+    champion = mlflow_tracking.load_champion()
+    context.log.info(f"session recommendations from {champion.name} v{champion.version} (run {champion.run_id})")
+    tables = {
+        TOP_SELLERS: top_sellers_table(read(TOP_SELLERS_TABLE)),
+        FREQUENTLY_BOUGHT_TOGETHER: frequently_bought_together_table(read(COVISITATION_TABLE)),
+        SIMILAR_ITEMS: similar_items_table(read(SIMILAR_ITEMS_TABLE)),
+        SESSION_RECOMMENDATIONS: champion.bundle.recommend(active_sessions(read(SESSIONS_TABLE))),
+    }
+    row_counts = {}
+    for name, frame in tables.items():
+        lake.lake.write_partition(frame, lake_table(name), week)
+        row_counts[name] = read(lake_table(name)).count()
+    model = {"name": champion.name, "version": str(champion.version), "mlflow_run_id": champion.run_id,
+             "trained_for_week": champion.bundle.info.get("week")}
+    lake.lake.write_document({"row_counts": row_counts, "model": model}, lake_table("summary"), week)
+    previews = {name: markdown_table(read(lake_table(name)).limit(5).toPandas()) for name in PUBLISHED_TABLES}
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "dagster/row_count": row_counts[SESSION_RECOMMENDATIONS],
+            "row_counts": MetadataValue.json(row_counts),
+            "model": MetadataValue.json(model),
+            **{f"preview_{name}": MetadataValue.md(text) for name, text in previews.items()},
+        }
+    )
+
+
+@weekly_blocking_check(
+    asset=recommendation_tables,
+    name=PUBLISH_GATES_CHECK,
+    description=(
+        "GE gates before upload: 1..20 distinct known aids per list with as many scores, descending; top sellers "
+        "ranked 1..n per type; every active session has all three lists; rows per table within "
+        "RECSYS_PUBLISH_MIN/MAX_ROW_RATIO of the previous published week."
+    ),
+)
+def publish_gates(
+    context: AssetCheckExecutionContext,
+    spark: SparkResource,
+    lake: LakeResource,
+    s3: S3Resource,
+    pipeline_config: PipelineConfigResource,
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    read = lambda table: lake.lake.read_partition(spark.session, table, week)  # noqa: E731
+    uri = pipeline_config.publish_uri
+    results = run_publish_gates(
+        {name: read(lake_table(name)) for name in PUBLISHED_TABLES},
+        catalogue(lake.lake.read_weeks(spark.session, EVENTS_TABLE, pipeline_config.history_window(context.partition_key))),
+        read(SESSIONS_TABLE),
+        previous_manifest(uri, week, _s3_client(uri, s3)),
+        PublishGateThresholds.from_env(),
+        current_row_counts=lake.lake.read_stats(lake_table("summary"), week)["row_counts"],
+    )
+    failed = failed_gates(results)
+    return AssetCheckResult(
+        passed=not failed,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(gate.summary() for gate in failed)[:2000] if failed else None,
+        metadata={
+            "week": week.key,
+            "gates": MetadataValue.json({name: gate.summary() for name, gate in results.items()}),
+            "failed_expectations": MetadataValue.json(
+                {gate.name: gate.report.as_metadata()["failed_expectations"] for gate in failed if gate.report}
+            ),
+            "row_counts": MetadataValue.json(results[GATE_ROW_COUNTS].details),
+        },
+    )
+
+
+@asset(
+    deps=[recommendation_tables],
+    partitions_def=weekly_partitions,
+    group_name="publishing",
+    kinds={"s3"},
+    retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL),
+    description=(
+        "Uploads W's four tables to RECSYS_PUBLISH_URI (S3 via dagster-aws, or a folder): data files, then the "
+        "week's `_manifest.json` (model, run, row counts, sha256 per file), then `_latest.json` last."
+    ),
+)
+def published_recommendations(
+    context: AssetExecutionContext, lake: LakeResource, s3: S3Resource, pipeline_config: PipelineConfigResource
+) -> MaterializeResult:
+    week = pipeline_config.week(context.partition_key)
+    summary = lake.lake.read_stats(lake_table("summary"), week)
+    model = summary["model"]
+    uri = pipeline_config.publish_uri
+    result = publish_week(
+        {name: lake.lake.partition_dir(lake_table(name), week) for name in PUBLISHED_TABLES},
+        week,
+        ModelInfo(name=model["name"], version=model["version"], run_id=model["mlflow_run_id"]),
+        uri,
+        _s3_client(uri, s3),
+        dagster_run_id=context.run.run_id,
+        config=PublishConfig.from_env(),
+    )
+    return MaterializeResult(
+        metadata={
+            "week": week.key,
+            "manifest": MetadataValue.url(result.manifest_uri) if is_s3_uri(uri) else MetadataValue.path(result.manifest_uri),
+            "latest_updated": result.latest_updated,
+            "latest": result.latest_note,
+            "files_uploaded": result.files_uploaded,
+            "bytes_uploaded": result.bytes_uploaded,
+            "row_counts": MetadataValue.json(result.row_counts),
+            "model": MetadataValue.json(model),
+            "stale_objects_deleted": len(result.deleted),
+            "cleanup_errors": MetadataValue.json(result.cleanup_errors),
+        }
+    )
+
+
+@weekly_blocking_check(
+    asset=published_recommendations,
+    name=MANIFEST_VERIFIED_CHECK,
+    description="Re-reads W's manifest from the publish target and checks every file's size and sha256.",
+)
+def published_manifest_verified(
+    context: AssetCheckExecutionContext, s3: S3Resource, pipeline_config: PipelineConfigResource
+) -> AssetCheckResult:
+    week = pipeline_config.week(context.partition_key)
+    uri = pipeline_config.publish_uri
+    report = verify_manifest(uri, week, _s3_client(uri, s3))
+    return AssetCheckResult(
+        passed=report.ok,
+        severity=AssetCheckSeverity.ERROR,
+        description=None if report.ok else f"{len(report.mismatches)} published files differ from the manifest",
+        metadata={"week": week.key, "verification": MetadataValue.json(report.as_dict()), "files_checked": report.files_checked},
+    )
