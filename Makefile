@@ -39,6 +39,7 @@ demo: setup $(SAMPLE_RAW)/.generated
 	@$(BIN)/python scripts/demo_report.py
 
 test: setup
+	@scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest
 
 bench: setup
