@@ -237,14 +237,25 @@ def assert_published_latest(stack: E2EStack) -> None:
     manifest_key = (manifest_ref.split(f"s3://{bucket}/", 1)[1] if manifest_ref.startswith("s3://")
                     else f"{root}/{manifest_ref.lstrip('/')}")
     assert f"week={last_week}/" in manifest_key, manifest_key
-    mlflow_runs = {week: found[0].info.run_id for week, found in weekly_mlflow_runs(stack).items() if found}
+    weekly_run_ids = {found[0].info.run_id for found in weekly_mlflow_runs(stack).values() if found}
+    client = stack.mlflow_client()
 
     for week in stack.partitions:
         key = manifest_key if week == last_week else f"{root}/week={week}/_manifest.json"
         manifest = _s3_json(s3, bucket, key)
         assert manifest.get("week", week) == week, (key, manifest.get("week"))
-        if "mlflow_run_id" in manifest:
-            assert manifest["mlflow_run_id"] == mlflow_runs.get(week), (week, manifest["mlflow_run_id"], mlflow_runs)
+        model = manifest.get("model") or {}
+        if model.get("name") and model.get("version"):
+            # The tables of week W come from the champion when W was published: a registered version
+            # logged by one of the weekly runs; the last week's is the champion now.
+            version = client.get_model_version(model["name"], str(model["version"]))
+            assert version.run_id in weekly_run_ids, (key, model, version.run_id)
+            assert manifest.get("mlflow_run_id", version.run_id) == version.run_id, (key, manifest.get("mlflow_run_id"))
+            if week == last_week:
+                champion = client.get_model_version_by_alias(model["name"], CHAMPION_ALIAS)
+                assert str(champion.version) == str(model["version"]), (
+                    f"_latest.json's tables come from v{model['version']}, the champion is v{champion.version}"
+                )
         files = _manifest_files(manifest, [])
         assert files, f"{key} lists no files with a sha256: {json.dumps(manifest)[:2000]}"
         tables_seen: dict[str, int] = {}
@@ -278,24 +289,25 @@ def week_that_just_ended(timestamp: float, timezone: str = E2E_TIMEZONE) -> str:
 
 def test_backfill_launched_over_graphql_ran_every_week_successfully(e2e_stack: E2EStack):
     stack = e2e_stack
-    assert stack.backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, (
-        f"backfill {stack.backfill_id}: {stack.backfill['status']} {stack.backfill.get('error')}"
-    )
     assert sorted(stack.backfill["partitionNames"]) == stack.partitions
     by_week = {}
     for run in stack.runs:
         by_week.setdefault(tag(run, "dagster/partition"), []).append(run)
-    assert sorted(by_week) == stack.partitions, f"runs per week: { {w: len(r) for w, r in by_week.items()} }"
     failures = []
     for week in stack.partitions:
-        runs = by_week[week]
-        assert len(runs) == 1, f"week {week}: {len(runs)} runs"
+        runs = by_week.get(week, [])
+        if len(runs) != 1:
+            failures.append(f"week {week}: {len(runs)} runs")
+            continue
         run = runs[0]
         assert tag(run, "dagster/backfill") == stack.backfill_id
         assert tag(run, "dagster/from_ui") == "true"
         if run["status"] != "SUCCESS":
             failures.append(f"week {week}: run {run['runId']} {run['status']}\n{stack.run_errors(run['runId'])}")
     assert not failures, "\n\n".join(failures)
+    assert stack.backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, (
+        f"backfill {stack.backfill_id}: {stack.backfill['status']} {stack.backfill.get('error')}"
+    )
 
 
 def test_job_holds_every_stage_and_every_asset_has_blocking_checks(e2e_stack: E2EStack):
