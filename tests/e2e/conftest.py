@@ -332,11 +332,13 @@ def _timed(name: str, started: float) -> None:
 
 def generate_raw(stack: E2EStack) -> None:
     started = time.monotonic()
-    subprocess.run(
+    generated = subprocess.run(
         [sys.executable, "-m", "pipelines", "generate", "--sessions", str(E2E_SESSIONS), "--weeks", str(E2E_WEEKS),
          "--start", E2E_START, "--seed", str(E2E_SEED), "--out", str(stack.root / "raw")],
-        cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
+    if generated.returncode != 0:
+        raise RuntimeError(f"recsys generate failed:\n{generated.stderr[-4000:]}")
     _timed(f"generate data ({E2E_SESSIONS} sessions, {E2E_WEEKS} weeks)", started)
 
 
@@ -354,6 +356,12 @@ def start_servers(stack: E2EStack, exits: ExitStack) -> None:
     shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", dagster_home / "dagster.yaml")
     (stack.root / "mlflow" / "artifacts").mkdir(parents=True)
     stack.env = env = server_env(stack)
+    # Create the instance's SQLite storages once, before two processes race to migrate them
+    # (webserver and daemon starting together on an empty DAGSTER_HOME: "more than one head").
+    migrated = subprocess.run([str(VENV_BIN / "dagster"), "instance", "migrate"], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=STARTUP_TIMEOUT)
+    if migrated.returncode != 0:
+        raise RuntimeError(f"dagster instance migrate failed:\n{migrated.stdout[-2000:]}\n{migrated.stderr[-4000:]}")
 
     def start(name: str, args: list[str], **kwargs) -> ManagedProcess:
         process = exits.enter_context(managed_process(args, logs / f"{name}.log", name=name, env=env, **kwargs))
@@ -438,7 +446,12 @@ def wait_for_backfill(stack: E2EStack) -> None:
         nonlocal last_line
         for name in ("dagster-webserver", "dagster-daemon"):
             stack.processes[name].assert_running()
-        data = stack.graphql(BACKFILL_QUERY, {"backfillId": stack.backfill_id}, timeout=30)["partitionBackfillOrError"]
+        try:
+            data = stack.graphql(BACKFILL_QUERY, {"backfillId": stack.backfill_id}, timeout=30)["partitionBackfillOrError"]
+        except Exception as error:  # noqa: BLE001 - a busy webserver may time out once; the deadline still holds
+            with progress_log.open("a") as out:
+                out.write(f"{time.monotonic() - started:6.0f}s backfill status not read: {error}\n")
+            return False
         if data["__typename"] != "PartitionBackfill":
             raise RuntimeError(f"backfill {stack.backfill_id}: {data}")
         stack.backfill = data
