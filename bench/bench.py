@@ -102,27 +102,37 @@ def run_ingest(spark, lake: Lake, raw_dir: Path, weeks: list[Week], memory: Peak
     results[-1]["events_per_second"] = round(summary.history_events / results[-1]["seconds"])
 
 
-def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list) -> None:
-    """The candidate stages for the last week, as the assets run them (defaults: K=20, ALS rank 64 x 10)."""
+def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list,
+                reuse: bool = False) -> None:
+    """The candidate stages for the last week, as the assets run them (defaults: K=20, ALS rank 64 x 10).
+
+    `reuse`: keep the tables a previous bench run left in the lake (time only what is missing).
+    """
     week, before = weeks[-1], weeks[:-1]
-    with stage("eval_split", memory, results) as record:
-        eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, week), seed=42)
-        lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
-        lake.write_partition(eval_labels, EVAL_LABELS_TABLE, week)
-        eval_sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week)
-        record.update(rows=eval_sessions.count())
+    missing = lambda table: not (reuse and lake.has_partition(table, week))  # noqa: E731
+    if missing(EVAL_LABELS_TABLE):
+        with stage("eval_split", memory, results) as record:
+            eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, week), seed=42)
+            lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
+            lake.write_partition(eval_labels, EVAL_LABELS_TABLE, week)
+            record.update(rows=lake.read_partition(spark, EVAL_SESSIONS_TABLE, week).count())
+    eval_sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week)
     train = training_events(spark, lake, before, eval_sessions)
     window_start, window_end = before[0].start_ms if before else week.start_ms, week.end_ms
 
-    with stage("top_sellers", memory, results) as record:
-        lake.write_partition(build_top_sellers(train, week.start_ms, TopSellersConfig()), TOP_SELLERS_TABLE, week, num_files=1)
-        record.update(rows=lake.read_partition(spark, TOP_SELLERS_TABLE, week).count(), training_events=train.count())
+    if missing(TOP_SELLERS_TABLE):
+        with stage("top_sellers", memory, results) as record:
+            lake.write_partition(build_top_sellers(train, week.start_ms, TopSellersConfig()), TOP_SELLERS_TABLE, week, num_files=1)
+            record.update(rows=lake.read_partition(spark, TOP_SELLERS_TABLE, week).count(), training_events=train.count())
 
-    with stage("covisitation", memory, results) as record:
-        lake.write_partition(build_covisitation(train, CovisitationConfig(), window_start, window_end), COVISITATION_TABLE, week)
-        written = lake.read_partition(spark, COVISITATION_TABLE, week)
-        record.update(rows=written.count(), rows_per_matrix={r["matrix"]: r["count"] for r in written.groupBy("matrix").count().collect()})
+    if missing(COVISITATION_TABLE):
+        with stage("covisitation", memory, results) as record:
+            lake.write_partition(build_covisitation(train, CovisitationConfig(), window_start, window_end), COVISITATION_TABLE, week)
+            written = lake.read_partition(spark, COVISITATION_TABLE, week)
+            record.update(rows=written.count(), rows_per_matrix={r["matrix"]: r["count"] for r in written.groupBy("matrix").count().collect()})
 
+    if not missing(SIMILAR_ITEMS_TABLE):
+        return
     config = AlsConfig()
     with stage("als (fit, rank 64, 10 iterations)", memory, results) as record:
         fitted = fit_als(train, config, checkpoint_dir=str(workdir / "checkpoints"))
@@ -201,6 +211,7 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(PROJECT_ROOT / "data" / "bench"))
     parser.add_argument("--stages", default="ingest,sources,ranking", help="comma list of: ingest, sources, ranking")
     parser.add_argument("--predict-sessions", type=int, default=20_000)
+    parser.add_argument("--reuse", action="store_true", help="keep source tables a previous run left in the lake")
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
@@ -227,7 +238,7 @@ def main() -> int:
     if "ingest" in stages:
         run_ingest(spark, lake, raw_dir, weeks, memory, results)
     if "sources" in stages:
-        run_sources(spark, lake, workdir, weeks, memory, results)
+        run_sources(spark, lake, workdir, weeks, memory, results, reuse=args.reuse)
     if "ranking" in stages:
         run_ranking(spark, lake, workdir, weeks, memory, results, args.predict_sessions)
 
