@@ -35,7 +35,7 @@ $(SAMPLE_RAW)/.generated: | setup
 
 demo: setup $(SAMPLE_RAW)/.generated
 	@mkdir -p data/mlflow
-	$(BIN)/python -m jobs.run_weeks
+	$(BIN)/python -m jobs.run_weeks --keep-going
 	@$(BIN)/python scripts/demo_report.py
 
 test: setup

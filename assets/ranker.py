@@ -109,6 +109,7 @@ def ranker(
             "catalogue_coverage": coverage,
             "ranker.seconds": fit_seconds,
             **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
+            **{f"ranker.rounds.{t}": r.rounds for t, r in results.items()},
         })
         for path in sorted(scratch.iterdir()):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
@@ -118,6 +119,7 @@ def ranker(
             source_tables(spark.session, lake.lake, week),
             {t: r.model for t, r in results.items()},
             {"week": week.key, "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
+             "ranker_rounds": {t: r.rounds for t, r in results.items()},
              "mlflow_run_id": run.info.run_id, "code_version": code_version()},
         )
         model_info = log_recommender(bundle)
@@ -133,6 +135,7 @@ def ranker(
         "week": week.key, "metrics": metrics, "ceiling": evaluation.ceiling, "coverage": coverage, "gate": decision.as_dict(),
         "model_name": mlflow_tracking.registered_model_name, "model_version": registered.version,
         "mlflow_run_id": run.info.run_id, "train_rows": {t: r.train_rows for t, r in results.items()},
+        "rounds": {t: {"final": r.rounds, "folds": [f.rounds for f in r.folds]} for t, r in results.items()},
     }
     lake.lake.write_document(summary, RANKER_TABLE, week)
     context.log.info(f"ranker {score:.4f} vs baselines {baselines}; gate: {decision.reason}")
@@ -149,6 +152,8 @@ def ranker(
             "mlflow_run_id": run.info.run_id,
             "model_uri": f"models:/{mlflow_tracking.registered_model_name}/{registered.version}",
             "fit_seconds": round(fit_seconds, 1),
+            # 0 for a type means held-out sessions preferred the hand rule's order to any boosting.
+            "boosting_rounds": MetadataValue.json({t: r.rounds for t, r in results.items()}),
         }
     )
 

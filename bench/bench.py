@@ -185,13 +185,15 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         record.update(
             train_rows={t: r.train_rows for t, r in evaluation.results.items()},
             seconds_per_target={t: round(r.seconds, 1) for t, r in evaluation.results.items()},
+            boosting_rounds={t: [f.rounds for f in r.folds] for t, r in evaluation.results.items()},
             scores={name: round(m["score"], 4) for name, m in evaluation.metrics.items()},
         )
 
     bundle_dir = workdir / "bundle"
     save_bundle(bundle_dir, SourceTables(read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE),
                                          read(ITEM_STATS_TABLE)),
-                {t: r.model for t, r in evaluation.results.items()}, {"week": week.key})
+                {t: r.model for t, r in evaluation.results.items()},
+                {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}})
     with stage(f"predict ({predict_sessions} OTTO sessions through the model bundle)", memory, results) as record:
         sample = eval_sessions.orderBy("session").limit(predict_sessions).toPandas()
         otto = pd.DataFrame({"session": sample["session"],

@@ -32,6 +32,11 @@ def landed_weeks(settings: Settings, s3_client=None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weeks", nargs="*", help="partition keys (default: every landed week)")
+    parser.add_argument(
+        "--keep-going", action="store_true",
+        help="after a failed week, go on with the next ones (a week's sources read only earlier weeks' events, "
+             "not their models); exit 1 only if the last week failed",
+    )
     args = parser.parse_args(argv)
 
     from definitions import defs
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     job = defs.resolve_job_def("weekly_recommender")
     instance = DagsterInstance.get()
+    failed_weeks = []
     for key in weeks:
         print(f"materializing week {key} ...", flush=True)
         result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
@@ -56,9 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         if not result.success or failed_checks:
             print(f"week {key}: run {result.run_id} failed (failed checks: {failed_checks or 'none'}); "
                   "open the Dagster UI for details", file=sys.stderr)
-            return 1
+            if not args.keep_going:
+                return 1
+            failed_weeks.append(key)
+            continue
         print(f"week {key}: run {result.run_id} succeeded", flush=True)
-    return 0
+    if failed_weeks:
+        print(f"failed weeks: {failed_weeks}; the last week {'failed' if weeks[-1] in failed_weeks else 'succeeded'}",
+              file=sys.stderr)
+    return 1 if weeks[-1] in failed_weeks else 0
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ class Bundle:
         self.ranker_strings = {
             event_type: (self.directory / "rankers" / f"{event_type}.txt").read_text() for event_type in EVENT_TYPES
         }
+        # Trees to use per type, as chosen in training (0: the hand-rule prior alone).
+        self.ranker_rounds = {t: int(n) for t, n in self.info.get("ranker_rounds", {}).items()}
 
     def tables(self, spark) -> SourceTables:
         return SourceTables(**{name: spark.read.parquet(str(self.directory / "tables" / name)) for name in TABLE_NAMES})
@@ -80,11 +82,13 @@ class Bundle:
     def recommend(self, sessions, k: int = K):
         """`sessions`: Spark `session, prefix` -> Spark `session, type, recs, scores` (top k per type)."""
         features = candidate_features(sessions, self.tables(sessions.sparkSession), self.candidate_config)
-        return top_k_lists(score_features(features, self.ranker_strings), k)
+        return top_k_lists(score_features(features, self.ranker_strings, self.ranker_rounds), k)
 
 
-def score_features(features, ranker_strings: dict[str, str]):
-    """Add `score` to Spark candidate feature rows with the LightGBM model of each row's type."""
+def score_features(features, ranker_strings: dict[str, str], ranker_rounds: dict[str, int] | None = None):
+    """Add `score` to Spark candidate feature rows with the LightGBM model of each row's type
+    (its first `ranker_rounds[type]` trees; all when not given)."""
+    rounds = ranker_rounds or {}
     import numpy as np
 
     def score(batches):
@@ -95,7 +99,8 @@ def score_features(features, ranker_strings: dict[str, str]):
             scores = np.zeros(len(batch))
             for event_type, index in batch.groupby("type").groups.items():
                 # One thread per Python worker: Spark already runs one worker per core.
-                scores[batch.index.get_indexer(index)] = predict_scores(boosters[event_type], batch.loc[index], num_threads=1)
+                scores[batch.index.get_indexer(index)] = predict_scores(
+                    boosters[event_type], batch.loc[index], num_threads=1, rounds=rounds.get(event_type))
             yield batch[["session", "type", "aid"]].assign(score=scores)
 
     return features.mapInPandas(score, "session BIGINT, type STRING, aid BIGINT, score DOUBLE")

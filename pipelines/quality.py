@@ -15,8 +15,6 @@ from pipelines.config import EVENT_TYPES, QualityThresholds
 from pipelines.weeks import Week
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-# GE draws a tqdm progress bar per validation, which floods run logs.
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 _OBSERVED_KEYS = (
     "observed_value",
@@ -93,7 +91,11 @@ def validate(frame, suite_name: str, expectations: list) -> ValidationReport:
     """Validate a Spark or pandas DataFrame against `expectations` in a fresh ephemeral context."""
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    # GE draws a tqdm bar per validation, which floods the run logs.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     is_pandas = frame.__class__.__module__.startswith("pandas")
     # persist=False: GE would otherwise cache every validated Spark frame, and Spark serves a
     # later read of the same lake path from that cache, so a rerun would validate stale data.

@@ -5,8 +5,15 @@ type, labelled 1 when the candidate is in the session's truth. Sessions are assi
 by a seeded permutation; fold k's model is trained on the other folds and scores fold k only,
 so every out-of-fold score comes from a model that never saw that session. Queries without a
 positive carry no LambdaRank gradient and are left out of training; negatives are downsampled
-per session (seeded), positives always kept. The final model of a type is fitted on all
-sessions with the same parameters and serves in production.
+per session (seeded), positives always kept.
+
+Boosting starts from the hand rule's order, and how far it moves away is chosen inside each
+training fold: a share of the fold's training sessions is held out, and the number of rounds
+(zero included: the hand rule itself) that puts the most true items into the held-out top 20
+is the fold's. A target with too few buyers to learn from therefore stays at the baseline
+instead of adding noise, and the choice never looks at the sessions the fold scores. The final
+model of a type is fitted on all sessions with the median of the folds' rounds and serves in
+production.
 
 LightGBM and OpenMP do not survive a fork: nothing here forks, and callers must not fork after
 training (no multiprocessing start method "fork" once this ran).
@@ -26,6 +33,8 @@ from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS
 from pipelines.metrics import K, candidate_recall, score_predictions
 
 LABEL_COLUMN = "label"
+# Label of a candidate in its target type's truth; 1 marks the related buy type's truth.
+TARGET_LABEL = 2
 SCORE_COLUMN = "score"
 # Graded relevance: the target's own truth is 2; for carts and orders, the other buy type's
 # truth is 1 (a carted item is often ordered later), which multiplies the scarce order signal.
@@ -38,9 +47,10 @@ UNRANKED_PRIOR_RANK = 200.0
 class RankerConfig:
     folds: int = 3
     seed: int = 42
-    # Conservative boosting from the hand-rule prior: weeks with few buyers overfit quickly
-    # (measured on the 2,500-session test weeks: 30 rounds at 0.05 beat 60-120 rounds).
-    num_boost_round: int = 30
+    # The most rounds a fold may choose; the held-out choice usually stops well before.
+    num_boost_round: int = 60
+    round_step: int = 5
+    validation_share: float = 0.25
     learning_rate: float = 0.05
     num_leaves: int = 31
     min_data_in_leaf: int = 40
@@ -81,6 +91,9 @@ class FoldRecord:
     train_sessions: set[int]
     scored_sessions: set[int]
     train_rows: int
+    rounds: int
+    # True items in the held-out top 20 by rounds tried (0 = the hand rule alone).
+    validation_hits: dict[int, int]
 
 
 @dataclass
@@ -92,6 +105,7 @@ class TargetResult:
     feature_importance: pd.Series
     train_rows: int
     train_sessions: int
+    rounds: int
     seconds: float
 
 
@@ -109,7 +123,7 @@ def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFram
     the aid is in the session's truth of the related buy type, else 0. Metrics count only the 2s."""
     truth = labels[list(KEY_COLUMNS)].drop_duplicates()
     related = truth[truth["type"].isin(list(RELATED_TRUTH))].assign(type=lambda f: f["type"].map(RELATED_TRUTH))
-    graded = pd.concat([truth.assign(**{LABEL_COLUMN: np.int8(2)}), related.assign(**{LABEL_COLUMN: np.int8(1)})])
+    graded = pd.concat([truth.assign(**{LABEL_COLUMN: np.int8(TARGET_LABEL)}), related.assign(**{LABEL_COLUMN: np.int8(1)})])
     graded = graded.groupby(list(KEY_COLUMNS), as_index=False)[LABEL_COLUMN].max()
     merged = candidates.merge(graded, on=list(KEY_COLUMNS), how="left")
     merged[LABEL_COLUMN] = merged[LABEL_COLUMN].fillna(0).astype(np.int8)
@@ -141,7 +155,7 @@ def training_rows(rows: pd.DataFrame, negatives_per_session: int, seed: int) -> 
     return useful[keep].sort_values(["session", "aid"], kind="stable")
 
 
-def _fit(train: pd.DataFrame, config: RankerConfig):
+def _fit(train: pd.DataFrame, config: RankerConfig, rounds: int):
     import lightgbm as lgb
 
     groups = train.groupby("session", sort=False).size().to_numpy()
@@ -153,12 +167,45 @@ def _fit(train: pd.DataFrame, config: RankerConfig):
         feature_name=list(FEATURE_COLUMNS),
         free_raw_data=True,
     )
-    return lgb.train(config.lightgbm_params(), dataset, num_boost_round=config.num_boost_round)
+    return lgb.train(config.lightgbm_params(), dataset, num_boost_round=rounds)
 
 
-def predict_scores(model, frame: pd.DataFrame, num_threads: int = 0) -> np.ndarray:
-    """The model's corrections plus the prior it was trained from (LightGBM does not store init scores)."""
-    return model.predict(frame[FEATURE_COLUMNS].to_numpy(dtype=np.float32), num_threads=num_threads) + prior_score(frame)
+def predict_scores(model, frame: pd.DataFrame, num_threads: int = 0, rounds: int | None = None) -> np.ndarray:
+    """The model's corrections (its first `rounds` trees; all by default) plus the prior it was
+    trained from (LightGBM does not store init scores). Zero rounds is the prior alone."""
+    prior = prior_score(frame)
+    if model is None or rounds == 0:
+        return prior
+    features = frame[FEATURE_COLUMNS].to_numpy(dtype=np.float32)
+    return model.predict(features, num_iteration=rounds, num_threads=num_threads) + prior
+
+
+def top_k_hits(rows: pd.DataFrame, scores: np.ndarray, k: int = K) -> int:
+    """How many target-type truths (TARGET_LABEL) the scores put into their session's top k."""
+    ordered = rows[["session", "aid", LABEL_COLUMN]].assign(_score=scores).sort_values(
+        ["session", "_score", "aid"], ascending=[True, False, True])
+    in_top = ordered.groupby("session", sort=False).cumcount() < k
+    return int((ordered.loc[in_top, LABEL_COLUMN] == TARGET_LABEL).sum())
+
+
+def choose_rounds(rows: pd.DataFrame, train: pd.DataFrame, config: RankerConfig, seed: int) -> tuple[object, int, dict[int, int]]:
+    """Fit on part of `train`'s sessions and pick the rounds that do best on the rest.
+
+    `rows`: every candidate row of the training sessions (the held-out part is scored on its full
+    candidate lists, as evaluation will be); `train`: their downsampled training rows. Returns the
+    model fitted on the kept sessions, the chosen rounds (ties go to fewer) and the hits per rounds.
+    """
+    sessions = np.sort(train["session"].unique())
+    held = np.random.default_rng(seed).random(len(sessions)) < config.validation_share
+    if held.sum() == 0 or held.all():
+        return None, 0, {0: 0}
+    held_sessions = sessions[held]
+    model = _fit(train[~train["session"].isin(held_sessions)], config, config.num_boost_round)
+    held_rows = rows[rows["session"].isin(held_sessions)]
+    tried = sorted({0, *range(config.round_step, model.num_trees() + 1, config.round_step), model.num_trees()})
+    hits = {r: top_k_hits(held_rows, predict_scores(model, held_rows, config.num_threads, r)) for r in tried}
+    best = max(tried, key=lambda r: (hits[r], -r))
+    return model, best, hits
 
 
 def fit_target(rows: pd.DataFrame, event_type: str, config: RankerConfig) -> TargetResult:
@@ -179,15 +226,20 @@ def fit_target(rows: pd.DataFrame, event_type: str, config: RankerConfig) -> Tar
         scored = row_fold == fold
         if len(train) == 0:
             raise ValueError(f"{event_type}: fold {fold} has no training session with a positive; too little data")
-        model = _fit(train, config)
-        oof[scored] = predict_scores(model, rows[scored], config.num_threads)
+        model, rounds, hits = choose_rounds(rows[~scored], train, config, config.seed + 1 + fold)
+        oof[scored] = predict_scores(model, rows[scored], config.num_threads, rounds)
         records.append(FoldRecord(
             fold=fold,
             train_sessions=set(train["session"].unique().tolist()),
             scored_sessions=set(rows.loc[scored, "session"].unique().tolist()),
             train_rows=len(train),
+            rounds=rounds,
+            validation_hits=hits,
         ))
-    final = _fit(train_all, config)
+    final_rounds = int(np.median([record.rounds for record in records]))
+    # LightGBM cannot fit zero rounds: a one-round booster ships, and scoring with rounds=0
+    # (recorded beside it in the bundle) ignores it and uses the prior alone.
+    final = _fit(train_all, config, max(final_rounds, 1))
     importance = pd.Series(final.feature_importance("gain"), index=FEATURE_COLUMNS, name=event_type)
     return TargetResult(
         event_type=event_type,
@@ -197,6 +249,7 @@ def fit_target(rows: pd.DataFrame, event_type: str, config: RankerConfig) -> Tar
         feature_importance=importance,
         train_rows=len(train_all),
         train_sessions=int(train_all["session"].nunique()),
+        rounds=final_rounds,
         seconds=time.perf_counter() - started,
     )
 
@@ -229,7 +282,8 @@ def load_feature_rows(features_dir: str | Path, event_type: str) -> pd.DataFrame
 
     dataset = ds.dataset(str(features_dir), format="parquet", exclude_invalid_files=True)
     table = dataset.to_table(columns=[*KEY_COLUMNS, *FEATURE_COLUMNS], filter=ds.field("type") == event_type)
-    frame = table.to_pandas()
+    # Spark writes rows in no fixed order; sorted rows make negative sampling and fits reproducible.
+    frame = table.to_pandas().sort_values(["session", "aid"], kind="stable", ignore_index=True)
     floats = {name: np.float32 for name in FEATURE_COLUMNS}
     return frame.astype(floats)
 
@@ -265,7 +319,7 @@ def evaluate_ranker(features_dir: str | Path, labels: pd.DataFrame, config: Rank
         parts[RANKER].append(top_k(result.oof))
         parts[BASELINE_COVISITATION].append(ranked_by(rows, "baseline_rank"))
         parts[BASELINE_POPULARITY].append(ranked_by(rows, "top_sellers_rank"))
-        positives.append(rows.loc[rows[LABEL_COLUMN] == 2, list(KEY_COLUMNS)])
+        positives.append(rows.loc[rows[LABEL_COLUMN] == TARGET_LABEL, list(KEY_COLUMNS)])
         del rows
     predictions = {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
     return RankerEvaluation(

@@ -9,9 +9,11 @@ from pipelines.features import FEATURE_COLUMNS
 from pipelines.metrics import score_predictions
 from pipelines.ranker import (
     LABEL_COLUMN,
+    TARGET_LABEL,
     RankerConfig,
     assign_folds,
     fit_target,
+    prior_score,
     ranked_by,
     top_k,
     training_rows,
@@ -32,7 +34,7 @@ def synthetic_rows(n_sessions: int = 300, per_session: int = 25, seed: int = 0) 
     frame.insert(0, "session", sessions)
     positive_slot = rng.integers(0, per_session, n_sessions)
     is_positive = np.arange(len(sessions)) % per_session == np.repeat(positive_slot, per_session)
-    frame[LABEL_COLUMN] = is_positive.astype(np.int8)
+    frame[LABEL_COLUMN] = (TARGET_LABEL * is_positive).astype(np.int8)
     frame["als_similarity"] = (rng.normal(0, 1, len(frame)) + 2.5 * is_positive).astype(np.float32)
     noisy = rng.normal(0, 1, len(frame)) + 0.8 * is_positive
     frame["baseline_rank"] = (
@@ -58,7 +60,7 @@ def test_training_rows_keep_every_positive_and_cap_negatives():
     rows.loc[rows["session"] == 0, LABEL_COLUMN] = 0  # a query without a positive teaches nothing
     train = training_rows(rows, negatives_per_session=5, seed=3)
     assert 0 not in set(train["session"])
-    assert (train.groupby("session")[LABEL_COLUMN].agg(["sum", "size"]).to_numpy() == [1, 6]).all()
+    assert (train.groupby("session")[LABEL_COLUMN].agg(["sum", "size"]).to_numpy() == [TARGET_LABEL, 6]).all()
 
     assert train["session"].is_monotonic_increasing
     assert train.equals(training_rows(rows, negatives_per_session=5, seed=3))
@@ -134,3 +136,18 @@ def test_gate_promotes_keeps_and_rejects_in_the_registry(tmp_path):
     below_baseline = gate_version(client, name, new_version(), 0.39, baselines, 0.002)
     assert not below_baseline.promoted and "baseline_covisitation" in below_baseline.reason
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == within_tolerance.version
+
+
+def test_rounds_are_chosen_on_held_out_training_sessions_and_zero_keeps_the_hand_rule():
+    rows = synthetic_rows()
+    # The hand rule ranks every positive first: no boosting round can add a hit, so every fold
+    # keeps the prior (ties go to fewer rounds) and the scores are exactly the hand rule's.
+    rows["baseline_rank"] = np.where(rows[LABEL_COLUMN] > 0, 1.0, 2.0 + rows["aid"] % 20).astype(np.float32)
+    result = fit_target(rows, "carts", FAST)
+    assert [record.rounds for record in result.folds] == [0] * FAST.folds and result.rounds == 0
+    assert all(set(record.validation_hits) >= {0, FAST.round_step} for record in result.folds)
+    assert np.allclose(result.oof["score"], prior_score(rows))
+
+    learnable = fit_target(synthetic_rows(), "carts", FAST)
+    assert all(record.rounds > 0 for record in learnable.folds)
+    assert all(max(r.validation_hits.values()) == r.validation_hits[r.rounds] for r in learnable.folds)

@@ -36,7 +36,7 @@ VENV_BIN = Path(sys.executable).parent
 SCREENSHOT_DIR = REPO_ROOT / "test-output" / "screenshots"
 DOCS_SCREENSHOT_DIR = REPO_ROOT / "docs" / "screenshots"
 
-# Small data: the generated weeks of tests/test_weekly_graph.py (2,500 sessions, seed 11), on which
+# Small data (2,500 sessions, seed 11), on which
 # the ranker beats both baselines, so every blocking gate passes and the weeks get published. On
 # smaller samples (400 to 2,000 sessions, other seeds) the ranker ties or trails the hand-rule
 # baseline by noise and `ranker_beats_baselines` rightly stops publishing. Week W's sources learn
@@ -74,7 +74,7 @@ def run_config_for_tiny_data() -> dict:
     """
     from assets.als import AlsRunConfig
 
-    wanted = {"rank": 8, "max_iter": 4, "similarity_blocks": 2}  # as tests/test_weekly_graph.py
+    wanted = {"rank": 8, "max_iter": 4, "similarity_blocks": 2}  # small and fast: the stage logic is the same at rank 64
     fields = set(getattr(AlsRunConfig, "model_fields", {}))
     config = {key: value for key, value in wanted.items() if key in fields}
     return {"ops": {"als": {"config": config}}} if config else {}
