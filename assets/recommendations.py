@@ -20,7 +20,7 @@ from dagster_aws.s3 import S3Resource
 from assets.als import als
 from assets.covisitation import covisitation
 from assets.partitions import weekly_partitions
-from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
+from assets.quality_checks import markdown_table, weekly_blocking_check
 from assets.ranker import ranker
 from assets.sessions import sessions
 from assets.top_sellers import top_sellers

@@ -15,8 +15,6 @@ import hashlib
 import io
 import json
 import math
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -27,7 +25,6 @@ from tests.e2e.conftest import (
     EXPERIMENT_NAME,
     JOB_NAME,
     MODEL_NAME,
-    REPO_ROOT,
     E2EStack,
     tag,
 )
@@ -181,30 +178,7 @@ def assert_champion_alias(stack: E2EStack, model_name: str = MODEL_NAME) -> None
     )
     promoted = [week for week, run in runs.items() if run.data.tags.get("model.gate") == "promoted"]
     assert champion_week == max(promoted), f"champion is week {champion_week}, the last promoted week is {max(promoted)}"
-    assert_champion_predicts(stack, model_name)
-
-
-def assert_champion_predicts(stack: E2EStack, model_name: str) -> None:
-    """`recsys predict` from models:/NAME@champion on the server: top-20 per session and type."""
-    sessions_file = stack.root / "predict_sessions.jsonl"
-    ts = int(datetime(2022, 8, 22, 10, tzinfo=ZoneInfo(E2E_TIMEZONE)).timestamp() * 1000)
-    sessions_file.write_text(
-        json.dumps({"session": 90_000_001, "events": [{"aid": 1, "ts": ts, "type": "clicks"},
-                                                      {"aid": 2, "ts": ts + 1000, "type": "carts"}]}) + "\n"
-    )
-    out = stack.root / "predictions.csv"
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines", "predict", "--sessions", str(sessions_file), "--out", str(out),
-         "--model-uri", f"models:/{model_name}@{CHAMPION_ALIAS}"],
-        cwd=REPO_ROOT, env=stack.env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, f"recsys predict failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    lines = out.read_text().splitlines()
-    assert lines[0] == "session_type,labels", lines[:3]
-    rows = dict(line.split(",", 1) for line in lines[1:])
-    for event_type in ("clicks", "carts", "orders"):
-        labels = rows.get(f"90000001_{event_type}", "").split()
-        assert 0 < len(labels) <= MAX_RECS and len(set(labels)) == len(labels), (event_type, labels)
+    # That the champion loads and predicts through the server: test_weekly_outputs.py (predict and serve).
 
 
 def _s3_json(s3, bucket: str, key: str) -> dict:
