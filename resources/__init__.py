@@ -21,8 +21,15 @@ class SparkResource(ConfigurableResource):
     A session that already existed (a test fixture, a notebook) is reused and left running.
     """
 
-    master: str = "local[*]"
+    # None: `SPARK_MASTER` from the environment (default local[*]). Run config that sets only
+    # `conf` replaces this resource's whole config, so a master given here would be lost then;
+    # reading the environment at session start keeps the deployment's cluster.
+    master: str | None = None
     conf: dict[str, str] = {}
+
+    @property
+    def resolved_master(self) -> str:
+        return self.master or os.environ.get("SPARK_MASTER") or "local[*]"
 
     _session = PrivateAttr(default=None)
     _owns_session: bool = PrivateAttr(default=False)
@@ -36,7 +43,7 @@ class SparkResource(ConfigurableResource):
             if existing is not None:
                 self._session = existing
             else:
-                self._session = build_spark_session(self.master, self.conf)
+                self._session = build_spark_session(self.resolved_master, self.conf)
                 self._owns_session = True
         return self._session
 

@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings.from_env()
     definitions = build_definitions(build_resources(settings))
-    # Run config replaces a resource's whole config (fields left out fall back to the class
-    # defaults, not to the values bound in Definitions): pass the master along with the conf.
-    spark_config = {"master": settings.spark_master, "conf": dict(item.split("=", 1) for item in args.spark_conf)}
+    # Only `conf`, as an operator would set it in the launchpad: the master comes from SPARK_MASTER.
+    spark_config = {"conf": dict(item.split("=", 1) for item in args.spark_conf)}
     run_config = {"ops": {"als": {"config": FAST_ALS}}, "resources": {"spark": {"config": spark_config}}}
     plan = [(week, INGEST_ASSETS) for week in args.ingest_weeks] + [(week, SOURCE_ASSETS) for week in args.source_weeks]
     runs = materialize(definitions, plan, run_config)
