@@ -28,6 +28,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	@touch $@
 
 setup: java $(VENV)/.installed
+	@scripts/ensure_native_blas.sh
 
 $(SAMPLE_RAW)/.generated: | setup
 	$(BIN)/recsys generate --sessions $(SAMPLE_SESSIONS) --weeks $(SAMPLE_WEEKS) --start 2022-08-01 --seed 7 --out $(SAMPLE_RAW)
