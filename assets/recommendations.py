@@ -110,6 +110,21 @@ def recommendation_tables(
     )
 
 
+def warm_up_reason(pipeline_config: PipelineConfigResource, week: str, previous_week: str | None) -> str | None:
+    """Why this week's row counts cannot be held against the previous published week's, if they cannot:
+    item tables grow with the training window until it is full (the first weeks after the partition start)."""
+    if previous_week is None:
+        return None
+    partial = {
+        key: len(weeks) for key in (week, previous_week)
+        if len(weeks := pipeline_config.training_weeks_before(key)) < pipeline_config.training_weeks
+    }
+    if not partial:
+        return None
+    return "training window not full yet (" + ", ".join(
+        f"week {key} learned from {n} of {pipeline_config.training_weeks} weeks" for key, n in sorted(partial.items())) + ")"
+
+
 @weekly_blocking_check(
     asset=recommendation_tables,
     name=PUBLISH_GATES_CHECK,
@@ -129,13 +144,15 @@ def publish_gates(
     week = pipeline_config.week(context.partition_key)
     read = lambda table: lake.lake.read_partition(spark.session, table, week)  # noqa: E731
     uri = pipeline_config.publish_uri
+    previous = previous_manifest(uri, week, _s3_client(uri, s3))
     results = run_publish_gates(
         {name: read(lake_table(name)) for name in PUBLISHED_TABLES},
         catalogue(lake.lake.read_weeks(spark.session, EVENTS_TABLE, pipeline_config.history_window(context.partition_key))),
         read(SESSIONS_TABLE),
-        previous_manifest(uri, week, _s3_client(uri, s3)),
+        previous,
         PublishGateThresholds.from_env(),
         current_row_counts=lake.lake.read_stats(lake_table("summary"), week)["row_counts"],
+        warm_up=warm_up_reason(pipeline_config, week.key, previous["week"] if previous else None),
     )
     failed = failed_gates(results)
     return AssetCheckResult(

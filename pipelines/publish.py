@@ -859,9 +859,15 @@ GATE_ROW_COUNTS = "published_row_counts"
 
 
 def row_count_gate(
-    current: Mapping[str, int], previous: Mapping[str, Any] | None, thresholds: PublishGateThresholds | None = None
+    current: Mapping[str, int], previous: Mapping[str, Any] | None, thresholds: PublishGateThresholds | None = None,
+    warm_up: str | None = None,
 ) -> GateResult:
-    """Rows per table against the previous published manifest (skipped when none exists)."""
+    """Rows per table against the previous published manifest (skipped when none exists).
+
+    `warm_up`: why the two weeks are not comparable (one of them learned from a training window
+    that was not full yet, so its item tables are legitimately smaller); the ratios are then
+    reported but not enforced.
+    """
     from pipelines.quality import published_row_counts_frame, published_row_counts_suite, validate
 
     thresholds = thresholds or PublishGateThresholds()
@@ -873,19 +879,18 @@ def row_count_gate(
         return GateResult(GATE_ROW_COUNTS, note=f"the manifest of week {previous.get('week')} has none of these tables",
                           details={"current": dict(current)})
     frame = published_row_counts_frame({t: current[t] for t in compared}, previous["row_counts"])
+    details = {
+        "previous_week": previous.get("week"),
+        "current": dict(current),
+        "previous": {t: previous["row_counts"][t] for t in compared},
+        "ratios": {c.removesuffix("_row_ratio"): float(frame.iloc[0][c]) for c in frame.columns},
+    }
+    if warm_up:
+        return GateResult(GATE_ROW_COUNTS, note=f"ratios not enforced: {warm_up}", details=details)
     report = validate(
         frame, GATE_ROW_COUNTS, published_row_counts_suite(compared, thresholds.min_row_ratio, thresholds.max_row_ratio)
     )
-    return GateResult(
-        GATE_ROW_COUNTS,
-        report,
-        details={
-            "previous_week": previous.get("week"),
-            "current": dict(current),
-            "previous": {t: previous["row_counts"][t] for t in compared},
-            "ratios": {c.removesuffix("_row_ratio"): float(frame.iloc[0][c]) for c in frame.columns},
-        },
-    )
+    return GateResult(GATE_ROW_COUNTS, report, details=details)
 
 
 def run_publish_gates(
@@ -895,13 +900,15 @@ def run_publish_gates(
     previous: Mapping[str, Any] | None,
     thresholds: PublishGateThresholds | None = None,
     current_row_counts: Mapping[str, int] | None = None,
+    warm_up: str | None = None,
 ) -> dict[str, GateResult]:
     """Every pre-publication gate on the Spark frames of the four tables.
 
     `catalogue`: a frame with the known `aid`s; `active_sessions`: a frame with the week's
     `session`s (each needs recommendations of every type); `previous`: the previous published
     manifest (`previous_manifest(...)`) or None. Row counts come from `current_row_counts`
-    (e.g. `local_row_counts` of the written tables) or are counted on the frames.
+    (e.g. `local_row_counts` of the written tables) or are counted on the frames; `warm_up`:
+    see `row_count_gate`.
     """
     from pipelines.quality import (
         published_lists_suite,
@@ -948,7 +955,7 @@ def run_publish_gates(
         ),
     )
     counts = dict(current_row_counts) if current_row_counts is not None else {t: frames[t].count() for t in PUBLISHED_TABLES}
-    results[GATE_ROW_COUNTS] = row_count_gate(counts, previous, thresholds)
+    results[GATE_ROW_COUNTS] = row_count_gate(counts, previous, thresholds, warm_up)
     return results
 
 

@@ -518,3 +518,18 @@ def test_row_count_gate_against_the_previous_manifest():
     assert row_count_gate({SESSION_RECOMMENDATIONS: 2000}, previous).passed
     skipped = row_count_gate(current, None)
     assert skipped.passed and skipped.skipped and "not compared" in skipped.note
+    warm = row_count_gate(current, previous, warm_up="training window not full yet")
+    assert warm.passed and warm.skipped and "not enforced" in warm.note
+    assert warm.details["ratios"]["session_recommendations"] == pytest.approx(1000 / 3000)
+
+
+def test_row_counts_are_enforced_once_both_weeks_learned_from_a_full_window():
+    from assets.recommendations import warm_up_reason
+    from resources import PipelineConfigResource
+
+    config = PipelineConfigResource(raw_uri="unused", timezone="Europe/Berlin", partition_start="2022-08-01", training_weeks=4)
+    assert warm_up_reason(config, "2022-08-29", None) is None
+    reason = warm_up_reason(config, "2022-08-29", "2022-08-22")  # 08-29 learns from 4 weeks, 08-22 from 3
+    assert reason == "training window not full yet (week 2022-08-22 learned from 3 of 4 weeks)"
+    assert "week 2022-08-08 learned from 1 of 4" in warm_up_reason(config, "2022-08-15", "2022-08-08")
+    assert warm_up_reason(config, "2022-09-05", "2022-08-29") is None

@@ -148,6 +148,28 @@ def test_rounds_are_chosen_on_held_out_training_sessions_and_zero_keeps_the_hand
     assert all(set(record.validation_hits) >= {0, FAST.round_step} for record in result.folds)
     assert np.allclose(result.oof["score"], prior_score(rows))
 
-    learnable = fit_target(synthetic_rows(), "carts", FAST)
+    # 80 candidates per session: the top 20 is a real cut, and boosting clearly adds hits.
+    learnable = fit_target(synthetic_rows(per_session=80), "carts", FAST)
     assert all(record.rounds > 0 for record in learnable.folds)
+    assert all(r.validation_hits[r.rounds] > r.validation_hits[0] for r in learnable.folds)
     assert all(max(r.validation_hits.values()) == r.validation_hits[r.rounds] for r in learnable.folds)
+
+
+def test_a_gain_within_noise_keeps_the_hand_rule():
+    from pipelines.ranker import beats_hand_rule
+
+    hand_rule = np.array([True] * 50 + [False] * 50)
+
+    def boosted(gained: int, lost: int) -> np.ndarray:
+        found = hand_rule.copy()
+        found[50:50 + gained] = True
+        found[:lost] = False
+        return found
+
+    assert beats_hand_rule(boosted(10, 0), hand_rule, z=1.0)  # 10 > sqrt(10)
+    assert beats_hand_rule(boosted(3, 0), hand_rule, z=1.0)  # 3 > 1.73
+    assert not beats_hand_rule(boosted(3, 1), hand_rule, z=1.0)  # 2 = sqrt(4): not more than noise
+    assert not beats_hand_rule(boosted(1, 0), hand_rule, z=1.0)
+    assert not beats_hand_rule(hand_rule, hand_rule, z=0.0)  # no change is no gain
+    assert beats_hand_rule(boosted(30, 20), hand_rule, z=1.0)  # 10 > 7.07
+    assert not beats_hand_rule(boosted(30, 20), hand_rule, z=2.0)  # 10 < 14.1
