@@ -20,7 +20,7 @@ from assets.features import features, source_tables
 from assets.partitions import weekly_partitions
 from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
 from pipelines.config import EVENT_TYPES
-from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long
+from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE
 from pipelines.metrics import write_labels_jsonl, write_predictions_csv
 from pipelines.model import log_recommender, save_bundle
@@ -58,6 +58,22 @@ def scores_table(metrics: dict) -> str:
         for name, values in metrics.items()
     ]
     return markdown_table(pd.DataFrame(rows))
+
+
+def champion_score_on(spark, mlflow_tracking: MlflowResource, eval_sessions, labels, context) -> float | None:
+    """The current champion's OTTO score on this week's evaluation prefixes (None without a champion):
+    the new version is compared with what the champion would serve on the same sessions."""
+    from pipelines.metrics import score_predictions
+    from pipelines.model import recommendations_to_long
+
+    try:
+        champion = mlflow_tracking.load_champion()
+    except LookupError:
+        return None
+    recommendations = champion.bundle.recommend(eval_sessions.select("session", "prefix")).toPandas()
+    score = score_predictions(recommendations_to_long(recommendations), labels)["score"]
+    context.log.info(f"champion v{champion.version} scores {score:.4f} on this week's evaluation sessions")
+    return score
 
 
 @asset(
@@ -124,9 +140,14 @@ def ranker(
         )
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
+        champion_now = champion_score_on(spark.session, mlflow_tracking, lake.lake.read_partition(
+            spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
+        if champion_now is not None:
+            mlflow.log_metric("champion.score_on_week", champion_now)
         decision = gate_version(
             mlflow_tracking.client, mlflow_tracking.registered_model_name, registered.version, score, baselines,
             mlflow_tracking.champion_tolerance, extra_tags={"week": week.key, "mlflow_run_id": run.info.run_id},
+            champion_score_now=champion_now,
         )
         mlflow.set_tags({"model.version": registered.version, "model.gate": "promoted" if decision.promoted else "rejected",
                          "model.gate_reason": decision.reason})

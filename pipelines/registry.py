@@ -2,7 +2,8 @@
 
 Every week's model is registered. The `champion` alias moves to the new version only if it beats
 both baselines of its own evaluation and its total score is at least the current champion's minus
-a tolerance (scores of different weeks are not perfectly comparable, so small dips are allowed).
+a tolerance, the champion being scored on the same sessions (this week's evaluation sessions)
+when the caller can: scores of different weeks' sessions differ with the data, not only the model.
 Otherwise the version is tagged `gate=rejected` with the reason and the champion stays.
 Rolling back is moving the alias by hand: `MlflowClient().set_registered_model_alias(name,
 "champion", version)`.
@@ -59,10 +60,19 @@ def decide(score: float, baselines: dict[str, float], champion_score: float | No
 
 
 def gate_version(client, name: str, version: str, score: float, baselines: dict[str, float], tolerance: float,
-                 extra_tags: dict[str, str] | None = None) -> GateDecision:
-    """Tag `version` with its score and the gate's verdict; move `champion` to it if it passes."""
+                 extra_tags: dict[str, str] | None = None, champion_score_now: float | None = None) -> GateDecision:
+    """Tag `version` with its score and the gate's verdict; move `champion` to it if it passes.
+
+    `champion_score_now`: the champion scored on the same sessions as `score` (this week's
+    evaluation sessions). Without it the champion's own recorded score is used, which comes from
+    another week's sessions and so moves with the data, not only with the model.
+    """
     champion_before, champion_score = current_champion(client, name)
+    if champion_before is not None and champion_score_now is not None:
+        champion_score = champion_score_now
     promoted, reason = decide(score, baselines, champion_score, tolerance)
+    if champion_before is not None and champion_score_now is not None:
+        reason += f" (champion v{champion_before} scored on this week's evaluation sessions)"
     tags = {SCORE_TAG: f"{score:.6f}", GATE_TAG: PROMOTED if promoted else REJECTED, GATE_REASON_TAG: reason,
             **{f"baseline.{k}": f"{v:.6f}" for k, v in baselines.items()}, **(extra_tags or {})}
     for key, value in tags.items():

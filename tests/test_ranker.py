@@ -137,6 +137,15 @@ def test_gate_promotes_keeps_and_rejects_in_the_registry(tmp_path):
     assert not below_baseline.promoted and "baseline_covisitation" in below_baseline.reason
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == within_tolerance.version
 
+    # A week whose sessions are harder: 0.45 loses to the champion's own 0.499 from its week, but
+    # the champion scores only 0.44 on this week's sessions, so the new version is the better one.
+    harder_week = gate_version(client, name, new_version(), 0.45, baselines, 0.002, champion_score_now=0.44)
+    assert harder_week.promoted and harder_week.champion_score == 0.44
+    assert "scored on this week's evaluation sessions" in harder_week.reason
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == harder_week.version
+    beaten_on_same_sessions = gate_version(client, name, new_version(), 0.45, baselines, 0.002, champion_score_now=0.46)
+    assert not beaten_on_same_sessions.promoted
+
 
 def test_rounds_are_chosen_on_held_out_training_sessions_and_zero_keeps_the_hand_rule():
     rows = synthetic_rows()
