@@ -10,7 +10,7 @@ per session (seeded), positives always kept.
 Boosting starts from the hand rule's order, and how far it moves away is chosen inside each
 training fold: a share of the fold's training sessions is held out, and the number of rounds
 (zero included: the hand rule itself) that puts the most true items into the held-out top 20
-is the fold's. A target with too few buyers to learn from therefore stays at the baseline
+is the fold's, provided its gain over the hand rule is more than noise (`beats_hand_rule`). A target with too few buyers to learn from therefore stays at the baseline
 instead of adding noise, and the choice never looks at the sessions the fold scores. The final
 model of a type is fitted on all sessions with the median of the folds' rounds and serves in
 production.
