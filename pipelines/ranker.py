@@ -123,14 +123,23 @@ def assign_folds(sessions: np.ndarray, folds: int, seed: int) -> pd.Series:
 
 def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """`candidates` (one type or all) with `label`: 2 where (session, type, aid) is in `labels`, 1 where
-    the aid is in the session's truth of the related buy type, else 0. Metrics count only the 2s."""
+    the aid is in the session's truth of the related buy type, else 0. Metrics count only the 2s.
+
+    Only the key columns are merged, so a week's feature rows are not copied."""
     truth = labels[list(KEY_COLUMNS)].drop_duplicates()
     related = truth[truth["type"].isin(list(RELATED_TRUTH))].assign(type=lambda f: f["type"].map(RELATED_TRUTH))
     graded = pd.concat([truth.assign(**{LABEL_COLUMN: np.int8(TARGET_LABEL)}), related.assign(**{LABEL_COLUMN: np.int8(1)})])
     graded = graded.groupby(list(KEY_COLUMNS), as_index=False)[LABEL_COLUMN].max()
-    merged = candidates.merge(graded, on=list(KEY_COLUMNS), how="left")
-    merged[LABEL_COLUMN] = merged[LABEL_COLUMN].fillna(0).astype(np.int8)
-    return merged
+    keys = pd.DataFrame({"session": candidates["session"].to_numpy(), "type": _type_codes(candidates["type"]),
+                         "aid": candidates["aid"].to_numpy()})
+    graded = graded.assign(type=_type_codes(graded["type"]))
+    # A left merge keeps the left rows' order.
+    found = keys.merge(graded, on=list(KEY_COLUMNS), how="left")[LABEL_COLUMN]
+    return candidates.assign(**{LABEL_COLUMN: found.fillna(0).to_numpy(dtype=np.int8)})
+
+
+def _type_codes(types: pd.Series) -> np.ndarray:
+    return pd.Categorical(types, categories=list(EVENT_TYPES)).codes
 
 
 def prior_score(frame: pd.DataFrame) -> np.ndarray:
@@ -195,9 +204,10 @@ def truths_in_top_k(rows: pd.DataFrame, scores: np.ndarray, k: int = K) -> np.nd
 def choose_rounds(rows: pd.DataFrame, train: pd.DataFrame, config: RankerConfig, seed: int) -> tuple[object, int, dict[int, int]]:
     """Fit on part of `train`'s sessions and pick the rounds that do best on the rest.
 
-    `rows`: every candidate row of the training sessions (the held-out part is scored on its full
-    candidate lists, as evaluation will be); `train`: their downsampled training rows. Returns the
-    model fitted on the kept sessions, the chosen rounds (ties go to fewer) and the hits per rounds.
+    `rows`: candidate rows including every row of the training sessions (the held-out part is
+    scored on its full candidate lists, as evaluation will be); `train`: the training sessions'
+    downsampled rows. Returns the model fitted on the kept sessions, the chosen rounds (ties go to
+    fewer) and the hits per rounds.
     """
     sessions = np.sort(train["session"].unique())
     held = np.random.default_rng(seed).random(len(sessions)) < config.validation_share
@@ -207,7 +217,15 @@ def choose_rounds(rows: pd.DataFrame, train: pd.DataFrame, config: RankerConfig,
     model = _fit(train[~train["session"].isin(held_sessions)], config, config.num_boost_round)
     held_rows = rows[rows["session"].isin(held_sessions)]
     tried = sorted({0, *range(config.round_step, model.num_trees() + 1, config.round_step), model.num_trees()})
-    in_top = {r: truths_in_top_k(held_rows, predict_scores(model, held_rows, config.num_threads, r)) for r in tried}
+    features, scores, scored_rounds = held_rows[FEATURE_COLUMNS].to_numpy(dtype=np.float32), prior_score(held_rows), 0
+    in_top = {}
+    for r in tried:
+        # Raw LambdaRank scores add up over trees: score only the trees added since the last step.
+        if r > scored_rounds:
+            scores = scores + model.predict(features, start_iteration=scored_rounds, num_iteration=r - scored_rounds,
+                                            num_threads=config.num_threads)
+            scored_rounds = r
+        in_top[r] = truths_in_top_k(held_rows, scores)
     hits = {r: int(found.sum()) for r, found in in_top.items()}
     significant = [r for r in tried if r == 0 or beats_hand_rule(in_top[r], in_top[0], config.min_gain_z)]
     best = max(significant, key=lambda r: (hits[r], -r))
@@ -240,7 +258,8 @@ def fit_target(rows: pd.DataFrame, event_type: str, config: RankerConfig) -> Tar
         scored = row_fold == fold
         if len(train) == 0:
             raise ValueError(f"{event_type}: fold {fold} has no training session with a positive; too little data")
-        model, rounds, hits = choose_rounds(rows[~scored], train, config, config.seed + 1 + fold)
+        # Held-out sessions are drawn from `train`, which never holds a session of the scored fold.
+        model, rounds, hits = choose_rounds(rows, train, config, config.seed + 1 + fold)
         oof[scored] = predict_scores(model, rows[scored], config.num_threads, rounds)
         records.append(FoldRecord(
             fold=fold,
@@ -291,15 +310,25 @@ def recall_at_k_curve(predictions: pd.DataFrame, labels: pd.DataFrame, ks=(1, 2,
 
 
 def load_feature_rows(features_dir: str | Path, event_type: str) -> pd.DataFrame:
-    """One type's candidate rows from the features Parquet (pyarrow, not Spark: straight to numpy)."""
+    """One type's candidate rows from the features Parquet, features as float32, sorted by (session, aid).
+
+    pyarrow, not Spark, and lean: the type is a categorical constant, the sort happens in Arrow and
+    the Arrow buffers are released while pandas takes them over (a 1M-session week holds about 15M
+    rows per type)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(str(features_dir), format="parquet", exclude_invalid_files=True)
-    table = dataset.to_table(columns=[*KEY_COLUMNS, *FEATURE_COLUMNS], filter=ds.field("type") == event_type)
+    table = dataset.to_table(columns=["session", "aid", *FEATURE_COLUMNS], filter=ds.field("type") == event_type)
+    table = table.cast(pa.schema([pa.field("session", pa.int64()), pa.field("aid", pa.int64()),
+                                  *[pa.field(name, pa.float32()) for name in FEATURE_COLUMNS]]))
     # Spark writes rows in no fixed order; sorted rows make negative sampling and fits reproducible.
-    frame = table.to_pandas().sort_values(["session", "aid"], kind="stable", ignore_index=True)
-    floats = {name: np.float32 for name in FEATURE_COLUMNS}
-    return frame.astype(floats)
+    table = table.take(pc.sort_indices(table, sort_keys=[("session", "ascending"), ("aid", "ascending")]))
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    del table
+    frame.insert(1, "type", pd.Categorical.from_codes(np.zeros(len(frame), dtype=np.int8), categories=[event_type]))
+    return frame
 
 
 @dataclass

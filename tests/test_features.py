@@ -123,3 +123,17 @@ def test_long_prefixes_keep_their_last_events(spark):
     history = frame[frame["history_rank"].notna() & (frame["type"] == "clicks")]
     assert set(history["aid"]) == set(range(150, 250))
     assert frame["session_length"].iloc[0] == 150  # session features see the whole prefix
+
+
+def test_merge_by_keys_is_an_outer_merge_that_keeps_the_session_partitioning(spark):
+    from pipelines.candidates import merge_by_keys, partitioned_by_session
+
+    sessions = partitioned_by_session(spark.createDataFrame([(1, 10), (1, 11), (2, 10)], "session BIGINT, aid BIGINT"))
+    left = sessions.where("aid = 10").selectExpr("session", "aid", "1.5 AS x")
+    right = sessions.where("session = 1").selectExpr("session", "aid", "CAST(aid AS DOUBLE) AS y")
+    merged = merge_by_keys([left, right], ["session", "aid"])
+    rows = sorted(tuple(r) for r in merged.collect())
+    assert rows == [(1, 10, 1.5, 10.0), (1, 11, None, 11.0), (2, 10, 1.5, None)]
+    # The union and the aggregate reuse the partitioning by session: no shuffle after it.
+    plan = merged._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("ENSURE_REQUIREMENTS") == 0, plan

@@ -182,3 +182,38 @@ def test_a_gain_within_noise_keeps_the_hand_rule():
     assert not beats_hand_rule(hand_rule, hand_rule, z=0.0)  # no change is no gain
     assert beats_hand_rule(boosted(30, 20), hand_rule, z=1.0)  # 10 > 7.07
     assert not beats_hand_rule(boosted(30, 20), hand_rule, z=2.0)  # 10 < 14.1
+
+
+def test_held_out_hits_add_up_trees_exactly_as_scoring_each_round_count_from_scratch():
+    from pipelines.ranker import choose_rounds, predict_scores, truths_in_top_k
+
+    rows = synthetic_rows(per_session=80)
+    train = training_rows(rows, negatives_per_session=20, seed=1)
+    model, _, hits = choose_rounds(rows, train, FAST, seed=5)
+    sessions = np.sort(train["session"].unique())
+    held_sessions = sessions[np.random.default_rng(5).random(len(sessions)) < FAST.validation_share]
+    held_rows = rows[rows["session"].isin(held_sessions)]
+    assert len(hits) > 2
+    for rounds, found in hits.items():
+        assert truths_in_top_k(held_rows, predict_scores(model, held_rows, 1, rounds)).sum() == found
+
+
+def test_feature_rows_load_as_float32_sorted_for_one_type(tmp_path):
+    from pipelines.ranker import attach_labels, load_feature_rows
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.random((12, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)  # doubles, as older weeks wrote
+    frame.insert(0, "aid", rng.permutation(12) + 100)
+    frame.insert(0, "type", ["clicks", "orders"] * 6)
+    frame.insert(0, "session", [3, 1, 2] * 4)
+    frame.to_parquet(tmp_path / "part-0.parquet")
+
+    rows = load_feature_rows(tmp_path, "orders")
+    expected = frame[frame["type"] == "orders"].sort_values(["session", "aid"], ignore_index=True)
+    assert rows[["session", "aid"]].equals(expected[["session", "aid"]])
+    assert (rows["type"] == "orders").all() and set(rows[FEATURE_COLUMNS].dtypes) == {np.dtype(np.float32)}
+    assert np.array_equal(rows[FEATURE_COLUMNS].to_numpy(), expected[FEATURE_COLUMNS].to_numpy(dtype=np.float32))
+
+    first = expected.iloc[0]
+    labels = pd.DataFrame({"session": [first["session"]], "type": ["orders"], "aid": [first["aid"]]})
+    assert attach_labels(rows, labels)[LABEL_COLUMN].tolist() == [TARGET_LABEL] + [0] * (len(rows) - 1)
