@@ -98,12 +98,15 @@ def history_candidates(history, limit: int):
     return ranked.select("session", "type", "aid", "score", "rank")
 
 
-def neighbour_sources(history, types=None):
-    """One source row per (session, aid) of the history (of `types`, if given): its latest recency."""
-    from pyspark.sql import functions as F
-
-    selected = history.where(F.col("type").isin(*types)) if types else history
-    return selected.groupBy("session", "aid").agg(F.max("recency").alias("recency"))
+# Per (session, aid): weights summed from the session's items, one column per neighbour table.
+NEIGHBOUR_WEIGHT_COLUMNS = (
+    "covisitation_clicks_weight",
+    "covisitation_carts_orders_weight",
+    "covisitation_buy2buy_weight",
+    "als_similarity",
+)
+# buy2buy links bought items: only the session's carted or ordered items lead through it.
+BUY_ONLY_WEIGHTS = ("covisitation_buy2buy_weight",)
 
 
 def covisitation_neighbours(covisitation, matrix: str):
@@ -120,40 +123,67 @@ def similar_item_neighbours(similar_items):
     return similar_items.where(F.col("score") > 0).select("aid", "neighbour", F.col("score").alias("weight"))
 
 
-def neighbour_scores(sources, neighbours):
-    """Per (session, neighbour): sum over source items of recency x (weight / strongest weight of that item)."""
+def neighbour_table(covisitation, similar_items):
+    """`aid, neighbour` + one column per NEIGHBOUR_WEIGHT_COLUMNS: the pair's weight relative to the
+    strongest neighbour of `aid` in that table, null where the pair is not in it."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    relative = neighbours.withColumn("relative", F.col("weight") / F.max("weight").over(Window.partitionBy("aid")))
-    # A neighbour table is top-K per item (a few million rows at most): broadcast, the session
-    # side keeps its partitioning by session and the sum below needs no shuffle.
-    return sources.join(F.broadcast(relative), "aid").groupBy("session", F.col("neighbour").alias("aid")).agg(
-        F.sum(F.col("recency") * F.col("relative")).alias("score")
-    )
+    tables = dict(zip(NEIGHBOUR_WEIGHT_COLUMNS, [
+        covisitation_neighbours(covisitation, "clicks"),
+        covisitation_neighbours(covisitation, "carts_orders"),
+        covisitation_neighbours(covisitation, "buy2buy"),
+        similar_item_neighbours(similar_items),
+    ]))
+    relative = [
+        table.select("aid", "neighbour", (F.col("weight") / F.max("weight").over(Window.partitionBy("aid"))).alias(name))
+        for name, table in tables.items()
+    ]
+    return merge_by_keys(relative, ["aid", "neighbour"])
 
 
-def covisitation_candidates(history, covisitation, limit: int):
+def neighbour_weights(history, covisitation, similar_items):
+    """`session, aid` + NEIGHBOUR_WEIGHT_COLUMNS: per table, the sum over the session's items of their
+    latest recency x the relative weight of the link to `aid` (null where no item links to it).
+
+    One broadcast join and one aggregate for all four tables: the neighbour table is top-K per item
+    (a few million rows at most), the session side keeps its partitioning by session, so nothing
+    here shuffles the (session, item) pairs."""
     from pyspark.sql import functions as F
 
-    sources = neighbour_sources(history)
-    clicks = _ranked(
-        neighbour_scores(sources, covisitation_neighbours(covisitation, "clicks")), "score", limit, per=("session",)
-    ).withColumn("type", F.lit("clicks"))
-    buys = _ranked(
-        neighbour_scores(sources, covisitation_neighbours(covisitation, "carts_orders"))
-        .unionByName(neighbour_scores(neighbour_sources(history, BUY_TYPES), covisitation_neighbours(covisitation, "buy2buy")))
-        .groupBy("session", "aid")
-        .agg(F.sum("score").alias("score")),
-        "score", limit, per=("session",),
-    ).crossJoin(_types_frame(history.sparkSession, BUY_TYPES))
+    sources = history.groupBy("session", "aid").agg(
+        F.max("recency").alias("recency"),
+        F.max(F.when(F.col("type").isin(*BUY_TYPES), F.col("recency"))).alias("buy_recency"),
+    )
+    linked = sources.join(F.broadcast(neighbour_table(covisitation, similar_items)), "aid")
+    return linked.groupBy("session", F.col("neighbour").alias("aid")).agg(*[
+        F.sum(F.col("buy_recency" if name in BUY_ONLY_WEIGHTS else "recency") * F.col(name)).alias(name)
+        for name in NEIGHBOUR_WEIGHT_COLUMNS
+    ])
+
+
+def covisitation_candidates(weights, limit: int):
+    """Clicks: the clicks matrix; carts and orders: carts-orders plus buy2buy."""
+    from pyspark.sql import functions as F
+
+    def ranked(score):
+        scored = weights.select("session", "aid", score.alias("score")).where(F.col("score").isNotNull())
+        return _ranked(scored, "score", limit, per=("session",))
+
+    carts_orders, buy2buy = F.col("covisitation_carts_orders_weight"), F.col("covisitation_buy2buy_weight")
+    buys = F.when(carts_orders.isNotNull() | buy2buy.isNotNull(),
+                  F.coalesce(carts_orders, F.lit(0.0)) + F.coalesce(buy2buy, F.lit(0.0)))
+    clicks = ranked(F.col("covisitation_clicks_weight")).withColumn("type", F.lit("clicks"))
+    buys = ranked(buys).crossJoin(_types_frame(weights.sparkSession, BUY_TYPES))
     return clicks.unionByName(buys).select("session", "type", "aid", "score", "rank")
 
 
-def als_candidates(history, similar_items, limit: int):
+def als_candidates(weights, limit: int):
     """ALS similar items of the history items, proposed for every type."""
-    scored = neighbour_scores(neighbour_sources(history), similar_item_neighbours(similar_items))
-    ranked = _ranked(scored, "score", limit, per=("session",)).crossJoin(_types_frame(history.sparkSession))
+    from pyspark.sql import functions as F
+
+    scored = weights.select("session", "aid", F.col("als_similarity").alias("score")).where(F.col("score").isNotNull())
+    ranked = _ranked(scored, "score", limit, per=("session",)).crossJoin(_types_frame(weights.sparkSession))
     return ranked.select("session", "type", "aid", "score", "rank")
 
 
@@ -175,10 +205,11 @@ def build_candidates(sessions, covisitation, similar_items, top_sellers, config:
 
     sessions = partitioned_by_session(sessions)
     history = weighted_history(sessions, config.max_prefix_events)
+    weights = neighbour_weights(history, covisitation, similar_items)
     per_source = {
         "history": history_candidates(history, config.history),
-        "covisitation": covisitation_candidates(history, covisitation, config.covisitation),
-        "als": als_candidates(history, similar_items, config.als),
+        "covisitation": covisitation_candidates(weights, config.covisitation),
+        "als": als_candidates(weights, config.als),
         "top_sellers": top_seller_candidates(sessions, top_sellers, config.top_sellers),
     }
     union = merge_by_keys(
