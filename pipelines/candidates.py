@@ -162,29 +162,47 @@ def neighbour_weights(history, covisitation, similar_items):
     ])
 
 
-def covisitation_candidates(weights, limit: int):
-    """Clicks: the clicks matrix; carts and orders: carts-orders plus buy2buy."""
-    from pyspark.sql import functions as F
+def neighbour_candidates(weights, covisitation_limit: int, als_limit: int):
+    """The co-visitation and ALS sources in one pass over `weights` (`neighbour_weights`), which is
+    then computed once instead of once per source: `session, type, aid, covisitation_score,
+    covisitation_rank, als_score, als_rank` (null where the source does not propose the aid).
 
-    def ranked(score):
-        scored = weights.select("session", "aid", score.alias("score")).where(F.col("score").isNotNull())
-        return _ranked(scored, "score", limit, per=("session",))
+    Co-visitation proposes clicks from the clicks matrix and carts and orders from carts-orders plus
+    buy2buy; ALS proposes its similar items for every type. Ranks are per session, best first."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
 
     carts_orders, buy2buy = F.col("covisitation_carts_orders_weight"), F.col("covisitation_buy2buy_weight")
-    buys = F.when(carts_orders.isNotNull() | buy2buy.isNotNull(),
-                  F.coalesce(carts_orders, F.lit(0.0)) + F.coalesce(buy2buy, F.lit(0.0)))
-    clicks = ranked(F.col("covisitation_clicks_weight")).withColumn("type", F.lit("clicks"))
-    buys = ranked(buys).crossJoin(_types_frame(weights.sparkSession, BUY_TYPES))
-    return clicks.unionByName(buys).select("session", "type", "aid", "score", "rank")
+    scores = {
+        "clicks": F.col("covisitation_clicks_weight"),
+        "buys": F.when(carts_orders.isNotNull() | buy2buy.isNotNull(),
+                       F.coalesce(carts_orders, F.lit(0.0)) + F.coalesce(buy2buy, F.lit(0.0))),
+        "als": F.col("als_similarity"),
+    }
+    limits = {"clicks": covisitation_limit, "buys": covisitation_limit, "als": als_limit}
+    ranked = weights.select("session", "aid", *[score.alias(name) for name, score in scores.items()])
+    for name in scores:
+        # Nulls sort last, so the proposed aids are ranked 1..n exactly as among themselves.
+        order = Window.partitionBy("session").orderBy(F.desc_nulls_last(name), F.asc("aid"))
+        kept = F.col(name).isNotNull() & (F.row_number().over(order) <= limits[name])
+        ranked = ranked.withColumn(f"{name}_rank", F.when(kept, F.row_number().over(order)))
 
+    def proposal(event_type: str, covisitation: str):
+        return F.struct(
+            F.lit(event_type).alias("type"),
+            F.when(F.col(f"{covisitation}_rank").isNotNull(), F.col(covisitation)).alias("covisitation_score"),
+            F.col(f"{covisitation}_rank").alias("covisitation_rank"),
+            F.when(F.col("als_rank").isNotNull(), F.col("als")).alias("als_score"),
+            F.col("als_rank").alias("als_rank"),
+        )
 
-def als_candidates(weights, limit: int):
-    """ALS similar items of the history items, proposed for every type."""
-    from pyspark.sql import functions as F
-
-    scored = weights.select("session", "aid", F.col("als_similarity").alias("score")).where(F.col("score").isNotNull())
-    ranked = _ranked(scored, "score", limit, per=("session",)).crossJoin(_types_frame(weights.sparkSession))
-    return ranked.select("session", "type", "aid", "score", "rank")
+    proposals = F.array(proposal("clicks", "clicks"), *[proposal(event_type, "buys") for event_type in BUY_TYPES])
+    return (
+        ranked.where(F.coalesce(*[F.col(f"{name}_rank") for name in scores]).isNotNull())
+        .select("session", "aid", F.explode(proposals).alias("p"))
+        .select("session", "p.type", "aid", "p.covisitation_score", "p.covisitation_rank", "p.als_score", "p.als_rank")
+        .where(F.col("covisitation_rank").isNotNull() | F.col("als_rank").isNotNull())
+    )
 
 
 def top_seller_candidates(sessions, top_sellers, limit: int):
@@ -206,15 +224,14 @@ def build_candidates(sessions, covisitation, similar_items, top_sellers, config:
     sessions = partitioned_by_session(sessions)
     history = weighted_history(sessions, config.max_prefix_events)
     weights = neighbour_weights(history, covisitation, similar_items)
-    per_source = {
-        "history": history_candidates(history, config.history),
-        "covisitation": covisitation_candidates(weights, config.covisitation),
-        "als": als_candidates(weights, config.als),
-        "top_sellers": top_seller_candidates(sessions, top_sellers, config.top_sellers),
-    }
+
+    def renamed(name, frame):
+        return frame.select("session", "type", "aid", F.col("score").alias(f"{name}_score"), F.col("rank").alias(f"{name}_rank"))
+
     union = merge_by_keys(
-        [frame.select("session", "type", "aid", F.col("score").alias(f"{name}_score"), F.col("rank").alias(f"{name}_rank"))
-         for name, frame in per_source.items()],
+        [renamed("history", history_candidates(history, config.history)),
+         neighbour_candidates(weights, config.covisitation, config.als),
+         renamed("top_sellers", top_seller_candidates(sessions, top_sellers, config.top_sellers))],
         ["session", "type", "aid"],
     )
     n_sources = sum(F.col(f"{name}_rank").isNotNull().cast("int") for name in SOURCES)
