@@ -98,15 +98,12 @@ def history_candidates(history, limit: int):
     return ranked.select("session", "type", "aid", "score", "rank")
 
 
-# Per (session, aid): weights summed from the session's items, one column per neighbour table.
-NEIGHBOUR_WEIGHT_COLUMNS = (
-    "covisitation_clicks_weight",
-    "covisitation_carts_orders_weight",
-    "covisitation_buy2buy_weight",
-    "als_similarity",
-)
-# buy2buy links bought items: only the session's carted or ordered items lead through it.
-BUY_ONLY_WEIGHTS = ("covisitation_buy2buy_weight",)
+def neighbour_sources(history, types=None):
+    """One source row per (session, aid) of the history (of `types`, if given): its latest recency."""
+    from pyspark.sql import functions as F
+
+    selected = history.where(F.col("type").isin(*types)) if types else history
+    return selected.groupBy("session", "aid").agg(F.max("recency").alias("recency"))
 
 
 def covisitation_neighbours(covisitation, matrix: str):
@@ -123,86 +120,41 @@ def similar_item_neighbours(similar_items):
     return similar_items.where(F.col("score") > 0).select("aid", "neighbour", F.col("score").alias("weight"))
 
 
-def neighbour_table(covisitation, similar_items):
-    """`aid, neighbour` + one column per NEIGHBOUR_WEIGHT_COLUMNS: the pair's weight relative to the
-    strongest neighbour of `aid` in that table, null where the pair is not in it."""
+def neighbour_scores(sources, neighbours):
+    """Per (session, neighbour): sum over source items of recency x (weight / strongest weight of that item)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    tables = dict(zip(NEIGHBOUR_WEIGHT_COLUMNS, [
-        covisitation_neighbours(covisitation, "clicks"),
-        covisitation_neighbours(covisitation, "carts_orders"),
-        covisitation_neighbours(covisitation, "buy2buy"),
-        similar_item_neighbours(similar_items),
-    ]))
-    relative = [
-        table.select("aid", "neighbour", (F.col("weight") / F.max("weight").over(Window.partitionBy("aid"))).alias(name))
-        for name, table in tables.items()
-    ]
-    return merge_by_keys(relative, ["aid", "neighbour"])
+    relative = neighbours.withColumn("relative", F.col("weight") / F.max("weight").over(Window.partitionBy("aid")))
+    # A neighbour table is top-K per item (a few million rows at most): broadcast, the session
+    # side keeps its partitioning by session and the sum below needs no shuffle.
+    return sources.join(F.broadcast(relative), "aid").groupBy("session", F.col("neighbour").alias("aid")).agg(
+        F.sum(F.col("recency") * F.col("relative")).alias("score")
+    )
 
 
-def neighbour_weights(history, covisitation, similar_items):
-    """`session, aid` + NEIGHBOUR_WEIGHT_COLUMNS: per table, the sum over the session's items of their
-    latest recency x the relative weight of the link to `aid` (null where no item links to it).
-
-    One broadcast join and one aggregate for all four tables: the neighbour table is top-K per item
-    (a few million rows at most), the session side keeps its partitioning by session, so nothing
-    here shuffles the (session, item) pairs."""
+def covisitation_candidates(history, covisitation, limit: int):
     from pyspark.sql import functions as F
 
-    sources = history.groupBy("session", "aid").agg(
-        F.max("recency").alias("recency"),
-        F.max(F.when(F.col("type").isin(*BUY_TYPES), F.col("recency"))).alias("buy_recency"),
-    )
-    linked = sources.join(F.broadcast(neighbour_table(covisitation, similar_items)), "aid")
-    return linked.groupBy("session", F.col("neighbour").alias("aid")).agg(*[
-        F.sum(F.col("buy_recency" if name in BUY_ONLY_WEIGHTS else "recency") * F.col(name)).alias(name)
-        for name in NEIGHBOUR_WEIGHT_COLUMNS
-    ])
+    sources = neighbour_sources(history)
+    clicks = _ranked(
+        neighbour_scores(sources, covisitation_neighbours(covisitation, "clicks")), "score", limit, per=("session",)
+    ).withColumn("type", F.lit("clicks"))
+    buys = _ranked(
+        neighbour_scores(sources, covisitation_neighbours(covisitation, "carts_orders"))
+        .unionByName(neighbour_scores(neighbour_sources(history, BUY_TYPES), covisitation_neighbours(covisitation, "buy2buy")))
+        .groupBy("session", "aid")
+        .agg(F.sum("score").alias("score")),
+        "score", limit, per=("session",),
+    ).crossJoin(_types_frame(history.sparkSession, BUY_TYPES))
+    return clicks.unionByName(buys).select("session", "type", "aid", "score", "rank")
 
 
-def neighbour_candidates(weights, covisitation_limit: int, als_limit: int):
-    """The co-visitation and ALS sources in one pass over `weights` (`neighbour_weights`), which is
-    then computed once instead of once per source: `session, type, aid, covisitation_score,
-    covisitation_rank, als_score, als_rank` (null where the source does not propose the aid).
-
-    Co-visitation proposes clicks from the clicks matrix and carts and orders from carts-orders plus
-    buy2buy; ALS proposes its similar items for every type. Ranks are per session, best first."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    carts_orders, buy2buy = F.col("covisitation_carts_orders_weight"), F.col("covisitation_buy2buy_weight")
-    scores = {
-        "clicks": F.col("covisitation_clicks_weight"),
-        "buys": F.when(carts_orders.isNotNull() | buy2buy.isNotNull(),
-                       F.coalesce(carts_orders, F.lit(0.0)) + F.coalesce(buy2buy, F.lit(0.0))),
-        "als": F.col("als_similarity"),
-    }
-    limits = {"clicks": covisitation_limit, "buys": covisitation_limit, "als": als_limit}
-    ranked = weights.select("session", "aid", *[score.alias(name) for name, score in scores.items()])
-    for name in scores:
-        # Nulls sort last, so the proposed aids are ranked 1..n exactly as among themselves.
-        order = Window.partitionBy("session").orderBy(F.desc_nulls_last(name), F.asc("aid"))
-        kept = F.col(name).isNotNull() & (F.row_number().over(order) <= limits[name])
-        ranked = ranked.withColumn(f"{name}_rank", F.when(kept, F.row_number().over(order)))
-
-    def proposal(event_type: str, covisitation: str):
-        return F.struct(
-            F.lit(event_type).alias("type"),
-            F.when(F.col(f"{covisitation}_rank").isNotNull(), F.col(covisitation)).alias("covisitation_score"),
-            F.col(f"{covisitation}_rank").alias("covisitation_rank"),
-            F.when(F.col("als_rank").isNotNull(), F.col("als")).alias("als_score"),
-            F.col("als_rank").alias("als_rank"),
-        )
-
-    proposals = F.array(proposal("clicks", "clicks"), *[proposal(event_type, "buys") for event_type in BUY_TYPES])
-    return (
-        ranked.where(F.coalesce(*[F.col(f"{name}_rank") for name in scores]).isNotNull())
-        .select("session", "aid", F.explode(proposals).alias("p"))
-        .select("session", "p.type", "aid", "p.covisitation_score", "p.covisitation_rank", "p.als_score", "p.als_rank")
-        .where(F.col("covisitation_rank").isNotNull() | F.col("als_rank").isNotNull())
-    )
+def als_candidates(history, similar_items, limit: int):
+    """ALS similar items of the history items, proposed for every type."""
+    scored = neighbour_scores(neighbour_sources(history), similar_item_neighbours(similar_items))
+    ranked = _ranked(scored, "score", limit, per=("session",)).crossJoin(_types_frame(history.sparkSession))
+    return ranked.select("session", "type", "aid", "score", "rank")
 
 
 def top_seller_candidates(sessions, top_sellers, limit: int):
@@ -223,15 +175,15 @@ def build_candidates(sessions, covisitation, similar_items, top_sellers, config:
 
     sessions = partitioned_by_session(sessions)
     history = weighted_history(sessions, config.max_prefix_events)
-    weights = neighbour_weights(history, covisitation, similar_items)
-
-    def renamed(name, frame):
-        return frame.select("session", "type", "aid", F.col("score").alias(f"{name}_score"), F.col("rank").alias(f"{name}_rank"))
-
+    per_source = {
+        "history": history_candidates(history, config.history),
+        "covisitation": covisitation_candidates(history, covisitation, config.covisitation),
+        "als": als_candidates(history, similar_items, config.als),
+        "top_sellers": top_seller_candidates(sessions, top_sellers, config.top_sellers),
+    }
     union = merge_by_keys(
-        [renamed("history", history_candidates(history, config.history)),
-         neighbour_candidates(weights, config.covisitation, config.als),
-         renamed("top_sellers", top_seller_candidates(sessions, top_sellers, config.top_sellers))],
+        [frame.select("session", "type", "aid", F.col("score").alias(f"{name}_score"), F.col("rank").alias(f"{name}_rank"))
+         for name, frame in per_source.items()],
         ["session", "type", "aid"],
     )
     n_sources = sum(F.col(f"{name}_rank").isNotNull().cast("int") for name in SOURCES)

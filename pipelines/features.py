@@ -22,13 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.candidates import (
-    NEIGHBOUR_WEIGHT_COLUMNS,
+    BUY_TYPES,
     SOURCES,
     CandidateConfig,
     build_candidates,
+    covisitation_neighbours,
     merge_by_keys,
-    neighbour_weights,
+    neighbour_scores,
+    neighbour_sources,
     partitioned_by_session,
+    similar_item_neighbours,
     weighted_history,
 )
 from pipelines.config import EVENT_TYPES
@@ -56,7 +59,10 @@ ITEM_FEATURES = (
 SESSION_ITEM_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
     "interaction_seconds_since",
     "interaction_events_since",
-    *NEIGHBOUR_WEIGHT_COLUMNS,
+    "covisitation_clicks_weight",
+    "covisitation_carts_orders_weight",
+    "covisitation_buy2buy_weight",
+    "als_similarity",
 ]
 FEATURE_COLUMNS = CANDIDATE_FEATURES + SESSION_FEATURES + ITEM_FEATURES + SESSION_ITEM_FEATURES
 
@@ -137,6 +143,22 @@ def session_item_features(history, session_stats):
     )
 
 
+def neighbour_features(history, tables: SourceTables) -> dict:
+    """Frames of `session, aid, score` by feature name: the weights summed from the session's items,
+    per co-visitation matrix and for ALS."""
+    sources = neighbour_sources(history)
+    return {
+        "covisitation_clicks_weight": neighbour_scores(sources, covisitation_neighbours(tables.covisitation, "clicks")),
+        "covisitation_carts_orders_weight": neighbour_scores(
+            sources, covisitation_neighbours(tables.covisitation, "carts_orders")
+        ),
+        "covisitation_buy2buy_weight": neighbour_scores(
+            neighbour_sources(history, BUY_TYPES), covisitation_neighbours(tables.covisitation, "buy2buy")
+        ),
+        "als_similarity": neighbour_scores(sources, similar_item_neighbours(tables.similar_items)),
+    }
+
+
 def add_features(candidates, sessions, tables: SourceTables, config: CandidateConfig):
     """`candidates` (from `build_candidates`) with every FEATURE_COLUMNS column as a 32-bit float: what
     the ranker reads (LightGBM bins float32), at half the bytes of doubles in the lake and in memory.
@@ -150,7 +172,8 @@ def add_features(candidates, sessions, tables: SourceTables, config: CandidateCo
     history = weighted_history(sessions, config.max_prefix_events)
     session_stats = session_features(sessions)
     pair_features = merge_by_keys(
-        [session_item_features(history, session_stats), neighbour_weights(history, tables.covisitation, tables.similar_items)],
+        [session_item_features(history, session_stats),
+         *[frame.withColumnRenamed("score", name) for name, frame in neighbour_features(history, tables).items()]],
         ["session", "aid"],
     )
     # The one shuffling join first, while candidate rows are still narrow.
