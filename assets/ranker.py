@@ -28,6 +28,7 @@ from pipelines.plots import plot_feature_importance, plot_recall_curves
 from pipelines.quality import ranker_suite, validate
 from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_ranker, recall_at_k_curve
 from pipelines.registry import gate_version
+from pipelines.spark import release_driver_heap
 from pipelines.tracking import code_version, flatten_metrics
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
@@ -102,6 +103,8 @@ def ranker(
     ranker_config = config.to_ranker_config()
     started = time.perf_counter()
     labels = labels_long(lake.lake.read_partition(spark.session, EVAL_LABELS_TABLE, week)).toPandas()
+    # Fitting is Python-only and the largest step in memory: the JVM gives its idle heap back first.
+    release_driver_heap(spark.session)
     evaluation = evaluate_ranker(lake.lake.partition_dir(FEATURES_TABLE, week), labels, ranker_config)
     fit_seconds = time.perf_counter() - started
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score

@@ -30,7 +30,7 @@ from pipelines.generate import generate_raw
 from pipelines.lake import SESSIONS_TABLE, Lake
 from pipelines.raw import list_local_week_files
 from pipelines.sessions import materialize_sessions_week
-from pipelines.spark import build_spark_session
+from pipelines.spark import build_spark_session, release_driver_heap
 from pipelines.weeks import Week
 
 TIMEZONE = "Europe/Berlin"
@@ -184,6 +184,7 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
 
     with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
         labels_pd = labels_long(read(EVAL_LABELS_TABLE)).toPandas()
+        release_driver_heap(spark)  # as the ranker asset does
         evaluation = evaluate_ranker(lake.partition_dir(FEATURES_TABLE, week), labels_pd, RankerConfig())
         record.update(
             train_rows={t: r.train_rows for t, r in evaluation.results.items()},

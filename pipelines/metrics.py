@@ -31,6 +31,15 @@ TYPE_WEIGHTS = {"clicks": 0.10, "carts": 0.30, "orders": 0.60}
 K = 20
 
 
+TYPE_DTYPE = pd.CategoricalDtype(list(EVENT_TYPES))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with `type` as the shared categorical: merges and de-duplication on (session, type,
+    aid) then compare integer codes (with string types, scoring 15M predictions took 20 s)."""
+    return frame if frame["type"].dtype == TYPE_DTYPE else frame.assign(type=frame["type"].astype(TYPE_DTYPE))
+
+
 def _top_k_unique(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
     top = predictions[predictions["rank"] <= k]
     return top.sort_values("rank").drop_duplicates(["session", "type", "aid"], keep="first")
@@ -38,8 +47,8 @@ def _top_k_unique(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def score_predictions(predictions: pd.DataFrame, labels: pd.DataFrame, k: int = K) -> dict[str, float]:
     """Recall@k per type and the weighted total; also NDCG@k, MRR@k and counts per type."""
-    labels = labels.drop_duplicates(["session", "type", "aid"])
-    top = _top_k_unique(predictions[["session", "type", "aid", "rank"]], k)
+    labels = _typed(labels).drop_duplicates(["session", "type", "aid"])
+    top = _top_k_unique(_typed(predictions[["session", "type", "aid", "rank"]]), k)
     hits = top.merge(labels, on=["session", "type", "aid"], how="inner")
 
     truth_sizes = labels.groupby(["session", "type"]).size().rename("n_truth").reset_index()
@@ -69,8 +78,8 @@ def score_predictions(predictions: pd.DataFrame, labels: pd.DataFrame, k: int = 
 
 def candidate_recall(candidates: pd.DataFrame, labels: pd.DataFrame, k: int = K) -> dict[str, float]:
     """Recall of an unordered candidate set: hits capped at min(k, |truth|), the best any top-k ranking can do."""
-    labels = labels.drop_duplicates(["session", "type", "aid"])
-    hits = candidates[["session", "type", "aid"]].drop_duplicates().merge(labels, on=["session", "type", "aid"])
+    labels = _typed(labels).drop_duplicates(["session", "type", "aid"])
+    hits = _typed(candidates[["session", "type", "aid"]]).drop_duplicates().merge(labels, on=["session", "type", "aid"])
     truth_sizes = labels.groupby(["session", "type"]).size().rename("n_truth").reset_index()
     truth_sizes["denominator"] = np.minimum(truth_sizes["n_truth"], k)
     per_query = truth_sizes.merge(hits.groupby(["session", "type"]).size().rename("hits").reset_index(), how="left")

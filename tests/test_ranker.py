@@ -217,3 +217,26 @@ def test_feature_rows_load_as_float32_sorted_for_one_type(tmp_path):
     first = expected.iloc[0]
     labels = pd.DataFrame({"session": [first["session"]], "type": ["orders"], "aid": [first["aid"]]})
     assert attach_labels(rows, labels)[LABEL_COLUMN].tolist() == [TARGET_LABEL] + [0] * (len(rows) - 1)
+
+
+def test_top_k_and_held_out_ranks_order_like_a_pandas_sort_with_ties_and_missing_scores():
+    from pipelines.ranker import truths_in_top_k
+
+    rng = np.random.default_rng(4)
+    n = 5000
+    scored = pd.DataFrame({
+        "session": rng.integers(0, 60, n),
+        "type": pd.Categorical(rng.choice(["orders", "clicks", "carts"], n), categories=["clicks", "carts", "orders"]),
+        "aid": rng.integers(0, 400, n),
+        # Few distinct values, so ties are broken by aid; some scores are missing.
+        "score": np.where(rng.random(n) < 0.05, np.nan, rng.integers(0, 8, n).astype(float)),
+    }).drop_duplicates(["session", "type", "aid"], ignore_index=True)
+
+    expected = scored.sort_values(["session", "type", "score", "aid"], ascending=[True, True, False, True])
+    expected = expected.assign(rank=expected.groupby(["session", "type"], sort=False, observed=True).cumcount() + 1)
+    expected = expected[expected["rank"] <= 5][["session", "type", "aid", "rank"]]
+    assert top_k(scored, k=5).equals(expected)
+
+    one_type = scored[scored["type"] == "carts"].assign(**{LABEL_COLUMN: np.int8(TARGET_LABEL)})
+    in_top = truths_in_top_k(one_type, one_type["score"].to_numpy(), k=5)
+    assert np.array_equal(in_top, one_type.index.isin(expected[expected["type"] == "carts"].index))
