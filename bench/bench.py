@@ -15,6 +15,7 @@ import platform
 import resource
 import shutil
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,10 +39,28 @@ START = "2022-08-01"
 
 
 class PeakMemory:
-    """Peak RSS of the Spark driver JVM and of this Python process, resettable per stage."""
+    """Peak RSS of the Spark driver JVM and of this Python process, resettable per stage.
+
+    Per process: the kernel's high-water mark (VmHWM). Together: the largest sum of the two RSS
+    values sampled at the same moment (every 0.1 s by a thread), which is what the machine had to
+    hold; the sum of the two high-water marks would overstate it when the peaks fall at different
+    times (the JVM's during Spark work, Python's while the ranker fits)."""
+
+    SAMPLE_SECONDS = 0.1
 
     def __init__(self, jvm_pid: int):
         self.jvm_pid = jvm_pid
+        self._peak_sum_kb = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE_SECONDS):
+            try:
+                self._peak_sum_kb = max(self._peak_sum_kb, self._status_kb(self.jvm_pid, "VmRSS") + self._status_kb(os.getpid(), "VmRSS"))
+            except (OSError, ValueError):
+                pass
 
     def reset(self) -> None:
         # Writing 5 to clear_refs resets the kernel's peak-RSS counter (VmHWM) of a process.
@@ -50,19 +69,21 @@ class PeakMemory:
                 Path(f"/proc/{pid}/clear_refs").write_text("5")
             except OSError:
                 pass
+        self._peak_sum_kb = 0
 
     @staticmethod
-    def _hwm_mb(pid: int) -> float:
+    def _status_kb(pid: int, field: str) -> int:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise ValueError(f"no {field} for process {pid}")
 
     def read(self) -> dict[str, float]:
-        jvm, python = self._hwm_mb(self.jvm_pid), self._hwm_mb(os.getpid())
-        # Both processes are alive through every stage (the assets share one Spark session per run),
-        # so what a machine must hold is at most the sum.
-        return {"jvm_peak_mb": round(jvm), "python_peak_mb": round(python), "peak_sum_mb": round(jvm + python)}
+        jvm, python = (self._status_kb(pid, "VmHWM") / 1024 for pid in (self.jvm_pid, os.getpid()))
+        return {"jvm_peak_mb": round(jvm), "python_peak_mb": round(python), "peak_sum_mb": round(self._peak_sum_kb / 1024)}
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def ensure_raw(raw_dir: Path, sessions: int, weeks: int, seed: int) -> dict:
@@ -184,7 +205,10 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
 
     with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
         labels_pd = labels_long(read(EVAL_LABELS_TABLE)).toPandas()
+        jvm_rss = lambda: round(memory._status_kb(memory.jvm_pid, "VmRSS") / 1024)  # noqa: E731
+        record["jvm_rss_mb_before_heap_release"] = jvm_rss()
         release_driver_heap(spark)  # as the ranker asset does
+        record["jvm_rss_mb_after_heap_release"] = jvm_rss()
         evaluation = evaluate_ranker(lake.partition_dir(FEATURES_TABLE, week), labels_pd, RankerConfig())
         record.update(
             train_rows={t: r.train_rows for t, r in evaluation.results.items()},
@@ -248,6 +272,7 @@ def main() -> int:
     if "ranking" in stages:
         run_ranking(spark, lake, workdir, weeks, memory, results, args.predict_sessions)
 
+    memory.stop()
     spark.stop()
     python_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"summary": results, "python_lifetime_peak_mb": round(python_peak)}, indent=2))

@@ -111,7 +111,9 @@ class FoldRecord:
 class TargetResult:
     event_type: str
     model: object  # lightgbm.Booster fitted on every session
-    oof: pd.DataFrame  # session, type, aid, score for every candidate row of the type
+    # session, type, aid, score for every candidate row of the type (evaluate_ranker keeps only the top k
+    # and leaves this empty)
+    oof: pd.DataFrame
     folds: list[FoldRecord]
     feature_importance: pd.Series
     train_rows: int
@@ -410,6 +412,8 @@ def evaluate_ranker(features_dir: str | Path, labels: pd.DataFrame, config: Rank
         result = fit_target(rows, event_type, config)
         results[event_type] = result
         parts[RANKER].append(top_k(result.oof))
+        # Only the top k is used from here on: the full scores of a type are ~15M rows at 1M sessions.
+        result.oof = result.oof.iloc[:0]
         parts[BASELINE_COVISITATION].append(ranked_by(rows, "baseline_rank"))
         parts[BASELINE_POPULARITY].append(ranked_by(rows, "top_sellers_rank"))
         positives.append(rows.loc[rows[LABEL_COLUMN] == TARGET_LABEL, list(KEY_COLUMNS)])
