@@ -207,14 +207,14 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         labels_pd = labels_long(read(EVAL_LABELS_TABLE)).toPandas()
         jvm_rss = lambda: round(memory._status_kb(memory.jvm_pid, "VmRSS") / 1024)  # noqa: E731
         record["jvm_rss_mb_before_heap_release"] = jvm_rss()
-        release_driver_heap(spark)  # as the ranker asset does
-        record["jvm_rss_mb_after_heap_release"] = jvm_rss()
+        release_driver_heap(spark)  # as the ranker asset does (G1 uncommits concurrently, within seconds)
         evaluation = evaluate_ranker(lake.partition_dir(FEATURES_TABLE, week), labels_pd, RankerConfig())
         record.update(
             train_rows={t: r.train_rows for t, r in evaluation.results.items()},
             seconds_per_target={t: round(r.seconds, 1) for t, r in evaluation.results.items()},
             boosting_rounds={t: [f.rounds for f in r.folds] for t, r in evaluation.results.items()},
             scores={name: round(m["score"], 4) for name, m in evaluation.metrics.items()},
+            jvm_rss_mb_after_fitting=jvm_rss(),
         )
 
     bundle_dir = workdir / "bundle"
