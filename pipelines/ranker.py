@@ -239,6 +239,7 @@ def truths_in_top_k(rows: pd.DataFrame, scores: np.ndarray, k: int = K) -> np.nd
     above = (values[other] > values[mine]) | ((values[other] == values[mine]) & (aids[other] < aids[mine]))
     return np.bincount(pair_truth, weights=above, minlength=len(truths)) < k
 
+
 def choose_rounds(rows: pd.DataFrame, train: pd.DataFrame, config: RankerConfig, seed: int) -> tuple[object, int, dict[int, int]]:
     """Fit on part of `train`'s sessions and pick the rounds that do best on the rest.
 
