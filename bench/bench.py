@@ -78,6 +78,9 @@ class PeakMemory:
                 return int(line.split()[1])
         raise ValueError(f"no {field} for process {pid}")
 
+    def jvm_rss_mb(self) -> int:
+        return round(self._status_kb(self.jvm_pid, "VmRSS") / 1024)
+
     def read(self) -> dict[str, float]:
         jvm, python = (self._status_kb(pid, "VmHWM") / 1024 for pid in (self.jvm_pid, os.getpid()))
         return {"jvm_peak_mb": round(jvm), "python_peak_mb": round(python), "peak_sum_mb": round(self._peak_sum_kb / 1024)}
@@ -205,8 +208,7 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
 
     with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
         labels_pd = labels_long(read(EVAL_LABELS_TABLE)).toPandas()
-        jvm_rss = lambda: round(memory._status_kb(memory.jvm_pid, "VmRSS") / 1024)  # noqa: E731
-        record["jvm_rss_mb_before_heap_release"] = jvm_rss()
+        record["jvm_rss_mb_before_heap_release"] = memory.jvm_rss_mb()
         release_driver_heap(spark)  # as the ranker asset does (G1 uncommits concurrently, within seconds)
         evaluation = evaluate_ranker(lake.partition_dir(FEATURES_TABLE, week), labels_pd, RankerConfig())
         record.update(
@@ -214,7 +216,7 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
             seconds_per_target={t: round(r.seconds, 1) for t, r in evaluation.results.items()},
             boosting_rounds={t: [f.rounds for f in r.folds] for t, r in evaluation.results.items()},
             scores={name: round(m["score"], 4) for name, m in evaluation.metrics.items()},
-            jvm_rss_mb_after_fitting=jvm_rss(),
+            jvm_rss_mb_after_fitting=memory.jvm_rss_mb(),
         )
 
     bundle_dir = workdir / "bundle"

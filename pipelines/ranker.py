@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipelines.config import EVENT_TYPES
 from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS
-from pipelines.metrics import K, candidate_recall, score_predictions
+from pipelines.metrics import TYPE_DTYPE, K, candidate_recall, score_predictions
 
 LABEL_COLUMN = "label"
 # Label of a candidate in its target type's truth; 1 marks the related buy type's truth.
@@ -149,7 +149,7 @@ def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFram
 
 
 def _type_codes(types: pd.Series) -> np.ndarray:
-    return pd.Categorical(types, categories=list(EVENT_TYPES)).codes
+    return pd.Categorical(types, dtype=TYPE_DTYPE).codes
 
 
 def prior_score(frame: pd.DataFrame) -> np.ndarray:
@@ -378,9 +378,10 @@ def load_feature_rows(features_dir: str | Path, event_type: str) -> pd.DataFrame
     columns.clear()  # the table holds the only reference, so self_destruct can free each column as pandas takes it
     frame = table.to_pandas(self_destruct=True, split_blocks=True)
     del table
-    # Every type's frame shares the categories, so concatenating them stays categorical and fast.
+    # Every type's frame shares the metrics' categorical, so concatenating them stays categorical and
+    # fast, and scoring needs no conversion.
     codes = np.full(len(frame), EVENT_TYPES.index(event_type), dtype=np.int8)
-    frame.insert(1, "type", pd.Categorical.from_codes(codes, categories=list(EVENT_TYPES)))
+    frame.insert(1, "type", pd.Categorical.from_codes(codes, dtype=TYPE_DTYPE))
     return frame
 
 

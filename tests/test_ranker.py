@@ -219,7 +219,7 @@ def test_feature_rows_load_as_float32_sorted_for_one_type(tmp_path):
     assert attach_labels(rows, labels)[LABEL_COLUMN].tolist() == [TARGET_LABEL] + [0] * (len(rows) - 1)
 
 
-def test_top_k_and_held_out_ranks_order_like_a_pandas_sort_with_ties_and_missing_scores():
+def test_held_out_top_k_counts_agree_with_top_k_with_ties_and_missing_scores():
     from pipelines.ranker import truths_in_top_k
 
     rng = np.random.default_rng(4)
