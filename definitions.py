@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import Definitions, in_process_executor, load_asset_checks_from_modules, load_assets_from_modules
 
 import assets.als
 import assets.candidates
@@ -43,6 +43,11 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> Definiti
         schedules=[weekly_recommender_schedule],
         sensors=[late_raw_week_sensor],
         resources=dict(resources) if resources is not None else build_resources(),
+        # Also the executor of the implicit asset job that `dagster asset materialize` and the UI's
+        # "Materialize selected" run: steps share the run's one Spark driver. The multiprocess
+        # default would start a process and a JVM per step, several at once, each sized for the
+        # whole machine.
+        executor=in_process_executor,
     )
 
 

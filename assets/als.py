@@ -147,7 +147,7 @@ def als_factors(
     week = pipeline_config.week(context.partition_key)
     quality = pipeline_config.quality
     fitted_rank = lake.lake.read_stats(SIMILAR_ITEMS_TABLE, week)["params"]["rank"]
-    suite = factors_suite(fitted_rank, quality.min_factor_norm, quality.max_factor_norm)
+    suite = factors_suite(fitted_rank, quality.min_factor_norm, quality.max_factor_norm, quality.min_factor_norm_share)
     reports = [
         validate(factor_validation_frame(lake.lake.read_partition(spark.session, table, week)), f"{ALS_FACTORS_CHECK}.{table}", suite)
         for table in (ALS_ITEM_FACTORS_TABLE, ALS_SESSION_FACTORS_TABLE)

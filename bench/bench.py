@@ -4,6 +4,9 @@ Not a test: it prints numbers for the README. The generated raw data is cached u
 data/bench/ and reused while the generator parameters are unchanged.
 
     python bench/bench.py [--sessions 1000000] [--weeks 4] [--driver-memory 12g]
+
+Spark starts with the project's defaults (pipelines/spark.py: half the machine's memory for the
+driver in local mode), like every other entry point; `--driver-memory` overrides them.
 """
 
 from __future__ import annotations
@@ -239,7 +242,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=1_000_000)
     parser.add_argument("--weeks", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--driver-memory", default="12g")
+    parser.add_argument("--driver-memory", default=None, help="default: the project's Spark defaults")
     parser.add_argument("--workdir", default=str(PROJECT_ROOT / "data" / "bench"))
     parser.add_argument("--stages", default="ingest,sources,ranking", help="comma list of: ingest, sources, ranking")
     parser.add_argument("--predict-sessions", type=int, default=20_000)
@@ -258,8 +261,8 @@ def main() -> int:
         shutil.rmtree(lake_dir, ignore_errors=True)
     spark = build_spark_session(
         "local[*]",
-        {"spark.driver.memory": args.driver_memory, "spark.ui.enabled": "false",
-         "spark.local.dir": str(workdir / "spark-local")},
+        {**({"spark.driver.memory": args.driver_memory} if args.driver_memory else {}),
+         "spark.ui.enabled": "false", "spark.local.dir": str(workdir / "spark-local")},
         app_name="session-recsys-bench",
     )
     memory = PeakMemory(spark.sparkContext._gateway.proc.pid)

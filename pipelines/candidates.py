@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pipelines.config import EVENT_TYPES
 from pipelines.metrics import K, candidate_recall, score_predictions
 from pipelines.popularity import POPULAR
+from pipelines.spark import broadcast_if_small
 
 CANDIDATES_TABLE = "candidates"
 SOURCES = ("history", "covisitation", "als", "top_sellers")
@@ -126,9 +127,9 @@ def neighbour_scores(sources, neighbours):
     from pyspark.sql import functions as F
 
     relative = neighbours.withColumn("relative", F.col("weight") / F.max("weight").over(Window.partitionBy("aid")))
-    # A neighbour table is top-K per item (a few million rows at most): broadcast, the session
-    # side keeps its partitioning by session and the sum below needs no shuffle.
-    return sources.join(F.broadcast(relative), "aid").groupBy("session", F.col("neighbour").alias("aid")).agg(
+    # A neighbour table is top-K per item: broadcast when it fits, so the session side keeps its
+    # partitioning by session and the sum below needs no shuffle.
+    return sources.join(broadcast_if_small(relative), "aid").groupBy("session", F.col("neighbour").alias("aid")).agg(
         F.sum(F.col("recency") * F.col("relative")).alias("score")
     )
 

@@ -51,6 +51,10 @@ class QualityThresholds:
     # ALS factor norms outside this range mean a diverged or collapsed fit.
     min_factor_norm: float = 1e-4
     max_factor_norm: float = 100.0
+    # Share of factors at or above min_factor_norm. Items seen once, by sessions that saw little
+    # else, legitimately shrink to ~0 (2.7% of the items in the first week of a 200k-session shop);
+    # a collapsed fit puts most factors there.
+    min_factor_norm_share: float = 0.9
 
     @classmethod
     def from_env(cls) -> "QualityThresholds":
@@ -62,6 +66,7 @@ class QualityThresholds:
             min_source_coverage=_env_float("RECSYS_MIN_SOURCE_COVERAGE", cls.min_source_coverage),
             min_factor_norm=_env_float("RECSYS_MIN_FACTOR_NORM", cls.min_factor_norm),
             max_factor_norm=_env_float("RECSYS_MAX_FACTOR_NORM", cls.max_factor_norm),
+            min_factor_norm_share=_env_float("RECSYS_MIN_FACTOR_NORM_SHARE", cls.min_factor_norm_share),
         )
 
 

@@ -35,6 +35,7 @@ from pipelines.candidates import (
     weighted_history,
 )
 from pipelines.config import EVENT_TYPES
+from pipelines.spark import broadcast_if_small
 
 FEATURES_TABLE = "features"
 ITEM_STATS_TABLE = "item_stats"
@@ -165,7 +166,7 @@ def add_features(candidates, sessions, tables: SourceTables, config: CandidateCo
 
     Plan: everything per (session, aid) is computed on sessions partitioned once by session and
     merged without a shuffle; the candidates meet these pair features in one join, then the
-    per-session and per-item features, broadcast (one row per session or item)."""
+    per-session and per-item features, broadcast when they fit (one row per session or item)."""
     from pyspark.sql import functions as F
 
     sessions = partitioned_by_session(sessions)
@@ -180,8 +181,8 @@ def add_features(candidates, sessions, tables: SourceTables, config: CandidateCo
     narrow = candidates.select(*KEY_COLUMNS, *[F.col(name).cast("float").alias(name) for name in CANDIDATE_FEATURES])
     with_features = (
         narrow.join(pair_features, ["session", "aid"], "left")
-        .join(F.broadcast(session_stats), "session", "left")
-        .join(F.broadcast(tables.item_stats), "aid", "left")
+        .join(broadcast_if_small(session_stats), "session", "left")
+        .join(broadcast_if_small(tables.item_stats), "aid", "left")
     )
     return with_features.select(*KEY_COLUMNS, *[F.col(name).cast("float").alias(name) for name in FEATURE_COLUMNS])
 

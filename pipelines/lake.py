@@ -57,7 +57,9 @@ class Lake:
         target = self.partition_dir(table, week)
         staging = target.parent / f"{STAGING_PREFIX}{week.folder}-{uuid.uuid4().hex[:8]}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        writer_df = df.coalesce(num_files) if num_files else df
+        # repartition, not coalesce: coalesce would also run everything upstream of the write (a
+        # whole week's JSON parse for the quarantine) in `num_files` tasks.
+        writer_df = df.repartition(num_files) if num_files else df
         try:
             writer_df.write.mode("overwrite").parquet(str(staging))
             if stats is not None:

@@ -81,6 +81,7 @@ class PipelineConfigResource(ConfigurableResource):
     min_source_coverage: float = QualityThresholds.min_source_coverage
     min_factor_norm: float = QualityThresholds.min_factor_norm
     max_factor_norm: float = QualityThresholds.max_factor_norm
+    min_factor_norm_share: float = QualityThresholds.min_factor_norm_share
     publish_uri: str = DEFAULT_PUBLISH_URI
 
     def week(self, partition_key: str) -> Week:
@@ -107,6 +108,7 @@ class PipelineConfigResource(ConfigurableResource):
             min_source_coverage=self.min_source_coverage,
             min_factor_norm=self.min_factor_norm,
             max_factor_norm=self.max_factor_norm,
+            min_factor_norm_share=self.min_factor_norm_share,
         )
 
 
@@ -187,5 +189,6 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
             min_source_coverage=quality.min_source_coverage,
             min_factor_norm=quality.min_factor_norm,
             max_factor_norm=quality.max_factor_norm,
+            min_factor_norm_share=quality.min_factor_norm_share,
         ),
     }
