@@ -100,7 +100,7 @@ def als(
     item_factors = lake.lake.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, week)
     coverage = item_coverage(item_factors, active_items(train, ACTIVE_ITEM_MIN_EVENTS))
     lake.lake.write_partition(
-        similar_items(item_factors, als_config.top_k, als_config.similarity_blocks),
+        similar_items(item_factors, als_config),
         SIMILAR_ITEMS_TABLE,
         week,
         stats=lambda written: {**result.stats, "coverage": {"als_items": coverage}, "similar_items_rows": written.count()},

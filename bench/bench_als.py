@@ -92,7 +92,7 @@ def run(spark, events, config: AlsConfig, checkpoint_dir: str, out_dir: str | No
             return report
         clock, cpu_clock = time.perf_counter(), cpu()
         similar_path = str(out / "similar_items")
-        similar_items(result.item_factors, config.top_k, config.similarity_blocks).write.mode("overwrite").parquet(similar_path)
+        similar_items(result.item_factors, config).write.mode("overwrite").parquet(similar_path)
         report["similar_items_seconds"] = round(time.perf_counter() - clock, 1)
         report["similar_items_cpu_seconds"] = round(cpu() - cpu_clock, 1)
         report["similar_items_rows"] = spark.read.parquet(similar_path).count()

@@ -13,6 +13,7 @@ top k into the global top k.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -46,7 +47,12 @@ class AlsConfig:
     alpha: float = 40.0
     type_weights: tuple[tuple[str, float], ...] = (("clicks", 1.0), ("carts", 6.0), ("orders", 3.0))
     top_k: int = 20  # similar items per item
-    similarity_blocks: int = 8  # item blocks for the blocked cosine
+    similarity_blocks: int = 8  # item blocks for the exact blocked cosine
+    # Up to this many items, similar items are exact (every pair scored, quadratic); above it an
+    # inverted-file search scores each item against the members of its `similarity_probes`
+    # nearest of about sqrt(items) clusters: about items^1.5 work.
+    exact_similarity_max_items: int = 100_000
+    similarity_probes: int = 8
     seed: int = 42
     checkpoint_interval: int = 5
     # ALS user and item blocks. None: the cluster's default parallelism (at least 2). Fewer
@@ -246,25 +252,87 @@ def factor_validation_frame(factors) -> DataFrame:
     )
 
 
-def similar_items(item_factors, top_k: int, n_blocks: int) -> DataFrame:
+def similar_items(item_factors, config: AlsConfig) -> DataFrame:
     """`aid, neighbour, score DOUBLE (cosine), rank INT`: each item's top_k most similar items.
 
     Rank 1 is the most similar; equal scores rank by neighbour id. An item is never its own
-    neighbour. Items whose factors are all zero get score 0 with everything.
+    neighbour. Exact up to `config.exact_similarity_max_items` items (items whose factors are all
+    zero get score 0 with everything); approximate above (`clustered_candidates`).
     """
     from pyspark.sql import functions as F
 
     items = item_factors.select(F.col("aid").alias("_key"), FACTORS_COLUMN)
-    candidates = _blocked_top_k(
-        items,
-        items,
-        top_k=top_k,
-        n_left_blocks=n_blocks,
-        n_right_blocks=n_blocks,
-        cosine=True,
-        exclude_same_key=True,
-    )
-    return _global_top_k(candidates, "aid", "neighbour", top_k)
+    n_items = items.count()
+    if n_items <= config.exact_similarity_max_items:
+        candidates = _blocked_top_k(
+            items,
+            items,
+            top_k=config.top_k,
+            n_left_blocks=config.similarity_blocks,
+            n_right_blocks=config.similarity_blocks,
+            cosine=True,
+            exclude_same_key=True,
+        )
+    else:
+        candidates = clustered_candidates(items, config.top_k, similarity_clusters(n_items), config.similarity_probes,
+                                          config.seed)
+    return _global_top_k(candidates, "aid", "neighbour", config.top_k)
+
+
+def similarity_clusters(n_items: int) -> int:
+    """About sqrt(items) clusters: the k-means and the search then both cost about items^1.5."""
+    return max(1, round(math.sqrt(n_items)))
+
+
+# Items k-means learns the cluster centres from, per cluster (faiss samples similarly): the centres
+# need a sample, not the catalogue.
+KMEANS_SAMPLE_PER_CLUSTER = 64
+
+
+def clustered_candidates(items, top_k: int, n_clusters: int, probes: int, seed: int) -> DataFrame:
+    """`left, right, score`: top-k cosine neighbours per item within each of its probed clusters
+    (an inverted-file search, exact within the clusters it looks at).
+
+    Spherical k-means (MLlib, cosine) on a sample of the items gives the centres; every item joins
+    the cluster of its nearest centre and searches the members of its `probes` nearest centres.
+    Work is spread over clusters, so it grows with the Spark cluster's cores. Items whose factors
+    are all zero have no direction: they are left out (as neighbours and as items).
+    """
+    import numpy as np
+    import pandas as pd
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    nonzero = items.where(F.aggregate(FACTORS_COLUMN, F.lit(0.0).cast("double"), lambda t, x: t + F.abs(x)) > 0)
+    n_items = nonzero.count()
+    n_clusters = max(1, min(n_clusters, n_items))
+    fraction = min(1.0, 1.2 * KMEANS_SAMPLE_PER_CLUSTER * n_clusters / max(n_items, 1))
+    sample = nonzero.sample(fraction=fraction, seed=seed).select(array_to_vector(FACTORS_COLUMN).alias("features"))
+    kmeans = KMeans(k=n_clusters, seed=seed, maxIter=20, distanceMeasure="cosine", featuresCol="features").fit(sample)
+    centres = _as_matrix(np.vstack(kmeans.clusterCenters()).ravel(), len(kmeans.clusterCenters()), normalise=True)
+    n_probes = min(probes, len(centres))
+
+    def assign(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            vectors = _as_matrix(np.concatenate(batch[FACTORS_COLUMN].to_numpy()), len(batch), normalise=True)
+            similarity = vectors @ centres.T
+            nearest = np.argpartition(-similarity, n_probes - 1, axis=1)[:, :n_probes]
+            home = similarity.argmax(axis=1)
+            yield pd.DataFrame({"_key": batch["_key"].to_numpy(), FACTORS_COLUMN: batch[FACTORS_COLUMN].to_numpy(),
+                                "home": home.astype(np.int32), "probes": list(nearest.astype(np.int32))})
+
+    # Deterministic given the centres, so the two readers below may each compute it.
+    assigned = nonzero.mapInPandas(assign, f"_key BIGINT, {FACTORS_COLUMN} ARRAY<FLOAT>, home INT, probes ARRAY<INT>")
+    members = _keyed_blocks(assigned.select("_key", FACTORS_COLUMN, F.col("home").alias("block")))
+    searchers = _keyed_blocks(assigned.select("_key", FACTORS_COLUMN, F.explode("probes").alias("block")))
+    pairs = searchers.selectExpr("block", "keys AS left_keys", "matrix AS left_matrix").join(
+        members.selectExpr("block", "keys AS right_keys", "matrix AS right_matrix"), "block")
+    # Explicitly partitioned (adaptive execution would merge these small rows into a few tasks,
+    # while the work per row is a matrix product): about 4 clusters per task.
+    pairs = pairs.repartition(max(1, n_clusters // 4), "block")
+    return pairs.mapInPandas(_block_pair_scorer(top_k, cosine=True, exclude_same_key=True),
+                             schema="left BIGINT, right BIGINT, score DOUBLE")
 
 
 def recommend_for_sessions(result: AlsResult, sessions, top_k: int, n_blocks: int | None = None) -> DataFrame:
@@ -316,19 +384,21 @@ def _factor_blocks(factors, n_blocks: int) -> DataFrame:
     block's factors row-major in key order, so pandas gets one flat array per block."""
     from pyspark.sql import functions as F
 
+    blocks = _keyed_blocks(factors.withColumn("block", F.pmod(F.xxhash64("_key"), F.lit(n_blocks)).cast("int")))
+    # One block per partition (an explicit repartition, which adaptive execution leaves alone):
+    # the cartesian product then runs one block pair per task.
+    return blocks.repartitionByRange(n_blocks, "block")
+
+
+def _keyed_blocks(factors) -> DataFrame:
+    """`block, keys, matrix` of `_key, factors, block` rows: one row per block."""
+    from pyspark.sql import functions as F
+
     rows = F.sort_array(F.collect_list(F.struct(F.col("_key"), F.col(FACTORS_COLUMN))))
-    return (
-        factors.withColumn("block", F.pmod(F.xxhash64("_key"), F.lit(n_blocks)).cast("int"))
-        .groupBy("block")
-        .agg(rows.alias("rows"))
-        # One block per partition (an explicit repartition, which adaptive execution leaves
-        # alone): the cartesian product below then runs one block pair per task.
-        .repartitionByRange(n_blocks, "block")
-        .select(
-            "block",
-            F.col("rows").getField("_key").alias("keys"),
-            F.flatten(F.col("rows").getField(FACTORS_COLUMN)).alias("matrix"),
-        )
+    return factors.groupBy("block").agg(rows.alias("rows")).select(
+        "block",
+        F.col("rows").getField("_key").alias("keys"),
+        F.flatten(F.col("rows").getField(FACTORS_COLUMN)).alias("matrix"),
     )
 
 
@@ -351,6 +421,12 @@ def _blocked_top_k(
     right_blocks = _factor_blocks(right, n_right_blocks).selectExpr("keys AS right_keys", "matrix AS right_matrix")
     # A cartesian product, never a broadcast: a broadcast would gather every factor on the driver.
     pairs = left_blocks.hint("shuffle_replicate_nl").crossJoin(right_blocks)
+    return pairs.mapInPandas(_block_pair_scorer(top_k, cosine, exclude_same_key),
+                             schema="left BIGINT, right BIGINT, score DOUBLE")
+
+
+def _block_pair_scorer(top_k: int, cosine: bool, exclude_same_key: bool):
+    """A mapInPandas function over rows `left_keys, left_matrix, right_keys, right_matrix`."""
 
     def score_block_pairs(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
@@ -361,7 +437,7 @@ def _blocked_top_k(
                     left_keys, left_matrix, right_keys, right_matrix, top_k, cosine, exclude_same_key
                 )
 
-    return pairs.mapInPandas(score_block_pairs, schema="left BIGINT, right BIGINT, score DOUBLE")
+    return score_block_pairs
 
 
 def top_k_of_block_pair(

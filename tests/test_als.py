@@ -72,7 +72,7 @@ def fitted(events, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def neighbours(fitted):
-    return similar_items(fitted.item_factors, top_k=TOP_K, n_blocks=3).toPandas()
+    return similar_items(fitted.item_factors, CONFIG).toPandas()
 
 
 def factors_as_dict(frame, key: str) -> dict[int, np.ndarray]:
@@ -216,3 +216,43 @@ def test_block_pair_top_k_is_exact_in_small_chunks():
         best = np.argsort(-row)[:4]
         assert set(got[key]) == set(right_keys[best])
         np.testing.assert_allclose([got[key][r] for r in right_keys[best]], row[best], atol=1e-5)
+
+
+def clustered_factors(n_items: int = 4000, n_directions: int = 40, rank: int = 16, seed: int = 3):
+    """Item factors scattered around a few directions, as ALS factors of a catalogue are (plus some
+    zero vectors: items ALS shrank away)."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(n_directions, rank))
+    vectors = directions[rng.integers(0, n_directions, n_items)] + rng.normal(scale=0.6, size=(n_items, rank))
+    vectors[rng.choice(n_items, 10, replace=False)] = 0.0
+    aids = rng.permutation(np.arange(n_items) * 3 + 11)
+    return aids, vectors.astype(np.float32)
+
+
+def test_clustered_similar_items_find_nearly_every_exact_neighbour(spark):
+    """Above `exact_similarity_max_items` the search looks only at the probed clusters: it must keep
+    the contract and find almost all of the exact top k (it never invents a score)."""
+    aids, vectors = clustered_factors()
+    item_factors = spark.createDataFrame([(int(a), v.tolist()) for a, v in zip(aids, vectors)],
+                                         "aid BIGINT, factors ARRAY<FLOAT>").repartition(4)
+    config = AlsConfig(top_k=10, similarity_blocks=3, similarity_probes=8)
+    exact = similar_items(item_factors, config).toPandas()
+    approximate = similar_items(item_factors, AlsConfig(top_k=10, similarity_probes=8, exact_similarity_max_items=100)).toPandas()
+
+    nonzero = {int(a) for a, v in zip(aids, vectors) if np.abs(v).sum() > 0}
+    assert set(approximate["aid"]) == nonzero  # zero vectors have no direction to search along
+    assert not (approximate["aid"] == approximate["neighbour"]).any()
+    assert not approximate.duplicated(["aid", "neighbour"]).any()
+    for _, group in approximate.groupby("aid"):
+        group = group.sort_values("rank")
+        assert group["rank"].tolist() == list(range(1, len(group) + 1)) and len(group) <= 10
+        assert (np.diff(group["score"].to_numpy()) <= 0).all()
+
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    position = {int(a): i for i, a in enumerate(aids)}
+    true_cosine = [float(unit[position[a]] @ unit[position[n]]) for a, n in zip(approximate["aid"], approximate["neighbour"])]
+    np.testing.assert_allclose(approximate["score"].to_numpy(), true_cosine, atol=1e-5)
+
+    exact_pairs = set(zip(exact.loc[exact["aid"].isin(nonzero), "aid"], exact.loc[exact["aid"].isin(nonzero), "neighbour"]))
+    found = len(exact_pairs & set(zip(approximate["aid"], approximate["neighbour"]))) / len(exact_pairs)
+    assert found >= 0.95, found
