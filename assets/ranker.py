@@ -22,11 +22,11 @@ from assets.quality_checks import check_result_from_report, markdown_table, week
 from pipelines.config import EVENT_TYPES
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE
-from pipelines.metrics import write_labels_jsonl, write_predictions_csv
+from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv
 from pipelines.model import log_recommender, save_bundle
 from pipelines.plots import plot_feature_importance, plot_recall_curves
 from pipelines.quality import ranker_suite, validate
-from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_ranker, recall_at_k_curve
+from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_ranker
 from pipelines.registry import gate_version
 from pipelines.spark import release_driver_heap
 from pipelines.tracking import code_version, flatten_metrics
@@ -61,18 +61,18 @@ def scores_table(metrics: dict) -> str:
     return markdown_table(pd.DataFrame(rows))
 
 
-def champion_score_on(spark, mlflow_tracking: MlflowResource, eval_sessions, labels, context) -> float | None:
+def champion_score_on(mlflow_tracking: MlflowResource, eval_sessions, labels, context) -> float | None:
     """The current champion's OTTO score on this week's evaluation prefixes (None without a champion):
     the new version is compared with what the champion would serve on the same sessions."""
-    from pipelines.metrics import score_predictions
-    from pipelines.model import recommendations_to_long
+    from pipelines.metrics import spark_score
+    from pipelines.model import spark_recommendations_to_long
 
     try:
         champion = mlflow_tracking.load_champion()
     except LookupError:
         return None
-    recommendations = champion.bundle.recommend(eval_sessions.select("session", "prefix")).toPandas()
-    score = score_predictions(recommendations_to_long(recommendations), labels)["score"]
+    recommendations = champion.bundle.recommend(eval_sessions.select("session", "prefix"))
+    score = spark_score(spark_recommendations_to_long(recommendations), labels)["score"]
     context.log.info(f"champion v{champion.version} scores {score:.4f} on this week's evaluation sessions")
     return score
 
@@ -102,21 +102,22 @@ def ranker(
     week = pipeline_config.week(context.partition_key)
     ranker_config = config.to_ranker_config()
     started = time.perf_counter()
-    labels = labels_long(lake.lake.read_partition(spark.session, EVAL_LABELS_TABLE, week)).toPandas()
-    # Fitting is Python-only and the largest step in memory: the JVM gives its idle heap back first.
+    labels = labels_long(lake.lake.read_partition(spark.session, EVAL_LABELS_TABLE, week))
+    # The fits run in this process beside the JVM: it gives its idle heap back first.
     release_driver_heap(spark.session)
-    evaluation = evaluate_ranker(lake.lake.partition_dir(FEATURES_TABLE, week), labels, ranker_config)
+    evaluation = evaluate_ranker(lake.lake.read_partition(spark.session, FEATURES_TABLE, week), labels, ranker_config)
     fit_seconds = time.perf_counter() - started
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
     baselines = {name: metrics[name]["score"] for name in BASELINES}
     item_count = lake.lake.read_partition(spark.session, ITEM_STATS_TABLE, week).count()
-    coverage = evaluation.predictions[RANKER]["aid"].nunique() / max(item_count, 1)
+    coverage = evaluation.predictions[RANKER].select("aid").distinct().count() / max(item_count, 1)
 
     with tempfile.TemporaryDirectory(prefix="ranker-") as scratch, mlflow_tracking.week_run(context) as run:
         scratch = Path(scratch)
-        write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
-        write_labels_jsonl(labels, scratch / "labels.jsonl")
-        curves = {name: recall_at_k_curve(frame, labels) for name, frame in evaluation.predictions.items()}
+        spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
+        spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
+        curves = {name: spark_recall_curve(frame, labels) for name, frame in evaluation.predictions.items()}
+        evaluation.release()
         plot_recall_curves(curves, scratch / "recall_at_k.png")
         for event_type, result in results.items():
             plot_feature_importance(result.feature_importance, scratch / f"feature_importance_{event_type}.png")
@@ -128,6 +129,7 @@ def ranker(
             "catalogue_coverage": coverage,
             "ranker.seconds": fit_seconds,
             **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
+            **{f"ranker.sample_rows.{t}": r.sample_rows for t, r in results.items()},
             **{f"ranker.rounds.{t}": r.rounds for t, r in results.items()},
         })
         for path in sorted(scratch.iterdir()):
@@ -143,7 +145,7 @@ def ranker(
         )
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
-        champion_now = champion_score_on(spark.session, mlflow_tracking, lake.lake.read_partition(
+        champion_now = champion_score_on(mlflow_tracking, lake.lake.read_partition(
             spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
         if champion_now is not None:
             mlflow.log_metric("champion.score_on_week", champion_now)

@@ -214,11 +214,12 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         record.update(rows=read(FEATURES_TABLE).count())
 
     with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
-        labels_pd = labels_long(read(EVAL_LABELS_TABLE)).toPandas()
         record["jvm_rss_mb_before_heap_release"] = memory.jvm_rss_mb()
         release_driver_heap(spark)  # as the ranker asset does (G1 uncommits concurrently, within seconds)
-        evaluation = evaluate_ranker(lake.partition_dir(FEATURES_TABLE, week), labels_pd, RankerConfig())
+        evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), RankerConfig())
+        evaluation.release()
         record.update(
+            sample_rows={t: r.sample_rows for t, r in evaluation.results.items()},
             train_rows={t: r.train_rows for t, r in evaluation.results.items()},
             seconds_per_target={t: round(r.seconds, 1) for t, r in evaluation.results.items()},
             boosting_rounds={t: [f.rounds for f in r.folds] for t, r in evaluation.results.items()},

@@ -165,3 +165,140 @@ def long_from_lists(lists: Iterable[tuple[int, str, list[int]]]) -> pd.DataFrame
     """(session, type, [aids best first]) tuples -> a long predictions frame."""
     rows = [(s, t, a, r) for s, t, aids in lists for r, a in enumerate(aids, start=1)]
     return pd.DataFrame(rows, columns=["session", "type", "aid", "rank"])
+
+
+# --- the same metrics as Spark aggregates, for a week's predictions that stay in Spark ----------
+
+
+def _spark_per_query(predictions, labels, k: int):
+    """Spark, one row per (session, type) with truth: `denominator`, `hits`, `dcg`, `best_rank`
+    (semantics of `score_predictions`)."""
+    from pyspark.sql import functions as F
+
+    truth = labels.select("session", "type", "aid").distinct()
+    top = predictions.where(F.col("rank").between(1, k)).groupBy("session", "type", "aid").agg(F.min("rank").alias("rank"))
+    hits = top.join(truth, ["session", "type", "aid"]).groupBy("session", "type").agg(
+        F.count(F.lit(1)).alias("hits"),
+        F.sum(1.0 / F.log2(F.col("rank") + 1.0)).alias("dcg"),
+        F.min("rank").alias("best_rank"),
+    )
+    sizes = truth.groupBy("session", "type").agg(F.least(F.count(F.lit(1)), F.lit(k)).alias("denominator"))
+    return sizes.join(hits, ["session", "type"], "left").fillna(0, subset=["hits", "dcg"])
+
+
+def _per_type_rows(frame) -> dict[str, dict]:
+    return {row["type"]: row.asDict() for row in frame.collect()}
+
+
+def spark_score(predictions, labels, k: int = K) -> dict[str, float]:
+    """`score_predictions` for Spark `predictions` (`session, type, aid, rank`) and `labels`."""
+    from pyspark.sql import functions as F
+
+    discounts = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))
+    ideal = F.element_at(F.array(*[F.lit(float(d)) for d in discounts]), F.col("denominator").cast("int"))
+    per_type = _per_type_rows(_spark_per_query(predictions, labels, k).groupBy("type").agg(
+        F.sum("hits").alias("hits"),
+        F.sum("denominator").alias("denominator"),
+        F.avg(F.col("dcg") / ideal).alias("ndcg"),
+        F.avg(F.coalesce(1.0 / F.col("best_rank"), F.lit(0.0))).alias("mrr"),
+        F.count(F.lit(1)).alias("sessions"),
+    ))
+    result: dict[str, float] = {}
+    for event_type in EVENT_TYPES:
+        row = per_type.get(event_type)
+        result[f"recall_{event_type}"] = float(row["hits"]) / float(row["denominator"]) if row and row["denominator"] else 0.0
+        result[f"ndcg_{event_type}"] = float(row["ndcg"]) if row else 0.0
+        result[f"mrr_{event_type}"] = float(row["mrr"]) if row else 0.0
+        result[f"sessions_{event_type}"] = int(row["sessions"]) if row else 0
+    result["score"] = sum(TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
+    return result
+
+
+def spark_candidate_recall(candidates, labels, k: int = K) -> dict[str, float]:
+    """`candidate_recall` for Spark `candidates` (`session, type, aid`) and `labels`."""
+    from pyspark.sql import functions as F
+
+    truth = labels.select("session", "type", "aid").distinct()
+    hits = candidates.select("session", "type", "aid").distinct().join(truth, ["session", "type", "aid"]) \
+        .groupBy("session", "type").agg(F.count(F.lit(1)).alias("hits"))
+    sizes = truth.groupBy("session", "type").agg(F.least(F.count(F.lit(1)), F.lit(k)).alias("denominator"))
+    per_type = _per_type_rows(sizes.join(hits, ["session", "type"], "left").groupBy("type").agg(
+        F.sum(F.least(F.coalesce("hits", F.lit(0)), "denominator")).alias("hits"),
+        F.sum("denominator").alias("denominator"),
+    ))
+    result = {}
+    for event_type in EVENT_TYPES:
+        row = per_type.get(event_type)
+        result[f"recall_{event_type}"] = float(row["hits"]) / float(row["denominator"]) if row and row["denominator"] else 0.0
+    result["score"] = sum(TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
+    return result
+
+
+def spark_recall_curve(predictions, labels, ks=(1, 2, 5, 10, 15, 20), k: int = K) -> pd.DataFrame:
+    """Recall per type (and score) of one ranked list cut at each of `ks`, in one pass over the hits;
+    the denominators are those of recall@k."""
+    from pyspark.sql import functions as F
+
+    truth = labels.select("session", "type", "aid").distinct()
+    top = predictions.where(F.col("rank").between(1, k)).groupBy("session", "type", "aid").agg(F.min("rank").alias("rank"))
+    hits = top.join(truth, ["session", "type", "aid"]).groupBy("type").agg(
+        *[F.count(F.when(F.col("rank") <= cut, 1)).alias(f"at_{cut}") for cut in ks])
+    sizes = truth.groupBy("session", "type").agg(F.least(F.count(F.lit(1)), F.lit(k)).alias("denominator")) \
+        .groupBy("type").agg(F.sum("denominator").alias("denominator"))
+    hit_rows, size_rows = _per_type_rows(hits), _per_type_rows(sizes)
+    rows = []
+    for cut in ks:
+        recall = {t: (hit_rows.get(t, {}).get(f"at_{cut}", 0) / size_rows[t]["denominator"]) if t in size_rows else 0.0
+                  for t in EVENT_TYPES}
+        rows.append({"k": cut, **recall, "score": sum(TYPE_WEIGHTS[t] * recall[t] for t in EVENT_TYPES)})
+    return pd.DataFrame(rows)
+
+
+def _single_text_file(frame, path: str | Path, header: str | None = None) -> None:
+    """Write a Spark frame of one string column `line`, in its order, as the text file `path`.
+
+    The rows are sorted by the caller (a range shuffle, in parallel); coalescing the sorted
+    partitions into one task then only concatenates them."""
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix=".spark-text-", dir=path.parent) as scratch:
+        frame.coalesce(1).write.mode("overwrite").text(str(Path(scratch) / "out"))
+        (part,) = Path(scratch, "out").glob("part-*")
+        with open(path, "w") as target, open(part) as source:
+            if header is not None:
+                target.write(header + "\n")
+            shutil.copyfileobj(source, target)
+
+
+def spark_write_predictions_csv(predictions, path: str | Path, k: int = K) -> None:
+    """`write_predictions_csv` for Spark `predictions`: the same rows (LF line ends)."""
+    from pyspark.sql import functions as F
+
+    top = predictions.where(F.col("rank").between(1, k)).groupBy("session", "type", "aid").agg(F.min("rank").alias("rank"))
+    lists = top.groupBy("session", "type").agg(F.sort_array(F.collect_list(F.struct("rank", "aid"))).alias("ranked"))
+    lines = lists.select(
+        "session", "type",
+        F.concat(F.col("session").cast("string"), F.lit("_"), F.col("type"), F.lit(","),
+                 F.concat_ws(" ", F.transform("ranked", lambda r: r["aid"].cast("string")))).alias("line"),
+    ).orderBy("session", "type").select("line")
+    _single_text_file(lines, path, header="session_type,labels")
+
+
+def spark_write_labels_jsonl(labels, path: str | Path) -> None:
+    """`write_labels_jsonl` for Spark long `labels`: the same records (compact JSON)."""
+    from pyspark.sql import functions as F
+
+    truth = labels.select("session", "type", "aid").distinct()
+    per_session = truth.groupBy("session").agg(
+        F.min(F.when(F.col("type") == "clicks", F.col("aid"))).alias("clicks"),
+        *[F.array_sort(F.collect_list(F.when(F.col("type") == t, F.col("aid")))).alias(t) for t in ("carts", "orders")],
+    )
+    # An empty list is left out, like a missing click (to_json drops null fields).
+    entry = F.struct(
+        "clicks", *[F.when(F.size(t) > 0, F.col(t)).alias(t) for t in ("carts", "orders")]
+    )
+    lines = per_session.select("session", F.to_json(F.struct(
+        F.col("session"), entry.alias("labels"))).alias("line")).orderBy("session").select("line")
+    _single_text_file(lines, path)

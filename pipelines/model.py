@@ -31,7 +31,7 @@ from pipelines.candidates import CandidateConfig, last_elements
 from pipelines.config import EVENT_TYPES
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, SourceTables, candidate_features
 from pipelines.metrics import K
-from pipelines.ranker import predict_scores
+from pipelines.ranker import ranked_top_k, score_rows
 
 BUNDLE_ARTIFACT = "bundle"
 MODEL_ARTIFACT_PATH = "recommender"
@@ -82,37 +82,14 @@ class Bundle:
     def recommend(self, sessions, k: int = K):
         """`sessions`: Spark `session, prefix` -> Spark `session, type, recs, scores` (top k per type)."""
         features = candidate_features(sessions, self.tables(sessions.sparkSession), self.candidate_config)
-        return top_k_lists(score_features(features, self.ranker_strings, self.ranker_rounds), k)
-
-
-def score_features(features, ranker_strings: dict[str, str], ranker_rounds: dict[str, int] | None = None):
-    """Add `score` to Spark candidate feature rows with the LightGBM model of each row's type
-    (its first `ranker_rounds[type]` trees; all when not given)."""
-    rounds = ranker_rounds or {}
-    import numpy as np
-
-    def score(batches):
-        import lightgbm as lgb
-
-        boosters = {event_type: lgb.Booster(model_str=text) for event_type, text in ranker_strings.items()}
-        for batch in batches:
-            scores = np.zeros(len(batch))
-            for event_type, index in batch.groupby("type").groups.items():
-                # One thread per Python worker: Spark already runs one worker per core.
-                scores[batch.index.get_indexer(index)] = predict_scores(
-                    boosters[event_type], batch.loc[index], num_threads=1, rounds=rounds.get(event_type))
-            yield batch[["session", "type", "aid"]].assign(score=scores)
-
-    return features.mapInPandas(score, "session BIGINT, type STRING, aid BIGINT, score DOUBLE")
+        return top_k_lists(score_rows(features, self.ranker_strings, self.ranker_rounds), k)
 
 
 def top_k_lists(scored, k: int = K):
     """`session, type, recs, scores` with the k best aids per (session, type), scores descending."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    order = Window.partitionBy("session", "type").orderBy(F.desc("score"), F.asc("aid"))
-    best = scored.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= k)
+    best = ranked_top_k(scored, k)
     grouped = best.groupBy("session", "type").agg(
         F.sort_array(F.collect_list(F.struct("rank", "aid", "score"))).alias("ranked")
     )
@@ -251,6 +228,14 @@ def log_recommender(bundle_dir: str | Path, name: str = MODEL_ARTIFACT_PATH):
         code_paths=[str(pipelines_dir)],
         pip_requirements=pip_requirements(),
     )
+
+
+def spark_recommendations_to_long(recommendations):
+    """Spark `session, type, recs` lists -> long `session, type, aid, rank` predictions."""
+    from pyspark.sql import functions as F
+
+    return recommendations.select("session", "type", F.posexplode("recs").alias("position", "aid")).select(
+        "session", "type", "aid", (F.col("position") + 1).alias("rank"))
 
 
 def recommendations_to_long(recommendations: pd.DataFrame) -> pd.DataFrame:

@@ -1,19 +1,25 @@
 """LightGBM LambdaRank per target with session-grouped K-fold: the week's honest evaluation.
 
-For each target type (clicks, carts, orders) the training rows are the candidate rows of that
-type, labelled 1 when the candidate is in the session's truth. Sessions are assigned to K folds
-by a seeded permutation; fold k's model is trained on the other folds and scores fold k only,
-so every out-of-fold score comes from a model that never saw that session. Queries without a
+For each target type (clicks, carts, orders) the rows are the candidate rows of that type,
+labelled by the session's truth (`graded_labels`). Sessions fall into K folds by a seeded hash of
+their id; fold k's model is trained on sessions of the other folds and scores fold k only, so
+every out-of-fold score comes from a model that never saw that session. Queries without a
 positive carry no LambdaRank gradient and are left out of training; negatives are downsampled
 per session (seeded), positives always kept.
 
+Where the work happens: the rows stay in Spark. Only the training sample reaches the driver
+(`training_sample`: at most `max_train_sessions` per fit, so the driver's memory follows the
+configuration, not the week), the boosters go back out to score every row in `mapInPandas`
+(`score_rows`), and the metrics are Spark aggregates (`pipelines.metrics.spark_*`).
+
 Boosting starts from the hand rule's order, and how far it moves away is chosen inside each
-training fold: a share of the fold's training sessions is held out, and the number of rounds
-(zero included: the hand rule itself) that puts the most true items into the held-out top 20
-is the fold's, provided its gain over the hand rule is more than noise (`beats_hand_rule`). A target with too few buyers to learn from therefore stays at the baseline
-instead of adding noise, and the choice never looks at the sessions the fold scores. The final
-model of a type is fitted on all sessions with the median of the folds' rounds and serves in
-production.
+training fold: a share of the training sessions (`validation_share`, by hash) is held out of the
+fold's fit, and the number of rounds (zero included: the hand rule itself) that puts the most
+true items into their top 20 is the fold's, provided its gain over the hand rule is more than
+noise (`beats_hand_rule`). A target with too few buyers to learn from therefore stays at the
+baseline instead of adding noise, and the choice never looks at the sessions the fold scores.
+The final model of a type is fitted on all sampled sessions with the median of the folds'
+rounds and serves in production.
 
 LightGBM and OpenMP do not survive a fork: nothing here forks, and callers must not fork after
 training (no multiprocessing start method "fork" once this ran).
@@ -21,16 +27,17 @@ training (no multiprocessing start method "fork" once this ran).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipelines.config import EVENT_TYPES
 from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS
-from pipelines.metrics import TYPE_DTYPE, K, candidate_recall, score_predictions
+from pipelines.metrics import K, spark_candidate_recall, spark_score
+from pipelines.spark import broadcast_if_small
 
 LABEL_COLUMN = "label"
 # Label of a candidate in its target type's truth; 1 marks the related buy type's truth.
@@ -41,7 +48,6 @@ SCORE_COLUMN = "score"
 RELATED_TRUTH = {"carts": "orders", "orders": "carts"}
 # Candidates the hand rule does not rank (ALS-only) start below every ranked one.
 UNRANKED_PRIOR_RANK = 200.0
-PREDICT_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class RankerConfig:
     negatives_per_session: dict = field(default_factory=lambda: {"clicks": 20, "carts": 30, "orders": 40})
     # Training sessions per fit, at most (seeded sample; every session is still scored). Clicks
     # have a positive in nearly every session: at 1M sessions a fit would see ~150k queries, and
-    # fitting time, not accuracy, is what grows.
+    # fitting time, not accuracy, is what grows. It also bounds what reaches the driver.
     max_train_sessions: int = 50_000
     # 63 histogram bins instead of LightGBM's 255: fits about half as long on these features.
     max_bin: int = 63
@@ -96,11 +102,13 @@ class RankerConfig:
         return flat
 
 
+
 @dataclass
 class FoldRecord:
     fold: int
+    # Sessions the fold's model was fitted on (none of them in the fold it scores).
     train_sessions: set[int]
-    scored_sessions: set[int]
+    held_out_sessions: int
     train_rows: int
     rounds: int
     # True items in the held-out top 20 by rounds tried (0 = the hand rule alone).
@@ -110,46 +118,104 @@ class FoldRecord:
 @dataclass
 class TargetResult:
     event_type: str
-    model: object  # lightgbm.Booster fitted on every session
-    # session, type, aid, score for every candidate row of the type (evaluate_ranker keeps only the top k
-    # and leaves this empty)
-    oof: pd.DataFrame
+    model: object  # lightgbm.Booster fitted on every sampled session: the production model
+    fold_models: dict[int, object]  # fold -> booster that scores it (None: the hand rule alone)
     folds: list[FoldRecord]
     feature_importance: pd.Series
+    sample_rows: int  # rows that reached the driver
     train_rows: int
     train_sessions: int
     rounds: int
     seconds: float
 
+    @property
+    def fold_rounds(self) -> dict[int, int]:
+        return {record.fold: record.rounds for record in self.folds}
 
-def assign_folds(sessions: np.ndarray, folds: int, seed: int) -> pd.Series:
-    """Fold number per distinct session (seeded permutation: balanced and reproducible)."""
-    unique = np.sort(pd.unique(sessions))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    fold_of = np.empty(len(unique), dtype=np.int64)
-    fold_of[order] = np.arange(len(unique)) % folds
-    return pd.Series(fold_of, index=unique, name="fold")
+    def fold_model_strings(self) -> dict[int, str | None]:
+        return {fold: (model.model_to_string() if model is not None else None) for fold, model in self.fold_models.items()}
 
 
-def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
-    """`candidates` (one type or all) with `label`: 2 where (session, type, aid) is in `labels`, 1 where
-    the aid is in the session's truth of the related buy type, else 0. Metrics count only the 2s.
-
-    Only the key columns are merged, so a week's feature rows are not copied."""
-    truth = labels[list(KEY_COLUMNS)].drop_duplicates()
-    related = truth[truth["type"].isin(list(RELATED_TRUTH))].assign(type=lambda f: f["type"].map(RELATED_TRUTH))
-    graded = pd.concat([truth.assign(**{LABEL_COLUMN: np.int8(TARGET_LABEL)}), related.assign(**{LABEL_COLUMN: np.int8(1)})])
-    graded = graded.groupby(list(KEY_COLUMNS), as_index=False)[LABEL_COLUMN].max()
-    keys = pd.DataFrame({"session": candidates["session"].to_numpy(), "type": _type_codes(candidates["type"]),
-                         "aid": candidates["aid"].to_numpy()})
-    graded = graded.assign(type=_type_codes(graded["type"]))
-    # A left merge keeps the left rows' order.
-    found = keys.merge(graded, on=list(KEY_COLUMNS), how="left")[LABEL_COLUMN]
-    return candidates.assign(**{LABEL_COLUMN: found.fillna(0).to_numpy(dtype=np.int8)})
+# --- Spark: labels, folds, the training sample ---------------------------------------------
 
 
-def _type_codes(types: pd.Series) -> np.ndarray:
-    return pd.Categorical(types, dtype=TYPE_DTYPE).codes
+def session_uniform(seed: int, salt: str):
+    """A Spark column: a uniform number in [0, 1) per session, fixed by `seed` and `salt` (draws
+    with different salts are independent), the same on every partitioning and machine."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64("session", F.lit(seed), F.lit(salt)), F.lit(1 << 30)) / float(1 << 30)
+
+
+def fold_column(folds: int, seed: int):
+    """A Spark column: the session's fold, 0..folds-1."""
+    from pyspark.sql import functions as F
+
+    return F.floor(session_uniform(seed, "fold") * folds).cast("int")
+
+
+def graded_labels(labels):
+    """Spark `session, type, aid, label`: 2 for the type's own truth, 1 where the aid is in the
+    session's truth of the related buy type (`RELATED_TRUTH`), the larger when both."""
+    from pyspark.sql import functions as F
+
+    truth = labels.select(*KEY_COLUMNS).distinct()
+    related_type = F.create_map(*[F.lit(x) for pair in RELATED_TRUTH.items() for x in pair])
+    related = truth.where(F.col("type").isin(*RELATED_TRUTH)).select("session", related_type[F.col("type")].alias("type"), "aid")
+    graded = truth.withColumn(LABEL_COLUMN, F.lit(TARGET_LABEL)).unionByName(related.withColumn(LABEL_COLUMN, F.lit(1)))
+    return graded.groupBy(*KEY_COLUMNS).agg(F.max(LABEL_COLUMN).cast("tinyint").alias(LABEL_COLUMN))
+
+
+def labelled_rows(features, graded, event_type: str, config: RankerConfig):
+    """Spark: the candidate feature rows of one type with `label` and `fold`."""
+    from pyspark.sql import functions as F
+
+    rows = features.where(F.col("type") == event_type).select(*KEY_COLUMNS, *FEATURE_COLUMNS)
+    return (
+        rows.join(broadcast_if_small(graded.where(F.col("type") == event_type)), list(KEY_COLUMNS), "left")
+        .fillna(0, subset=[LABEL_COLUMN])
+        .withColumn("fold", fold_column(config.folds, config.seed))
+    )
+
+
+def sampled_sessions_per_type(config: RankerConfig) -> int:
+    """Sessions with a positive drawn per type: enough that each fold's fit (on the other folds)
+    still sees up to `max_train_sessions`."""
+    return math.ceil(config.max_train_sessions * config.folds / max(config.folds - 1, 1))
+
+
+def training_sample(rows, event_type: str, config: RankerConfig) -> pd.DataFrame:
+    """The rows the driver fits on, drawn in Spark: a seeded sample of the sessions with a positive
+    (`sampled_sessions_per_type`), a `validation_share` of them flagged `validation` with all their
+    rows (held-out sessions are ranked on their whole candidate list, as evaluation ranks them),
+    the others with every positive and up to `negatives_per_session` random negatives.
+
+    Pandas `session, aid, label, fold, validation, *FEATURE_COLUMNS`, features float32, sorted by
+    (session, aid) so LightGBM's groups are contiguous and fits are reproducible."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    with_positive = rows.groupBy("session").agg(F.max(LABEL_COLUMN).alias("_best")).where(F.col("_best") > 0).select("session")
+    n_with_positive = with_positive.count()
+    if n_with_positive == 0:
+        raise ValueError(f"{event_type}: no evaluation session has a positive; too little data to train a ranker")
+    share = min(1.0, sampled_sessions_per_type(config) / n_with_positive)
+    chosen = with_positive.where(session_uniform(config.seed, "sample") < share).withColumn(
+        "validation", session_uniform(config.seed, "validation") < config.validation_share)
+    is_positive = F.col(LABEL_COLUMN) > 0
+    negative_number = F.row_number().over(
+        Window.partitionBy("session", is_positive).orderBy(F.xxhash64("session", "aid", F.lit(config.seed))))
+    kept = (
+        rows.join(broadcast_if_small(chosen), "session")
+        .withColumn("_negative_number", negative_number)
+        .where(is_positive | F.col("validation") | (F.col("_negative_number") <= config.negatives_per_session[event_type]))
+        .select("session", "aid", LABEL_COLUMN, "fold", "validation", *[F.col(c).cast("float").alias(c) for c in FEATURE_COLUMNS])
+    )
+    sample = kept.toArrow().to_pandas(split_blocks=True, self_destruct=True)
+    return sample.sort_values(["session", "aid"], kind="stable", ignore_index=True)
+
+
+# --- driver: fitting on the sample -----------------------------------------------------------
 
 
 def prior_score(frame: pd.DataFrame) -> np.ndarray:
@@ -203,7 +269,7 @@ def _fit(train: pd.DataFrame, config: RankerConfig, rounds: int):
 
 def predict_scores(model, frame: pd.DataFrame, num_threads: int = 0, rounds: int | None = None) -> np.ndarray:
     """The model's corrections (its first `rounds` trees; all by default) plus the prior it was
-    trained from (LightGBM does not store init scores). Zero rounds is the prior alone."""
+    trained from (LightGBM does not store init scores). Zero rounds, or no model, is the prior alone."""
     prior = prior_score(frame)
     if model is None or rounds == 0:
         return prior
@@ -216,8 +282,7 @@ def truths_in_top_k(rows: pd.DataFrame, scores: np.ndarray, k: int = K) -> np.nd
     (by score descending, then aid; missing scores last)?
 
     Counts, for each truth, the rows of its session that rank above it, instead of sorting every
-    row: choose_rounds asks this for every round count it tries, and a sort of the held-out rows
-    each time took most of a minute per type at 1M sessions."""
+    row: choose_rounds asks this for every round count it tries."""
     sessions, aids = rows["session"].to_numpy(), rows["aid"].to_numpy()
     values = np.asarray(scores, dtype=np.float64)
     values = np.where(np.isnan(values), -np.inf, values)
@@ -240,21 +305,17 @@ def truths_in_top_k(rows: pd.DataFrame, scores: np.ndarray, k: int = K) -> np.nd
     return np.bincount(pair_truth, weights=above, minlength=len(truths)) < k
 
 
-def choose_rounds(rows: pd.DataFrame, train: pd.DataFrame, config: RankerConfig, seed: int) -> tuple[object, int, dict[int, int]]:
-    """Fit on part of `train`'s sessions and pick the rounds that do best on the rest.
+def choose_rounds(held_rows: pd.DataFrame, train: pd.DataFrame, config: RankerConfig) -> tuple[object, int, dict[int, int]]:
+    """Fit on `train`'s sessions outside `held_rows` and pick the rounds that do best on `held_rows`.
 
-    `rows`: candidate rows including every row of the training sessions (the held-out part is
-    scored on its full candidate lists, as evaluation will be); `train`: the training sessions'
-    downsampled rows. Returns the model fitted on the kept sessions, the chosen rounds (ties go to
-    fewer) and the hits per rounds.
+    `held_rows`: every candidate row of the held-out sessions (scored on their full candidate
+    lists, as evaluation will be); `train`: downsampled training rows. Returns the model fitted on
+    the other sessions, the chosen rounds (ties go to fewer) and the hits per rounds.
     """
-    sessions = np.sort(train["session"].unique())
-    held = np.random.default_rng(seed).random(len(sessions)) < config.validation_share
-    if held.sum() == 0 or held.all():
+    kept = train[~train["session"].isin(held_rows["session"].unique())]
+    if len(held_rows) == 0 or len(kept) == 0:
         return None, 0, {0: 0}
-    held_sessions = sessions[held]
-    model = _fit(train[~train["session"].isin(held_sessions)], config, config.num_boost_round)
-    held_rows = rows[rows["session"].isin(held_sessions)]
+    model = _fit(kept, config, config.num_boost_round)
     tried = sorted({0, *range(config.round_step, model.num_trees() + 1, config.round_step), model.num_trees()})
     features, scores, scored_rounds = held_rows[FEATURE_COLUMNS].to_numpy(dtype=np.float32), prior_score(held_rows), 0
     in_top = {}
@@ -279,33 +340,27 @@ def beats_hand_rule(found: np.ndarray, found_by_hand_rule: np.ndarray, z: float)
     return gains - losses > z * np.sqrt(gains + losses)
 
 
-def fit_target(rows: pd.DataFrame, event_type: str, config: RankerConfig) -> TargetResult:
-    """K-fold out-of-fold scores for every row of one target type, and the all-sessions model.
-
-    `rows`: candidate rows of `event_type` with FEATURE_COLUMNS and `label`.
-    """
+def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> TargetResult:
+    """The fold models and the production model of one target type, from its `training_sample`."""
     started = time.perf_counter()
-    negatives = config.negatives_per_session[event_type]
-    fold_of = assign_folds(rows["session"].to_numpy(), config.folds, config.seed)
-    row_fold = fold_of.reindex(rows["session"].to_numpy()).to_numpy()
-    train_all = training_rows(rows, negatives, config.seed)
-    train_fold = fold_of.reindex(train_all["session"].to_numpy()).to_numpy()
-    oof = np.full(len(rows), np.nan)
-    records = []
+    validation = sample["validation"].to_numpy(dtype=bool)
+    held_all = sample[validation]
+    train_all = pd.concat([
+        sample[~validation],
+        training_rows(held_all, config.negatives_per_session[event_type], config.seed),
+    ]).sort_values(["session", "aid"], kind="stable")
+    records, fold_models = [], {}
     for fold in range(config.folds):
-        train = train_all[train_fold != fold]
-        scored = row_fold == fold
+        train = train_all[train_all["fold"] != fold]
         if len(train) == 0:
             raise ValueError(f"{event_type}: fold {fold} has no training session with a positive; too little data")
-        # Held-out sessions are drawn from `train`, which never holds a session of the scored fold.
-        model, rounds, hits = choose_rounds(rows, train, config, config.seed + 1 + fold)
-        # In slices: a fold of a 1M-session week is ~5M rows, and a copy of it is not needed.
-        for part in np.array_split(np.flatnonzero(scored), max(1, int(scored.sum()) // PREDICT_ROWS)):
-            oof[part] = predict_scores(model, rows.iloc[part], config.num_threads, rounds)
+        held = held_all[held_all["fold"] != fold]
+        model, rounds, hits = choose_rounds(held, train, config)
+        fold_models[fold] = model
         records.append(FoldRecord(
             fold=fold,
-            train_sessions=set(train["session"].unique().tolist()),
-            scored_sessions=set(rows.loc[scored, "session"].unique().tolist()),
+            train_sessions=set(train.loc[~train["session"].isin(held["session"].unique()), "session"].unique().tolist()),
+            held_out_sessions=int(held["session"].nunique()),
             train_rows=len(train),
             rounds=rounds,
             validation_hits=hits,
@@ -314,13 +369,13 @@ def fit_target(rows: pd.DataFrame, event_type: str, config: RankerConfig) -> Tar
     # LightGBM cannot fit zero rounds: a one-round booster ships, and scoring with rounds=0
     # (recorded beside it in the bundle) ignores it and uses the prior alone.
     final = _fit(train_all, config, max(final_rounds, 1))
-    importance = pd.Series(final.feature_importance("gain"), index=FEATURE_COLUMNS, name=event_type)
     return TargetResult(
         event_type=event_type,
         model=final,
-        oof=rows[list(KEY_COLUMNS)].assign(**{SCORE_COLUMN: oof}),
+        fold_models=fold_models,
         folds=records,
-        feature_importance=importance,
+        feature_importance=pd.Series(final.feature_importance("gain"), index=FEATURE_COLUMNS, name=event_type),
+        sample_rows=len(sample),
         train_rows=len(train_all),
         train_sessions=int(train_all["session"].nunique()),
         rounds=final_rounds,
@@ -328,73 +383,64 @@ def fit_target(rows: pd.DataFrame, event_type: str, config: RankerConfig) -> Tar
     )
 
 
-def top_k(scored: pd.DataFrame, score_column: str = SCORE_COLUMN, k: int = K) -> pd.DataFrame:
-    """`session, type, aid, rank` of the k best rows per (session, type) (ties: smaller aid first)."""
-    ordered = scored.sort_values(["session", "type", score_column, "aid"], ascending=[True, True, False, True])
-    ordered = ordered.assign(rank=ordered.groupby(["session", "type"], sort=False).cumcount() + 1)
-    return ordered[ordered["rank"] <= k][["session", "type", "aid", "rank"]]
+# --- Spark: scoring and ranking every row ----------------------------------------------------
 
 
-def ranked_by(rows: pd.DataFrame, rank_column: str, k: int = K) -> pd.DataFrame:
-    """Predictions of a rule that already ranks the rows (e.g. `baseline_rank`); unranked rows drop out."""
-    ranked = rows[rows[rank_column].notna() & (rows[rank_column] <= k)]
-    return ranked[["session", "type", "aid"]].assign(rank=ranked[rank_column].astype("int64"))
+def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, key: str = "type"):
+    """Spark `session, type, aid, score` for candidate feature rows: each row scored by the booster
+    of its `key` value (the type when serving, the fold out of fold) with its first
+    `ranker_rounds[value]` trees (all when not given; a missing booster is the prior alone)."""
+    rounds = ranker_rounds or {}
+    needed = rows.select("session", "type", "aid", *([key] if key != "type" else []), *FEATURE_COLUMNS)
+
+    def score(batches):
+        import lightgbm as lgb
+
+        boosters = {value: (lgb.Booster(model_str=text) if text else None) for value, text in ranker_strings.items()}
+        for batch in batches:
+            scores = np.zeros(len(batch))
+            for value, index in batch.groupby(key).indices.items():
+                # One thread per Python worker: Spark already runs one worker per core.
+                scores[index] = predict_scores(boosters[value], batch.iloc[index], num_threads=1, rounds=rounds.get(value))
+            yield batch[["session", "type", "aid"]].assign(score=scores)
+
+    return needed.mapInPandas(score, "session BIGINT, type STRING, aid BIGINT, score DOUBLE")
 
 
-def recall_at_k_curve(predictions: pd.DataFrame, labels: pd.DataFrame, ks=(1, 2, 5, 10, 15, 20)) -> pd.DataFrame:
-    """Recall per type at several cut-offs of one ranked list."""
-    rows = []
-    for k in ks:
-        metrics = score_predictions(predictions[predictions["rank"] <= k], labels, k=20)
-        rows.append({"k": k, **{t: metrics[f"recall_{t}"] for t in EVENT_TYPES}, "score": metrics["score"]})
-    return pd.DataFrame(rows)
+def ranked_top_k(scored, k: int = K, score_column: str = SCORE_COLUMN):
+    """The k best rows of Spark `scored` per (session, type), with `rank` (1 = best): score
+    descending, ties by smaller aid, missing (null or NaN) scores last."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    value = F.when(~F.isnan(score_column), F.col(score_column))
+    order = Window.partitionBy("session", "type").orderBy(value.desc_nulls_last(), F.asc("aid"))
+    return scored.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= k)
 
 
-def load_feature_rows(features_dir: str | Path, event_type: str) -> pd.DataFrame:
-    """One type's candidate rows from the features Parquet, features as float32, sorted by (session, aid).
+def ranked_by(rows, rank_column: str, k: int = K):
+    """Spark predictions of a rule that already ranks the rows (e.g. `baseline_rank`); unranked rows drop out."""
+    from pyspark.sql import functions as F
 
-    pyarrow, not Spark, and lean: the type is a categorical constant, the sort happens in Arrow and
-    the Arrow buffers are released while pandas takes them over (a 1M-session week holds about 15M
-    rows per type)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    dataset = ds.dataset(str(features_dir), format="parquet", exclude_invalid_files=True)
-    # Readahead of one batch and file: the default decodes many unfiltered batches at once (2.5x the
-    # table's size in memory at 1M sessions).
-    table = dataset.scanner(columns=["session", "aid", *FEATURE_COLUMNS], filter=ds.field("type") == event_type,
-                            batch_readahead=1, fragment_readahead=1).to_table()
-    table = table.cast(pa.schema([pa.field("session", pa.int64()), pa.field("aid", pa.int64()),
-                                  *[pa.field(name, pa.float32()) for name in FEATURE_COLUMNS]]))
-    # Spark writes rows in no fixed order; sorted rows make negative sampling and fits reproducible.
-    # Column by column, so the unsorted and the sorted copy never both exist whole.
-    order = pc.sort_indices(table.select(["session", "aid"]), sort_keys=[("session", "ascending"), ("aid", "ascending")])
-    names, columns = table.column_names, []
-    for name in list(names):
-        columns.append(table.column(name).take(order))
-        table = table.drop_columns([name])
-    table = pa.table(columns, names=names)
-    columns.clear()  # the table holds the only reference, so self_destruct can free each column as pandas takes it
-    frame = table.to_pandas(self_destruct=True, split_blocks=True)
-    del table
-    # Every type's frame shares the metrics' categorical, so concatenating them stays categorical and
-    # fast, and scoring needs no conversion.
-    codes = np.full(len(frame), EVENT_TYPES.index(event_type), dtype=np.int8)
-    frame.insert(1, "type", pd.Categorical.from_codes(codes, dtype=TYPE_DTYPE))
-    return frame
+    return rows.where(F.col(rank_column).between(1, k)).select(
+        "session", "type", "aid", F.col(rank_column).cast("int").alias("rank"))
 
 
 @dataclass
 class RankerEvaluation:
     results: dict[str, TargetResult]
-    predictions: dict[str, pd.DataFrame]  # ranking name -> top-k `session, type, aid, rank`
-    metrics: dict[str, dict[str, float]]  # ranking name -> score_predictions(...)
+    # ranking name -> Spark top-k `session, type, aid, rank` (persisted; `release` frees them)
+    predictions: dict[str, object]
+    metrics: dict[str, dict[str, float]]  # ranking name -> spark_score(...)
     ceiling: dict[str, float]  # recall of the unordered candidate set
 
     @property
     def score(self) -> float:
         return self.metrics[RANKER]["score"]
+
+    def release(self) -> None:
+        for frame in self.predictions.values():
+            frame.unpersist()
 
 
 RANKER = "ranker"
@@ -403,27 +449,31 @@ BASELINE_POPULARITY = "baseline_popularity"
 BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
 
 
-def evaluate_ranker(features_dir: str | Path, labels: pd.DataFrame, config: RankerConfig, types=EVENT_TYPES) -> RankerEvaluation:
-    """Fit every target on week W's evaluation sessions; score the OOF predictions and both baselines
-    on the same candidate rows."""
+def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k: int = K) -> RankerEvaluation:
+    """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`), score
+    the out-of-fold predictions and both baselines on the same candidate rows."""
+    from functools import reduce
+
+    from pyspark import StorageLevel
+
+    graded = graded_labels(labels)
     results: dict[str, TargetResult] = {}
-    parts: dict[str, list[pd.DataFrame]] = {RANKER: [], BASELINE_COVISITATION: [], BASELINE_POPULARITY: []}
+    parts: dict[str, list] = {RANKER: [], BASELINE_COVISITATION: [], BASELINE_POPULARITY: []}
     positives = []
     for event_type in types:
-        rows = attach_labels(load_feature_rows(features_dir, event_type), labels)
-        result = fit_target(rows, event_type, config)
+        rows = labelled_rows(features, graded, event_type, config)
+        result = fit_target(training_sample(rows, event_type, config), event_type, config)
         results[event_type] = result
-        parts[RANKER].append(top_k(result.oof))
-        # Only the top k is used from here on: the full scores of a type are ~15M rows at 1M sessions.
-        result.oof = result.oof.iloc[:0]
-        parts[BASELINE_COVISITATION].append(ranked_by(rows, "baseline_rank"))
-        parts[BASELINE_POPULARITY].append(ranked_by(rows, "top_sellers_rank"))
-        positives.append(rows.loc[rows[LABEL_COLUMN] == TARGET_LABEL, list(KEY_COLUMNS)])
-        del rows
-    predictions = {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+        oof = score_rows(rows, result.fold_model_strings(), result.fold_rounds, key="fold")
+        parts[RANKER].append(ranked_top_k(oof, k).select("session", "type", "aid", "rank"))
+        parts[BASELINE_COVISITATION].append(ranked_by(rows, "baseline_rank", k))
+        parts[BASELINE_POPULARITY].append(ranked_by(rows, "top_sellers_rank", k))
+        positives.append(rows.where(rows[LABEL_COLUMN] == TARGET_LABEL).select(*KEY_COLUMNS))
+    union = lambda frames: reduce(lambda left, right: left.unionByName(right), frames)  # noqa: E731
+    predictions = {name: union(frames).persist(StorageLevel.MEMORY_AND_DISK) for name, frames in parts.items()}
     return RankerEvaluation(
         results=results,
         predictions=predictions,
-        metrics={name: score_predictions(frame, labels) for name, frame in predictions.items()},
-        ceiling=candidate_recall(pd.concat(positives, ignore_index=True), labels),
+        metrics={name: spark_score(frame, labels, k) for name, frame in predictions.items()},
+        ceiling=spark_candidate_recall(union(positives), labels, k),
     )

@@ -13,7 +13,6 @@ order of precedence:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -131,3 +132,58 @@ def test_recsys_evaluate_prints_the_metric_as_json(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["score"] == pytest.approx(0.1 / 3 + 0.3 * 3 / 9 + 0.6 / 5)
     assert main(["evaluate", "--labels", str(tmp_path / "missing.jsonl"), "--predictions", str(tmp_path / "predictions.csv")]) == 2
+
+
+def random_case(seed: int = 0, sessions: int = 400):
+    """Predictions with duplicates, ranks past k and sessions without truth; labels with sessions
+    without predictions."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for session in range(sessions):
+        for event_type in ("clicks", "carts", "orders"):
+            aids = rng.integers(0, 60, rng.integers(0, 30))
+            rows.extend((session, event_type, int(aid), rank) for rank, aid in enumerate(aids, start=1))
+    predictions = pd.DataFrame(rows, columns=["session", "type", "aid", "rank"])
+    truth = []
+    for session in range(0, sessions + 50, 2):
+        truth.append((session, "clicks", int(rng.integers(0, 60))))
+        for event_type in ("carts", "orders"):
+            truth.extend((session, event_type, int(aid)) for aid in set(rng.integers(0, 60, rng.integers(0, 25)).tolist()))
+    return predictions, pd.DataFrame(truth, columns=["session", "type", "aid"])
+
+
+@pytest.mark.parametrize("k", [20, 3])
+def test_spark_metrics_equal_the_pandas_ones(spark, k):
+    from pipelines.metrics import spark_candidate_recall, spark_recall_curve, spark_score
+
+    predictions, labels = random_case()
+    spark_predictions, spark_labels = spark.createDataFrame(predictions), spark.createDataFrame(labels)
+    expected, got = score_predictions(predictions, labels, k), spark_score(spark_predictions, spark_labels, k)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
+    assert spark_candidate_recall(spark_predictions, spark_labels, k) == pytest.approx(candidate_recall(predictions, labels, k))
+
+    curve = spark_recall_curve(spark_predictions, spark_labels, ks=(1, 2, k), k=k)
+    for row in curve.itertuples():
+        cut = score_predictions(predictions[predictions["rank"] <= row.k], labels, k)
+        assert (row.clicks, row.carts, row.orders, row.score) == pytest.approx(
+            (cut["recall_clicks"], cut["recall_carts"], cut["recall_orders"], cut["score"]))
+
+
+def test_spark_written_artifacts_read_back_like_the_pandas_ones(spark, tmp_path):
+    from pipelines.metrics import read_predictions_csv, spark_write_labels_jsonl, spark_write_predictions_csv
+
+    predictions, labels = random_case(seed=1, sessions=150)
+    write_predictions_csv(predictions, tmp_path / "pandas.csv")
+    write_labels_jsonl(labels, tmp_path / "pandas.jsonl")
+    spark_write_predictions_csv(spark.createDataFrame(predictions).repartition(3), tmp_path / "spark.csv")
+    spark_write_labels_jsonl(spark.createDataFrame(labels).repartition(3), tmp_path / "spark.jsonl")
+
+    assert (tmp_path / "spark.csv").read_text().splitlines() == (tmp_path / "pandas.csv").read_text().splitlines()
+    assert [json.loads(line) for line in (tmp_path / "spark.jsonl").read_text().splitlines()] == [
+        json.loads(line) for line in (tmp_path / "pandas.jsonl").read_text().splitlines()]
+    assert evaluate_files(tmp_path / "spark.jsonl", tmp_path / "spark.csv") == evaluate_files(tmp_path / "pandas.jsonl", tmp_path / "pandas.csv")
+    assert read_predictions_csv(tmp_path / "spark.csv").equals(read_predictions_csv(tmp_path / "pandas.csv"))

@@ -1,22 +1,33 @@
-"""The ranker's K-fold protocol and the champion gate, on small synthetic frames."""
+"""The ranker's K-fold protocol and the champion gate, on small synthetic frames.
+
+The rows live in Spark as in production (the suite's local session); only the training sample
+reaches pandas."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipelines.features import FEATURE_COLUMNS
-from pipelines.metrics import score_predictions
+from pipelines.metrics import spark_score
 from pipelines.ranker import (
+    BASELINE_COVISITATION,
     LABEL_COLUMN,
+    RANKER,
     TARGET_LABEL,
     RankerConfig,
-    assign_folds,
+    choose_rounds,
+    evaluate_ranker,
     fit_target,
-    prior_score,
-    ranked_by,
-    top_k,
+    fold_column,
+    graded_labels,
+    labelled_rows,
+    predict_scores,
+    ranked_top_k,
     training_rows,
+    training_sample,
+    truths_in_top_k,
 )
 from pipelines.registry import CHAMPION_ALIAS, GATE_TAG, REJECTED, decide, gate_version
 
@@ -47,12 +58,26 @@ def labels_of(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.loc[rows[LABEL_COLUMN] > 0, ["session", "type", "aid"]]
 
 
-def test_folds_are_balanced_deterministic_and_seeded():
-    sessions = np.arange(1000)
-    folds = assign_folds(sessions, 5, seed=1)
-    assert folds.value_counts().tolist() == [200] * 5
-    assert folds.equals(assign_folds(sessions[::-1], 5, seed=1))
-    assert not folds.equals(assign_folds(sessions, 5, seed=2))
+def spark_frames(spark, rows: pd.DataFrame, labels: pd.DataFrame | None = None):
+    """`features` and long `labels` as Spark frames, shaped like the lake's."""
+    features = spark.createDataFrame(rows[["session", "type", "aid", *FEATURE_COLUMNS]].astype({c: "float64" for c in FEATURE_COLUMNS}))
+    labels = labels_of(rows) if labels is None else labels
+    return features.repartition(3), spark.createDataFrame(labels[["session", "type", "aid"]].astype({"session": "int64", "aid": "int64"}))
+
+
+def sample_of(spark, rows: pd.DataFrame, config: RankerConfig = FAST, event_type: str = "carts") -> pd.DataFrame:
+    features, labels = spark_frames(spark, rows)
+    return training_sample(labelled_rows(features, graded_labels(labels), event_type, config), event_type, config)
+
+
+def test_folds_are_balanced_deterministic_and_seeded(spark):
+    sessions = spark.range(3000).withColumnRenamed("id", "session")
+    folds = lambda frame, seed: dict(map(tuple, frame.select("session", fold_column(5, seed).alias("f")).collect()))  # noqa: E731
+    first = folds(sessions, 1)
+    sizes = np.bincount(list(first.values()), minlength=5)
+    assert set(first.values()) == set(range(5)) and sizes.min() > 520 and sizes.max() < 680, sizes
+    assert folds(sessions.repartition(7), 1) == first  # a hash of the id, not of where the row is
+    assert folds(sessions, 2) != first
 
 
 def test_training_rows_keep_every_positive_and_cap_negatives():
@@ -66,40 +91,62 @@ def test_training_rows_keep_every_positive_and_cap_negatives():
     assert train.equals(training_rows(rows, negatives_per_session=5, seed=3))
 
 
-def test_buy_targets_get_graded_labels_from_the_other_buy_type():
-    from pipelines.ranker import attach_labels
+def test_buy_targets_get_graded_labels_from_the_other_buy_type(spark):
+    labels = spark.createDataFrame([(1, "orders", 10), (1, "carts", 11), (1, "clicks", 12)], "session BIGINT, type STRING, aid BIGINT")
+    graded = {(t, a): label for _, t, a, label in graded_labels(labels).collect()}
+    assert graded[("orders", 10)] == 2 and graded[("orders", 11)] == 1 and ("orders", 12) not in graded
+    assert graded[("carts", 11)] == 2 and graded[("carts", 10)] == 1 and graded[("clicks", 12)] == 2
 
-    candidates = pd.DataFrame({"session": [1, 1, 1], "type": ["orders"] * 3, "aid": [10, 11, 12]})
-    labels = pd.DataFrame({"session": [1, 1, 1], "type": ["orders", "carts", "clicks"], "aid": [10, 11, 12]})
-    assert attach_labels(candidates, labels)[LABEL_COLUMN].tolist() == [2, 1, 0]
 
-def test_kfold_never_scores_a_session_it_trained_on():
-    rows = synthetic_rows()
-    result = fit_target(rows, "carts", FAST)
-    scored_union = set()
+def test_the_training_sample_is_bounded_by_the_configuration_not_the_week(spark):
+    rows = synthetic_rows(400, 25)
+    rows.loc[rows["session"] < 40, LABEL_COLUMN] = 0  # sessions without a positive are never drawn
+    config = RankerConfig(folds=3, max_train_sessions=100, validation_share=0.25, num_threads=1,
+                          negatives_per_session={"clicks": 5, "carts": 5, "orders": 5})
+    sample = sample_of(spark, rows, config)
+    sessions = sample.groupby("session")
+    # About 150 of the 360 sessions with a positive (100 per fit x 3 folds / 2 training folds).
+    assert 110 <= sample["session"].nunique() <= 190
+    assert sample["session"].min() >= 40 and (sessions[LABEL_COLUMN].max() == TARGET_LABEL).all()
+    sizes = sessions.size()
+    validation = sessions["validation"].first()
+    assert 0.1 < validation.mean() < 0.4
+    assert (sizes[validation] == 25).all()  # held-out sessions keep every candidate
+    assert (sizes[~validation] == 6).all()  # one positive and 5 negatives
+    assert set(sample.columns) >= {"session", "aid", LABEL_COLUMN, "fold", "validation", *FEATURE_COLUMNS}
+    assert set(sample[FEATURE_COLUMNS].dtypes) == {np.dtype(np.float32)}
+    assert sample[["session", "aid"]].equals(sample[["session", "aid"]].sort_values(["session", "aid"], ignore_index=True))
+    assert sample.equals(sample_of(spark, rows, config))
+
+
+def test_kfold_never_trains_on_the_fold_it_scores(spark):
+    sample = sample_of(spark, synthetic_rows())
+    fold_of = sample.groupby("session")["fold"].first()
+    result = fit_target(sample, "carts", FAST)
+    assert [record.fold for record in result.folds] == [0, 1, 2]
     for record in result.folds:
-        assert record.train_sessions.isdisjoint(record.scored_sessions), record.fold
-        assert scored_union.isdisjoint(record.scored_sessions)
-        scored_union |= record.scored_sessions
-    assert scored_union == set(rows["session"])
-    assert result.oof["score"].notna().all()
+        assert record.train_sessions and (fold_of[list(record.train_sessions)] != record.fold).all(), record.fold
+        assert record.held_out_sessions > 0
 
 
-def test_ranker_beats_the_noisy_baseline_and_falls_back_to_it_when_labels_are_shuffled():
-    rows = synthetic_rows()
-    labels = labels_of(rows)
-    learned = score_predictions(top_k(fit_target(rows, "carts", FAST).oof, k=1), labels, k=1)["recall_carts"]
+def test_ranker_beats_the_noisy_baseline_and_falls_back_to_it_when_labels_are_shuffled(spark):
+    # 80 candidates per session: the held-out top 20 is a real cut, so the folds choose to boost.
+    rows = synthetic_rows(per_session=80)
+    features, labels = spark_frames(spark, rows)
+    learned = evaluate_ranker(features, labels, FAST, types=("carts",))
+    recall_at_1 = lambda evaluation, name: spark_score(evaluation.predictions[name], labels, k=1)["recall_carts"]  # noqa: E731
 
     shuffled = rows.copy()
     # Each session gets another session's label slots: the features no longer say anything about them.
-    slots = shuffled[LABEL_COLUMN].to_numpy().reshape(-1, 25)
+    slots = shuffled[LABEL_COLUMN].to_numpy().reshape(-1, 80)
     shuffled[LABEL_COLUMN] = np.random.default_rng(5).permutation(slots).reshape(-1)
-    blind = score_predictions(top_k(fit_target(shuffled, "carts", FAST).oof, k=1), labels, k=1)["recall_carts"]
-    baseline_at_1 = score_predictions(ranked_by(rows, "baseline_rank", k=1), labels, k=1)["recall_carts"]
+    blind = evaluate_ranker(features, spark_frames(spark, shuffled)[1], FAST, types=("carts",))
 
-    assert learned > baseline_at_1 + 0.2
+    baseline_at_1 = recall_at_1(learned, BASELINE_COVISITATION)
+    assert recall_at_1(learned, RANKER) > baseline_at_1 + 0.2
     # Boosting starts from the hand rule's order: with nothing to learn it stays about there.
-    assert abs(blind - baseline_at_1) < 0.1
+    assert abs(recall_at_1(blind, RANKER) - baseline_at_1) < 0.1
+    assert learned.metrics[RANKER]["sessions_carts"] == 300 and learned.ceiling["recall_carts"] == 1.0
 
 
 def test_gate_decisions():
@@ -147,18 +194,24 @@ def test_gate_promotes_keeps_and_rejects_in_the_registry(tmp_path):
     assert not beaten_on_same_sessions.promoted
 
 
-def test_rounds_are_chosen_on_held_out_training_sessions_and_zero_keeps_the_hand_rule():
+def test_rounds_are_chosen_on_held_out_training_sessions_and_zero_keeps_the_hand_rule(spark):
     rows = synthetic_rows()
     # The hand rule ranks every positive first: no boosting round can add a hit, so every fold
-    # keeps the prior (ties go to fewer rounds) and the scores are exactly the hand rule's.
+    # keeps the prior (ties go to fewer rounds) and the ranking is exactly the hand rule's.
     rows["baseline_rank"] = np.where(rows[LABEL_COLUMN] > 0, 1.0, 2.0 + rows["aid"] % 20).astype(np.float32)
-    result = fit_target(rows, "carts", FAST)
+    features, labels = spark_frames(spark, rows)
+    evaluation = evaluate_ranker(features, labels, FAST, types=("carts",))
+    result = evaluation.results["carts"]
     assert [record.rounds for record in result.folds] == [0] * FAST.folds and result.rounds == 0
     assert all(set(record.validation_hits) >= {0, FAST.round_step} for record in result.folds)
-    assert np.allclose(result.oof["score"], prior_score(rows))
+    # The prior alone: the hand rule's order (ties by aid).
+    expected = rows.sort_values(["session", "baseline_rank", "aid"])
+    expected = expected.assign(rank=expected.groupby("session").cumcount() + 1).query("rank <= 20")
+    assert sorted(map(tuple, evaluation.predictions[RANKER].collect())) == sorted(
+        map(tuple, expected[["session", "type", "aid", "rank"]].to_numpy().tolist()))
 
     # 80 candidates per session: the top 20 is a real cut, and boosting clearly adds hits.
-    learnable = fit_target(synthetic_rows(per_session=80), "carts", FAST)
+    learnable = fit_target(sample_of(spark, synthetic_rows(per_session=80)), "carts", FAST)
     assert all(record.rounds > 0 for record in learnable.folds)
     assert all(r.validation_hits[r.rounds] > r.validation_hits[0] for r in learnable.folds)
     assert all(max(r.validation_hits.values()) == r.validation_hits[r.rounds] for r in learnable.folds)
@@ -185,58 +238,44 @@ def test_a_gain_within_noise_keeps_the_hand_rule():
 
 
 def test_held_out_hits_add_up_trees_exactly_as_scoring_each_round_count_from_scratch():
-    from pipelines.ranker import choose_rounds, predict_scores, truths_in_top_k
-
     rows = synthetic_rows(per_session=80)
     train = training_rows(rows, negatives_per_session=20, seed=1)
-    model, _, hits = choose_rounds(rows, train, FAST, seed=5)
-    sessions = np.sort(train["session"].unique())
-    held_sessions = sessions[np.random.default_rng(5).random(len(sessions)) < FAST.validation_share]
-    held_rows = rows[rows["session"].isin(held_sessions)]
+    held_rows = rows[rows["session"] % 4 == 0]
+    model, _, hits = choose_rounds(held_rows, train, FAST)
     assert len(hits) > 2
     for rounds, found in hits.items():
         assert truths_in_top_k(held_rows, predict_scores(model, held_rows, 1, rounds)).sum() == found
 
 
-def test_feature_rows_load_as_float32_sorted_for_one_type(tmp_path):
-    from pipelines.ranker import attach_labels, load_feature_rows
-
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(rng.random((12, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)  # doubles, as older weeks wrote
-    frame.insert(0, "aid", rng.permutation(12) + 100)
-    frame.insert(0, "type", ["clicks", "orders"] * 6)
-    frame.insert(0, "session", [3, 1, 2] * 4)
-    frame.to_parquet(tmp_path / "part-0.parquet")
-
-    rows = load_feature_rows(tmp_path, "orders")
-    expected = frame[frame["type"] == "orders"].sort_values(["session", "aid"], ignore_index=True)
-    assert rows[["session", "aid"]].equals(expected[["session", "aid"]])
-    assert (rows["type"] == "orders").all() and set(rows[FEATURE_COLUMNS].dtypes) == {np.dtype(np.float32)}
-    assert np.array_equal(rows[FEATURE_COLUMNS].to_numpy(), expected[FEATURE_COLUMNS].to_numpy(dtype=np.float32))
-
-    first = expected.iloc[0]
-    labels = pd.DataFrame({"session": [first["session"]], "type": ["orders"], "aid": [first["aid"]]})
-    assert attach_labels(rows, labels)[LABEL_COLUMN].tolist() == [TARGET_LABEL] + [0] * (len(rows) - 1)
-
-
-def test_held_out_top_k_counts_agree_with_top_k_with_ties_and_missing_scores():
-    from pipelines.ranker import truths_in_top_k
-
+def test_spark_top_k_and_held_out_ranks_order_like_a_pandas_sort_with_ties_and_missing_scores(spark):
     rng = np.random.default_rng(4)
     n = 5000
     scored = pd.DataFrame({
         "session": rng.integers(0, 60, n),
-        "type": pd.Categorical(rng.choice(["orders", "clicks", "carts"], n), categories=["clicks", "carts", "orders"]),
+        "type": rng.choice(["orders", "clicks", "carts"], n),
         "aid": rng.integers(0, 400, n),
         # Few distinct values, so ties are broken by aid; some scores are missing.
         "score": np.where(rng.random(n) < 0.05, np.nan, rng.integers(0, 8, n).astype(float)),
     }).drop_duplicates(["session", "type", "aid"], ignore_index=True)
 
-    expected = scored.sort_values(["session", "type", "score", "aid"], ascending=[True, True, False, True])
-    expected = expected.assign(rank=expected.groupby(["session", "type"], sort=False, observed=True).cumcount() + 1)
-    expected = expected[expected["rank"] <= 5][["session", "type", "aid", "rank"]]
-    assert top_k(scored, k=5).equals(expected)
+    expected = scored.fillna({"score": -np.inf}).sort_values(["session", "type", "score", "aid"], ascending=[True, True, False, True])
+    expected = expected.assign(rank=expected.groupby(["session", "type"], sort=False).cumcount() + 1)
+    expected = expected[expected["rank"] <= 5]
+    got = ranked_top_k(spark.createDataFrame(scored), k=5).select("session", "type", "aid", "rank").toPandas()
+    key = ["session", "type", "aid", "rank"]
+    assert sorted(map(tuple, got[key].to_numpy().tolist())) == sorted(map(tuple, expected[key].to_numpy().tolist()))
 
     one_type = scored[scored["type"] == "carts"].assign(**{LABEL_COLUMN: np.int8(TARGET_LABEL)})
     in_top = truths_in_top_k(one_type, one_type["score"].to_numpy(), k=5)
     assert np.array_equal(in_top, one_type.index.isin(expected[expected["type"] == "carts"].index))
+
+
+@pytest.mark.parametrize("folds", [2, 3])
+def test_every_session_is_scored_once_by_its_folds_model(spark, folds):
+    rows = synthetic_rows(120, 25)
+    features, labels = spark_frames(spark, rows)
+    config = RankerConfig(folds=folds, num_boost_round=10, min_data_in_leaf=5, num_threads=1)
+    evaluation = evaluate_ranker(features, labels, config, types=("carts",))
+    predictions = evaluation.predictions[RANKER].toPandas()
+    assert predictions.groupby("session").size().eq(20).all() and predictions["session"].nunique() == 120
+    assert not predictions.duplicated(["session", "aid"]).any()

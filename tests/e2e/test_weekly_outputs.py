@@ -240,12 +240,11 @@ def test_predict_rejects_malformed_sessions_with_a_clear_error(two_weeks, tmp_pa
 def test_shuffled_labels_drop_the_ranker_to_the_baseline(two_weeks, spark):
     """If labels leaked into features, a ranker trained on other sessions' labels would still score well."""
     import numpy as np
-    import pandas as pd
 
     from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long
     from pipelines.features import FEATURES_TABLE
-    from pipelines.metrics import score_predictions
-    from pipelines.ranker import RankerConfig, attach_labels, fit_target, load_feature_rows, top_k
+    from pipelines.metrics import spark_score
+    from pipelines.ranker import RANKER, RankerConfig, evaluate_ranker
     from pipelines.weeks import Week
 
     lake = Lake(str(two_weeks["root"] / "lake"))
@@ -254,13 +253,10 @@ def test_shuffled_labels_drop_the_ranker_to_the_baseline(two_weeks, spark):
     sessions = labels["session"].unique()
     permuted = dict(zip(sessions, np.random.default_rng(0).permutation(sessions)))
     shuffled = labels.assign(session=labels["session"].map(permuted))
-    config = RankerConfig()
-    features_dir = lake.partition_dir(FEATURES_TABLE, week)
-    blind = pd.concat([
-        top_k(fit_target(attach_labels(load_feature_rows(features_dir, t), shuffled), t, config).oof)
-        for t in ("clicks", "carts", "orders")
-    ])
-    blind_score = score_predictions(blind, labels)["score"]
+    blind = evaluate_ranker(lake.read_partition(spark, FEATURES_TABLE, week), spark.createDataFrame(shuffled), RankerConfig())
+    # Trained on the shuffled labels, scored against the real ones.
+    blind_score = spark_score(blind.predictions[RANKER], spark.createDataFrame(labels))["score"]
+    blind.release()
     metadata = _metadata(two_weeks, "ranker", WEEKS[1])
     # The leak test: trained on other sessions' labels, the ranker cannot beat the hand rule.
     assert blind_score < metadata["baseline_covisitation_score"] + 0.01
