@@ -185,32 +185,26 @@ def sampled_sessions_per_type(config: RankerConfig) -> int:
 
 
 def training_sample(rows, event_type: str, config: RankerConfig) -> pd.DataFrame:
-    """The rows the driver fits on, drawn in Spark: a seeded sample of the sessions with a positive
-    (`sampled_sessions_per_type`), a `validation_share` of them flagged `validation` with all their
-    rows (held-out sessions are ranked on their whole candidate list, as evaluation ranks them),
-    the others with every positive and up to `negatives_per_session` random negatives.
+    """Every candidate row of a seeded sample of the sessions with a positive
+    (`sampled_sessions_per_type` of them), drawn in Spark; a `validation_share` of the sessions is
+    flagged `validation` (held out of the fold fits and ranked on their whole candidate list, as
+    evaluation ranks them). `fit_target` downsamples the negatives of the others.
 
-    Pandas `session, aid, label, fold, validation, *FEATURE_COLUMNS`, features float32, sorted by
-    (session, aid) so LightGBM's groups are contiguous and fits are reproducible."""
-    from pyspark.sql import Window
+    Its size follows the configuration, not the week: the sessions are capped and a session has
+    at most the candidate limits' rows per type. Pandas `session, aid, label, fold, validation,
+    *FEATURE_COLUMNS`, features float32, sorted by (session, aid) so LightGBM's groups are
+    contiguous and fits are reproducible."""
     from pyspark.sql import functions as F
 
-    with_positive = rows.groupBy("session").agg(F.max(LABEL_COLUMN).alias("_best")).where(F.col("_best") > 0).select("session")
+    with_positive = rows.where(F.col(LABEL_COLUMN) > 0).select("session").distinct()
     n_with_positive = with_positive.count()
     if n_with_positive == 0:
         raise ValueError(f"{event_type}: no evaluation session has a positive; too little data to train a ranker")
     share = min(1.0, sampled_sessions_per_type(config) / n_with_positive)
     chosen = with_positive.where(session_uniform(config.seed, "sample") < share).withColumn(
         "validation", session_uniform(config.seed, "validation") < config.validation_share)
-    is_positive = F.col(LABEL_COLUMN) > 0
-    negative_number = F.row_number().over(
-        Window.partitionBy("session", is_positive).orderBy(F.xxhash64("session", "aid", F.lit(config.seed))))
-    kept = (
-        rows.join(broadcast_if_small(chosen), "session")
-        .withColumn("_negative_number", negative_number)
-        .where(is_positive | F.col("validation") | (F.col("_negative_number") <= config.negatives_per_session[event_type]))
-        .select("session", "aid", LABEL_COLUMN, "fold", "validation", *[F.col(c).cast("float").alias(c) for c in FEATURE_COLUMNS])
-    )
+    kept = rows.join(broadcast_if_small(chosen), "session").select(
+        "session", "aid", LABEL_COLUMN, "fold", "validation", *[F.col(c).cast("float").alias(c) for c in FEATURE_COLUMNS])
     sample = kept.toArrow().to_pandas(split_blocks=True, self_destruct=True)
     return sample.sort_values(["session", "aid"], kind="stable", ignore_index=True)
 
@@ -343,12 +337,8 @@ def beats_hand_rule(found: np.ndarray, found_by_hand_rule: np.ndarray, z: float)
 def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> TargetResult:
     """The fold models and the production model of one target type, from its `training_sample`."""
     started = time.perf_counter()
-    validation = sample["validation"].to_numpy(dtype=bool)
-    held_all = sample[validation]
-    train_all = pd.concat([
-        sample[~validation],
-        training_rows(held_all, config.negatives_per_session[event_type], config.seed),
-    ]).sort_values(["session", "aid"], kind="stable")
+    held_all = sample[sample["validation"].to_numpy(dtype=bool)]
+    train_all = training_rows(sample, config.negatives_per_session[event_type], config.seed)
     records, fold_models = [], {}
     for fold in range(config.folds):
         train = train_all[train_all["fold"] != fold]
@@ -386,12 +376,14 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
 # --- Spark: scoring and ranking every row ----------------------------------------------------
 
 
-def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, key: str = "type"):
-    """Spark `session, type, aid, score` for candidate feature rows: each row scored by the booster
-    of its `key` value (the type when serving, the fold out of fold) with its first
-    `ranker_rounds[value]` trees (all when not given; a missing booster is the prior alone)."""
+def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, key: str = "type", keep=()):
+    """Spark `session, type, aid, score` (and the `keep` columns) for candidate feature rows: each
+    row scored by the booster of its `key` value (the type when serving, the fold out of fold) with
+    its first `ranker_rounds[value]` trees (all when not given; a missing booster is the prior alone)."""
     rounds = ranker_rounds or {}
-    needed = rows.select("session", "type", "aid", *([key] if key != "type" else []), *FEATURE_COLUMNS)
+    needed = rows.select("session", "type", "aid", *([key] if key != "type" else []),
+                         *[c for c in keep if c not in FEATURE_COLUMNS], *FEATURE_COLUMNS)
+    output = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in rows.select("session", "type", "aid", *keep).schema.fields)
 
     def score(batches):
         import lightgbm as lgb
@@ -402,9 +394,9 @@ def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, ke
             for value, index in batch.groupby(key).indices.items():
                 # One thread per Python worker: Spark already runs one worker per core.
                 scores[index] = predict_scores(boosters[value], batch.iloc[index], num_threads=1, rounds=rounds.get(value))
-            yield batch[["session", "type", "aid"]].assign(score=scores)
+            yield batch[["session", "type", "aid", *keep]].assign(score=scores)
 
-    return needed.mapInPandas(score, "session BIGINT, type STRING, aid BIGINT, score DOUBLE")
+    return needed.mapInPandas(score, f"{output}, score DOUBLE")
 
 
 def ranked_top_k(scored, k: int = K, score_column: str = SCORE_COLUMN):
@@ -456,24 +448,29 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
 
     from pyspark import StorageLevel
 
+    labels = labels.select(*KEY_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
     graded = graded_labels(labels)
     results: dict[str, TargetResult] = {}
     parts: dict[str, list] = {RANKER: [], BASELINE_COVISITATION: [], BASELINE_POPULARITY: []}
-    positives = []
+    positives, scored_types = [], []
     for event_type in types:
         rows = labelled_rows(features, graded, event_type, config)
         result = fit_target(training_sample(rows, event_type, config), event_type, config)
         results[event_type] = result
-        oof = score_rows(rows, result.fold_model_strings(), result.fold_rounds, key="fold")
-        parts[RANKER].append(ranked_top_k(oof, k).select("session", "type", "aid", "rank"))
-        parts[BASELINE_COVISITATION].append(ranked_by(rows, "baseline_rank", k))
-        parts[BASELINE_POPULARITY].append(ranked_by(rows, "top_sellers_rank", k))
-        positives.append(rows.where(rows[LABEL_COLUMN] == TARGET_LABEL).select(*KEY_COLUMNS))
+        # Scored once; the rankings and the ceiling all read these rows (the features are not read again).
+        scored = score_rows(rows, result.fold_model_strings(), result.fold_rounds, key="fold",
+                            keep=("baseline_rank", "top_sellers_rank", LABEL_COLUMN)).persist(StorageLevel.MEMORY_AND_DISK)
+        scored_types.append(scored)
+        parts[RANKER].append(ranked_top_k(scored, k).select("session", "type", "aid", "rank"))
+        parts[BASELINE_COVISITATION].append(ranked_by(scored, "baseline_rank", k))
+        parts[BASELINE_POPULARITY].append(ranked_by(scored, "top_sellers_rank", k))
+        positives.append(scored.where(scored[LABEL_COLUMN] == TARGET_LABEL).select(*KEY_COLUMNS))
     union = lambda frames: reduce(lambda left, right: left.unionByName(right), frames)  # noqa: E731
     predictions = {name: union(frames).persist(StorageLevel.MEMORY_AND_DISK) for name, frames in parts.items()}
-    return RankerEvaluation(
-        results=results,
-        predictions=predictions,
-        metrics={name: spark_score(frame, labels, k) for name, frame in predictions.items()},
-        ceiling=spark_candidate_recall(union(positives), labels, k),
-    )
+    try:
+        metrics = {name: spark_score(frame, labels, k) for name, frame in predictions.items()}
+        ceiling = spark_candidate_recall(union(positives), labels, k)
+    finally:
+        for frame in (*scored_types, labels):
+            frame.unpersist()
+    return RankerEvaluation(results=results, predictions=predictions, metrics=metrics, ceiling=ceiling)
