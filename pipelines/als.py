@@ -306,6 +306,8 @@ def clustered_candidates(items, top_k: int, n_clusters: int, probes: int, seed: 
 
     nonzero = items.where(F.aggregate(FACTORS_COLUMN, F.lit(0.0).cast("double"), lambda t, x: t + F.abs(x)) > 0)
     n_items = nonzero.count()
+    if n_items == 0:  # a collapsed fit: nothing to search; the factor checks report it
+        return items.sparkSession.createDataFrame([], "left BIGINT, right BIGINT, score DOUBLE")
     n_clusters = max(1, min(n_clusters, n_items))
     fraction = min(1.0, 1.2 * KMEANS_SAMPLE_PER_CLUSTER * n_clusters / max(n_items, 1))
     sample = nonzero.sample(fraction=fraction, seed=seed).select(array_to_vector(FACTORS_COLUMN).alias("features"))

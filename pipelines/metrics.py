@@ -255,21 +255,16 @@ def spark_recall_curve(predictions, labels, ks=(1, 2, 5, 10, 15, 20), k: int = K
 
 
 def _single_text_file(frame, path: str | Path, header: str | None = None) -> None:
-    """Write a Spark frame of one string column `line`, in its order, as the text file `path`.
+    """Write a Spark frame of one string column `line`, in its order, as the local file `path` on
+    the driver (an MLflow artifact to log from there).
 
-    The rows are sorted by the caller (a range shuffle, in parallel); coalescing the sorted
-    partitions into one task then only concatenates them."""
-    import shutil
-    import tempfile
-
-    path = Path(path)
-    with tempfile.TemporaryDirectory(prefix=".spark-text-", dir=path.parent) as scratch:
-        frame.coalesce(1).write.mode("overwrite").text(str(Path(scratch) / "out"))
-        (part,) = Path(scratch, "out").glob("part-*")
-        with open(path, "w") as target, open(part) as source:
-            if header is not None:
-                target.write(header + "\n")
-            shutil.copyfileobj(source, target)
+    The lines stream to the driver one partition at a time, so its memory holds one partition,
+    and executors on other hosts need no access to `path`."""
+    with open(path, "w") as target:
+        if header is not None:
+            target.write(header + "\n")
+        for row in frame.toLocalIterator():
+            target.write(row["line"] + "\n")
 
 
 def spark_write_predictions_csv(predictions, path: str | Path, k: int = K) -> None:

@@ -179,9 +179,10 @@ def labelled_rows(features, graded, event_type: str, config: RankerConfig):
 
 
 def sampled_sessions_per_type(config: RankerConfig) -> int:
-    """Sessions with a positive drawn per type: enough that each fold's fit (on the other folds)
-    still sees up to `max_train_sessions`."""
-    return math.ceil(config.max_train_sessions * config.folds / max(config.folds - 1, 1))
+    """Sessions with a positive drawn per type: enough that each fold's fit (on the other folds,
+    less the held-out validation sessions) still sees up to `max_train_sessions`."""
+    per_fold_fit = config.folds / max(config.folds - 1, 1) / max(1.0 - config.validation_share, 1e-9)
+    return math.ceil(config.max_train_sessions * per_fold_fit)
 
 
 def training_sample(rows, event_type: str, config: RankerConfig) -> pd.DataFrame:
@@ -448,29 +449,34 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
 
     from pyspark import StorageLevel
 
+    union = lambda frames: reduce(lambda left, right: left.unionByName(right), frames)  # noqa: E731
     labels = labels.select(*KEY_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
     graded = graded_labels(labels)
     results: dict[str, TargetResult] = {}
     parts: dict[str, list] = {RANKER: [], BASELINE_COVISITATION: [], BASELINE_POPULARITY: []}
-    positives, scored_types = [], []
-    for event_type in types:
-        rows = labelled_rows(features, graded, event_type, config)
-        result = fit_target(training_sample(rows, event_type, config), event_type, config)
-        results[event_type] = result
-        # Scored once; the rankings and the ceiling all read these rows (the features are not read again).
-        scored = score_rows(rows, result.fold_model_strings(), result.fold_rounds, key="fold",
-                            keep=("baseline_rank", "top_sellers_rank", LABEL_COLUMN)).persist(StorageLevel.MEMORY_AND_DISK)
-        scored_types.append(scored)
-        parts[RANKER].append(ranked_top_k(scored, k).select("session", "type", "aid", "rank"))
-        parts[BASELINE_COVISITATION].append(ranked_by(scored, "baseline_rank", k))
-        parts[BASELINE_POPULARITY].append(ranked_by(scored, "top_sellers_rank", k))
-        positives.append(scored.where(scored[LABEL_COLUMN] == TARGET_LABEL).select(*KEY_COLUMNS))
-    union = lambda frames: reduce(lambda left, right: left.unionByName(right), frames)  # noqa: E731
-    predictions = {name: union(frames).persist(StorageLevel.MEMORY_AND_DISK) for name, frames in parts.items()}
+    positives, scored_types, predictions = [], [], {}
     try:
+        for event_type in types:
+            rows = labelled_rows(features, graded, event_type, config)
+            result = fit_target(training_sample(rows, event_type, config), event_type, config)
+            results[event_type] = result
+            # Scored once; the rankings and the ceiling all read these rows (the features are not read again).
+            scored = score_rows(rows, result.fold_model_strings(), result.fold_rounds, key="fold",
+                                keep=("baseline_rank", "top_sellers_rank", LABEL_COLUMN)).persist(StorageLevel.MEMORY_AND_DISK)
+            scored_types.append(scored)
+            parts[RANKER].append(ranked_top_k(scored, k).select("session", "type", "aid", "rank"))
+            parts[BASELINE_COVISITATION].append(ranked_by(scored, "baseline_rank", k))
+            parts[BASELINE_POPULARITY].append(ranked_by(scored, "top_sellers_rank", k))
+            positives.append(scored.where(scored[LABEL_COLUMN] == TARGET_LABEL).select(*KEY_COLUMNS))
+        predictions = {name: union(frames).persist(StorageLevel.MEMORY_AND_DISK) for name, frames in parts.items()}
         metrics = {name: spark_score(frame, labels, k) for name, frame in predictions.items()}
         ceiling = spark_candidate_recall(union(positives), labels, k)
+    except BaseException:
+        for frame in predictions.values():
+            frame.unpersist()
+        raise
     finally:
+        # The predictions are cached by now; what they were computed from is not needed again.
         for frame in (*scored_types, labels):
             frame.unpersist()
     return RankerEvaluation(results=results, predictions=predictions, metrics=metrics, ceiling=ceiling)

@@ -66,11 +66,12 @@ def available_memory_bytes() -> int:
 
 
 def parse_memory_bytes(value: str) -> int:
-    """Spark's memory notation (`512m`, `12g`, `2048k`, plain bytes) in bytes."""
+    """Spark's notation for memory settings (`512m`, `12g`, `2048k`; a plain number is MiB, as
+    Spark reads `spark.driver.memory`) in bytes."""
     match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)b?\s*", value.lower())
     if not match:
         raise ValueError(f"not a Spark memory size: {value!r} (expected e.g. 512m or 12g)")
-    return int(match.group(1)) * 1024 ** "bkmgt".index(match.group(2) or "b")
+    return int(match.group(1)) * 1024 ** "bkmgt".index(match.group(2) or "m")
 
 
 def _megabytes(n_bytes: float) -> str:
@@ -123,7 +124,8 @@ def resolved_conf(master: str, conf: Mapping[str, str] | None = None,
                   environ: Mapping[str, str] | None = None, memory_bytes: int | None = None) -> dict[str, str]:
     """Every setting `build_spark_session` starts Spark with, shuffle partitions aside when nobody
     chose them (they follow the cluster's cores, known once Spark runs)."""
-    chosen = {**conf_from_env(environ), **(conf or {})}
+    # An empty value chooses nothing (a launchpad field left blank).
+    chosen = {**conf_from_env(environ), **{key: value for key, value in (conf or {}).items() if str(value).strip()}}
     return {**BASE_CONF, **spark_defaults(master, chosen, memory_bytes), **chosen}
 
 
@@ -140,9 +142,22 @@ def build_spark_session(master: str, conf: Mapping[str, str] | None = None, app_
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    if SHUFFLE_PARTITIONS not in settings:
-        spark.conf.set(SHUFFLE_PARTITIONS, str(default_shuffle_partitions(spark.sparkContext.defaultParallelism)))
+    # Chosen by nobody: not by the caller or the environment, nor in spark-defaults.conf or by
+    # the session getOrCreate may have returned.
+    if SHUFFLE_PARTITIONS not in settings and not spark.sparkContext.getConf().contains(SHUFFLE_PARTITIONS):
+        spark.conf.set(SHUFFLE_PARTITIONS, str(default_shuffle_partitions(cluster_cores(spark))))
     return spark
+
+
+def cluster_cores(spark) -> int:
+    """The cores the application will get: from its settings when they say (executors of a
+    cluster usually register after the driver starts), else what Spark sees now."""
+    conf = spark.sparkContext.getConf()
+    if conf.contains("spark.cores.max"):
+        return int(conf.get("spark.cores.max"))
+    if conf.contains("spark.executor.instances"):
+        return int(conf.get("spark.executor.instances")) * int(conf.get("spark.executor.cores", "1"))
+    return spark.sparkContext.defaultParallelism
 
 
 def default_shuffle_partitions(cores: int) -> int:

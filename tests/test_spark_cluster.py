@@ -1,4 +1,4 @@
-"""The Spark stages on a real standalone cluster (one master, one worker) give the same tables as local mode.
+"""The Spark stages on a real standalone cluster (one master, two workers) give the same tables as local mode.
 
 One week of tiny generated data goes through events, sessions, eval_split, top_sellers,
 covisitation and ALS twice: in this process on the suite's local[2] `spark` fixture, and on
@@ -102,7 +102,8 @@ def cluster_driver_args(result_file: Path) -> list[str]:
         # Another partitioning than the local fixture's 2: results must not depend on it.
         "spark.sql.shuffle.partitions": "3",
         "spark.executor.memory": "768m",
-        "spark.cores.max": "1",
+        # One core on each of the two workers: tasks, shuffles and broadcasts cross executors.
+        "spark.cores.max": "2",
         "spark.ui.enabled": "false",
     }
     args = [sys.executable, "-m", "tests.spark_stages", "--source-weeks", WEEK, "--result", str(result_file)]
@@ -144,7 +145,7 @@ def test_stages_on_a_standalone_cluster_match_local_mode(spark, tmp_path):
     generate_raw(raw_dir, n_sessions=300, n_weeks=1, start=WEEK, seed=5)
 
     env = cluster_env(tmp_path)
-    master_port, master_ui, worker_ui = free_port(), free_port(), free_port()
+    master_port, master_ui, worker_ui, second_worker_ui = free_port(), free_port(), free_port(), free_port()
     master_url = f"spark://127.0.0.1:{master_port}"
     launcher = str(spark_class())
     result_file = tmp_path / "cluster.json"
@@ -160,8 +161,13 @@ def test_stages_on_a_standalone_cluster_match_local_mode(spark, tmp_path):
              "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
              "--webui-port", str(worker_ui), "--work-dir", str(tmp_path / "spark-work")],
             tmp_path / "worker.log", name="spark worker", env=env,
-        ) as worker:
-            worker.wait_ready(lambda: alive_workers(master_ui) == 1, timeout=90)
+        ) as worker, managed_process(
+            [launcher, "org.apache.spark.deploy.worker.Worker", master_url,
+             "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
+             "--webui-port", str(second_worker_ui), "--work-dir", str(tmp_path / "spark-work-2")],
+            tmp_path / "worker-2.log", name="second spark worker", env=env,
+        ) as second_worker:
+            worker.wait_ready(lambda: alive_workers(master_ui) == 2, timeout=90)
             timings["cluster_start"] = time.monotonic() - began
             with managed_process(
                 cluster_driver_args(result_file), tmp_path / "cluster-driver.log", name="cluster driver",
@@ -193,13 +199,14 @@ def test_stages_on_a_standalone_cluster_match_local_mode(spark, tmp_path):
             assert returncode == 0, driver.log_tail(60)
             master.assert_running()
             worker.assert_running()
+            second_worker.assert_running()
             state = master_state(master_ui)
 
-    # The run was an application of this master that got the worker's core, and it finished.
+    # The run was an application of this master that got a core on each worker, and it finished.
     assert cluster["spark_master"] == master_url
     apps = state["completedapps"]
     assert [(app["name"], app["state"]) for app in apps] == [("session-recsys", "FINISHED")], apps
-    assert apps[0]["cores"] == 1, apps
+    assert apps[0]["cores"] == 2, apps
     assert not state["activeapps"]
 
     for table in DETERMINISTIC_TABLES:

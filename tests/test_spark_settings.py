@@ -43,6 +43,9 @@ def test_driver_memory_defaults_to_a_share_of_the_machine_and_the_environment_an
 
     caller = resolved_conf("local[*]", {DRIVER_MEMORY: "2g"}, environ=environ, memory_bytes=24 * GIB)
     assert caller[DRIVER_MEMORY] == "2g" and caller[SHUFFLE_PARTITIONS] == "64"
+    # A field left blank chooses nothing; a plain number is MiB, as Spark reads driver memory.
+    assert resolved_conf("local[*]", {DRIVER_MEMORY: " "}, environ=environ, memory_bytes=24 * GIB)[DRIVER_MEMORY] == "4g"
+    assert int(resolved_conf("local[*]", {DRIVER_MEMORY: "4096"}, environ={})[BROADCAST_MAX_BYTES]) == 4 * GIB // 8
     assert conf_from_env({"RECSYS_BROADCAST_MAX_MB": "100"}) == {BROADCAST_MAX_BYTES: str(100 * 2**20)}
 
 
