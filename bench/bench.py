@@ -175,7 +175,7 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         record.update(rows=fitted.stats["n_ratings"], items=fitted.stats["n_items"], sessions=fitted.stats["n_sessions"],
                       timings=fitted.stats["timings"], native_blas=fitted.stats["linear_algebra"].get("uses_native"))
         fitted.release()
-    with stage("als similar items (blocked cosine, top 20)", memory, results) as record:
+    with stage("als similar items (top 20: exact blocked cosine, clustered above 100k items)", memory, results) as record:
         item_factors = lake.read_partition(spark, "als_item_factors", week)
         lake.write_partition(similar_items(item_factors, config), SIMILAR_ITEMS_TABLE, week)
         record.update(rows=lake.read_partition(spark, SIMILAR_ITEMS_TABLE, week).count())
