@@ -194,8 +194,10 @@ def build_candidates(sessions, covisitation, similar_items, top_sellers, config:
 def merge_by_keys(frames, keys: list[str]):
     """Outer merge of frames that each hold at most one row per `keys` and their own value columns.
 
-    A union and one aggregate: unlike a chain of full outer joins (whose output has no known
-    partitioning) it keeps the partitioning by session and adds no shuffle."""
+    A union and one aggregate: one shuffle by the keys, where a chain of full outer joins
+    shuffles for every join. (Spark could skip that shuffle when every input is partitioned by
+    session, but trusting the union's claimed partitioning gave wrong results: BASE_CONF in
+    pipelines/spark.py.)"""
     from functools import reduce
 
     from pyspark.sql import functions as F
