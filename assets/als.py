@@ -57,6 +57,7 @@ class AlsRunConfig(Config):
     alpha: float = AlsConfig.alpha
     top_k: int = AlsConfig.top_k
     similarity_blocks: int = AlsConfig.similarity_blocks
+    min_session_items: int = AlsConfig.min_session_items
     seed: int = AlsConfig.seed
 
     def to_als_config(self) -> AlsConfig:

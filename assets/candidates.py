@@ -115,7 +115,8 @@ def candidates_contract(
     context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
-    frame = candidates_validation_frame(lake.lake.read_partition(spark.session, CANDIDATES_TABLE, week))
+    summary = candidates_validation_frame(lake.lake.read_partition(spark.session, CANDIDATES_TABLE, week))
     return check_result_from_report(
-        validate(frame, CANDIDATES_CONTRACT_CHECK, candidates_suite(MAX_CANDIDATES_PER_QUERY)), week=week.key
+        validate(summary, CANDIDATES_CONTRACT_CHECK, candidates_suite(MAX_CANDIDATES_PER_QUERY)), week=week.key,
+        **summary.iloc[0].to_dict()
     )

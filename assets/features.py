@@ -103,6 +103,7 @@ def features_contract(
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     stats = lake.lake.read_stats(FEATURES_TABLE, week)
-    frame = features_validation_frame(lake.lake.read_partition(spark.session, FEATURES_TABLE, week))
-    report = validate(frame, FEATURES_CONTRACT_CHECK, features_suite(stats["candidate_rows"]))
-    return check_result_from_report(report, week=week.key)
+    summary = features_validation_frame(lake.lake.read_partition(spark.session, FEATURES_TABLE, week))
+    report = validate(summary, FEATURES_CONTRACT_CHECK, features_suite(stats["candidate_rows"]))
+    return check_result_from_report(report, week=week.key, candidate_rows=stats["candidate_rows"],
+                                    **summary.iloc[0].to_dict())

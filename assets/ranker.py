@@ -178,6 +178,7 @@ def ranker(
             "mlflow_run_id": run.info.run_id,
             "model_uri": f"models:/{mlflow_tracking.registered_model_name}/{registered.version}",
             "fit_seconds": round(fit_seconds, 1),
+            "seconds_by_phase": MetadataValue.json(evaluation.timings),
             # 0 for a type means held-out sessions preferred the hand rule's order to any boosting.
             "boosting_rounds": MetadataValue.json({t: r.rounds for t, r in results.items()}),
         }

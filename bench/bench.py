@@ -221,7 +221,7 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         record.update(
             sample_rows={t: r.sample_rows for t, r in evaluation.results.items()},
             train_rows={t: r.train_rows for t, r in evaluation.results.items()},
-            seconds_per_target={t: round(r.seconds, 1) for t, r in evaluation.results.items()},
+            seconds_by_phase=evaluation.timings,
             boosting_rounds={t: [f.rounds for f in r.folds] for t, r in evaluation.results.items()},
             scores={name: round(m["score"], 4) for name, m in evaluation.metrics.items()},
             jvm_rss_mb_after_fitting=memory.jvm_rss_mb(),

@@ -1,11 +1,12 @@
-"""Time the ALS stage: fit, similar items and session recommendations at benchmark scale.
+"""Time the ALS stage and measure what it is for: fit and similar items on a lake week's training
+window (the weeks before it plus its evaluation prefixes, as the `als` asset reads them), then the
+ALS candidate source's recall@20 on that week's evaluation sessions.
 
-`run` is the reusable part (the main bench can call it with its own session and events);
-`__main__` reads the events that `bench/bench.py` leaves in data/bench/lake/events/ (weeks
-2022-08-01..2022-08-15, 1M sessions over the 4 generated weeks) and prints one JSON line per
-phase and a summary.
+Reads a lake that `bench/bench.py` left (data/bench/lake, week 2022-08-22 by default); vary the
+knobs to see what a cheaper fit costs in recall:
 
-    python bench/bench_als.py [--rank 64] [--max-iter 10] [--num-blocks 2] [--driver-memory 12g]
+    python bench/bench_als.py [--lake data/bench/lake] [--week 2022-08-22] [--rank 64] [--max-iter 10] \
+        [--min-session-items 1]
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.als import AlsConfig, fit_als, recommend_for_sessions, similar_items  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEFAULT_EVENTS = Path(__file__).resolve().parents[1] / "data" / "bench" / "lake" / "events"
-DEFAULT_WEEKS = ("2022-08-01", "2022-08-08", "2022-08-15")
-RECOMMEND_SESSIONS = 150_000
+from pipelines.als import AlsConfig, fit_als, similar_items  # noqa: E402
+
+DEFAULT_LAKE = Path(__file__).resolve().parents[1] / "data" / "bench" / "lake"
+DEFAULT_WEEK = "2022-08-22"
 
 
 class CpuClock:
@@ -65,16 +67,8 @@ class CpuClock:
         return sum(self._cpu(pid) for root in self.pids for pid in set(self._descendants(root)))
 
 
-def run(spark, events, config: AlsConfig, checkpoint_dir: str, out_dir: str | None = None,
-        recommend_sessions: int = RECOMMEND_SESSIONS, fit_only: bool = False) -> dict:
-    """Fit, then write similar items and recommendations for `recommend_sessions` sessions as
-    Parquet under `out_dir` (a temporary folder by default); seconds, rows and factor norms."""
-    import tempfile
-
-    from pyspark.sql import functions as F
-
-    own_out = out_dir is None
-    out = Path(out_dir or tempfile.mkdtemp(prefix="bench-als-"))
+def run(spark, events, config: AlsConfig, checkpoint_dir: str, out_dir: str) -> dict:
+    """Fit, then write similar items under `out_dir`; seconds, CPU seconds, rows and factor norms."""
     report: dict = {}
     cpu = CpuClock()
     started, cpu_started = time.perf_counter(), cpu()
@@ -84,95 +78,59 @@ def run(spark, events, config: AlsConfig, checkpoint_dir: str, out_dir: str | No
     report["fit_phases"] = result.stats["timings"]
     report.update({key: result.stats[key] for key in ("n_items", "n_sessions", "n_ratings")})
     report["item_factor_norm"] = result.stats["item_factor_norm"]
-    report["session_factor_norm"] = result.stats["session_factor_norm"]
     report["linear_algebra"] = result.stats["linear_algebra"]
     report["params"] = result.stats["params"]
     try:
-        if fit_only:
-            return report
         clock, cpu_clock = time.perf_counter(), cpu()
-        similar_path = str(out / "similar_items")
+        similar_path = str(Path(out_dir) / "similar_items")
         similar_items(result.item_factors, config).write.mode("overwrite").parquet(similar_path)
         report["similar_items_seconds"] = round(time.perf_counter() - clock, 1)
         report["similar_items_cpu_seconds"] = round(cpu() - cpu_clock, 1)
         report["similar_items_rows"] = spark.read.parquet(similar_path).count()
-
-        # A fixed pseudo-random subset of the sessions with factors (hash order, not id order,
-        # so it is not biased to old or new session ids).
-        clock, cpu_clock = time.perf_counter(), cpu()
-        subset = result.session_factors.select("session").orderBy(F.xxhash64("session"), "session").limit(recommend_sessions)
-        recommendations_path = str(out / "session_recommendations")
-        recommend_for_sessions(result, subset, config.top_k).write.mode("overwrite").parquet(recommendations_path)
-        report["recommend_seconds"] = round(time.perf_counter() - clock, 1)
-        report["recommend_cpu_seconds"] = round(cpu() - cpu_clock, 1)
-        recommendations = spark.read.parquet(recommendations_path)
-        report["recommend_sessions"] = recommendations.select("session").distinct().count()
-        report["recommend_rows"] = recommendations.count()
     finally:
         result.release()
-        if own_out:
-            shutil.rmtree(out, ignore_errors=True)
-        report["total_seconds"] = round(time.perf_counter() - started, 1)
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
     return report
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", default=str(DEFAULT_EVENTS), help="events table with week=YYYY-MM-DD folders")
-    parser.add_argument("--weeks", nargs="+", default=list(DEFAULT_WEEKS))
-    parser.add_argument("--master", default="local[*]")
-    parser.add_argument("--driver-memory", default="12g")
-    parser.add_argument("--rank", type=int, default=64)
-    parser.add_argument("--max-iter", type=int, default=10)
+    parser.add_argument("--lake", default=str(DEFAULT_LAKE))
+    parser.add_argument("--week", default=DEFAULT_WEEK, help="the week whose training window is fitted")
+    parser.add_argument("--training-weeks", type=int, default=3, help="full weeks before it in the window")
+    parser.add_argument("--rank", type=int, default=AlsConfig.rank)
+    parser.add_argument("--max-iter", type=int, default=AlsConfig.max_iter)
+    parser.add_argument("--min-session-items", type=int, default=AlsConfig.min_session_items)
     parser.add_argument("--num-blocks", type=int, default=None, help="ALS user/item blocks (default: cores)")
-    parser.add_argument("--storage-level", default="MEMORY_AND_DISK", help="ALS intermediateStorageLevel")
-    parser.add_argument("--similarity-blocks", type=int, default=8)
-    parser.add_argument("--recommend-sessions", type=int, default=RECOMMEND_SESSIONS)
-    parser.add_argument("--shuffle-partitions", default="8")
-    parser.add_argument("--fit-only", action="store_true", help="time the fit only (for tuning)")
     parser.add_argument("--workdir", default="/tmp/bench_als")
     args = parser.parse_args()
 
-    events_dir = Path(args.events)
-    week_dirs = [events_dir / f"week={week}" for week in args.weeks]
-    missing = [str(d) for d in week_dirs if not (d / "_SUCCESS").exists()]
-    if missing:
-        print(json.dumps({"skipped": "events not found; run bench/bench.py first", "missing": missing}))
-        return 0
-
-    # Spark's tasks already use every core; a multi-threaded OpenBLAS inside each task would
-    # oversubscribe them (Spark's linear algebra guide recommends one BLAS thread). Must be set
-    # before the JVM starts.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from pipelines.config import DEFAULT_TIMEZONE
+    from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, training_events
+    from pipelines.lake import Lake
     from pipelines.spark import build_spark_session
+    from pipelines.weeks import Week
+
+    from bench_similar_items import als_source_recall
 
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    spark = build_spark_session(
-        args.master,
-        {
-            "spark.driver.memory": args.driver_memory,
-            "spark.ui.enabled": "false",
-            "spark.local.dir": str(workdir / "spark-local"),
-            "spark.sql.shuffle.partitions": args.shuffle_partitions,
-        },
-        app_name="session-recsys-bench-als",
-    )
+    spark = build_spark_session("local[*]", {"spark.ui.enabled": "false"}, app_name="session-recsys-bench-als")
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-          f"Spark {spark.version}, master {args.master}", flush=True)
-    config = AlsConfig(
-        rank=args.rank,
-        max_iter=args.max_iter,
-        num_blocks=args.num_blocks,
-        intermediate_storage_level=args.storage_level,
-        similarity_blocks=args.similarity_blocks,
-    )
+          f"Spark {spark.version}", flush=True)
+    lake, week = Lake(args.lake), Week.parse(args.week, DEFAULT_TIMEZONE)
+    weeks_before = [week.shift(-i) for i in range(args.training_weeks, 0, -1)]
+    config = AlsConfig(rank=args.rank, max_iter=args.max_iter, min_session_items=args.min_session_items,
+                       num_blocks=args.num_blocks)
     try:
-        events = spark.read.parquet(*[str(d) for d in week_dirs]).select("session", "aid", "ts", "type")
-        report = run(spark, events, config, str(workdir / "checkpoints"), out_dir=str(workdir / "out"),
-                     recommend_sessions=args.recommend_sessions, fit_only=args.fit_only)
-        report["weeks"] = args.weeks
+        eval_sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week)
+        events = training_events(spark, lake, weeks_before, eval_sessions)
+        report = run(spark, events, config, str(workdir / "checkpoints"), str(workdir / "out"))
+        labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week))
+        report["als_source_recall"] = als_source_recall(
+            spark, eval_sessions, str(workdir / "out" / "similar_items"), labels.toPandas(), labels)
+        report["week"] = week.key
         print(json.dumps(report, indent=2, default=str), flush=True)
     finally:
         spark.stop()

@@ -54,6 +54,10 @@ class AlsConfig:
     exact_similarity_max_items: int = 100_000
     similarity_probes: int = 8
     seed: int = 42
+    # Sessions with fewer distinct items are left out of the fit: a session with one item links
+    # it to nothing, so it shapes no item neighbourhood (the only use of the factors) yet costs
+    # a factor solve per iteration.
+    min_session_items: int = 1
     checkpoint_interval: int = 5
     # ALS user and item blocks. None: the cluster's default parallelism (at least 2). Fewer
     # blocks mean fewer copies of each factor shuffled per iteration, so on one machine the
@@ -151,7 +155,16 @@ def fit_als(events, config: AlsConfig, checkpoint_dir: str) -> AlsResult:
     started = time.perf_counter()
 
     # Three readers (two indices and the ratings): aggregate the events once.
-    confidences = session_item_confidence(events, config.type_weights).persist(StorageLevel.MEMORY_AND_DISK)
+    confidences = session_item_confidence(events, config.type_weights)
+    if config.min_session_items > 1:
+        from pyspark.sql import Window
+
+        confidences = (
+            confidences.withColumn("_items", F.count(F.lit(1)).over(Window.partitionBy("session")))
+            .where(F.col("_items") >= config.min_session_items)
+            .drop("_items")
+        )
+    confidences = confidences.persist(StorageLevel.MEMORY_AND_DISK)
     session_index = dense_index(confidences, "session", "session_index")
     item_index = dense_index(confidences, "aid", "item_index")
     ratings = (

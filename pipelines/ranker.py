@@ -426,6 +426,9 @@ class RankerEvaluation:
     predictions: dict[str, object]
     metrics: dict[str, dict[str, float]]  # ranking name -> spark_score(...)
     ceiling: dict[str, float]  # recall of the unordered candidate set
+    # seconds: `sample.<type>` (Spark to the driver), `fit.<type>` (LightGBM), `score_and_metrics`
+    # (out-of-fold scoring, rankings, scores; lazy Spark work runs there)
+    timings: dict[str, float]
 
     @property
     def score(self) -> float:
@@ -455,10 +458,16 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
     results: dict[str, TargetResult] = {}
     parts: dict[str, list] = {RANKER: [], BASELINE_COVISITATION: [], BASELINE_POPULARITY: []}
     positives, scored_types, predictions = [], [], {}
+    timings: dict[str, float] = {}
     try:
         for event_type in types:
             rows = labelled_rows(features, graded, event_type, config)
-            result = fit_target(training_sample(rows, event_type, config), event_type, config)
+            clock = time.perf_counter()
+            sample = training_sample(rows, event_type, config)
+            timings[f"sample.{event_type}"] = round(time.perf_counter() - clock, 1)
+            result = fit_target(sample, event_type, config)
+            del sample
+            timings[f"fit.{event_type}"] = round(result.seconds, 1)
             results[event_type] = result
             # Scored once; the rankings and the ceiling all read these rows (the features are not read again).
             scored = score_rows(rows, result.fold_model_strings(), result.fold_rounds, key="fold",
@@ -468,9 +477,11 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
             parts[BASELINE_COVISITATION].append(ranked_by(scored, "baseline_rank", k))
             parts[BASELINE_POPULARITY].append(ranked_by(scored, "top_sellers_rank", k))
             positives.append(scored.where(scored[LABEL_COLUMN] == TARGET_LABEL).select(*KEY_COLUMNS))
+        clock = time.perf_counter()
         predictions = {name: union(frames).persist(StorageLevel.MEMORY_AND_DISK) for name, frames in parts.items()}
         metrics = {name: spark_score(frame, labels, k) for name, frame in predictions.items()}
         ceiling = spark_candidate_recall(union(positives), labels, k)
+        timings["score_and_metrics"] = round(time.perf_counter() - clock, 1)
     except BaseException:
         for frame in predictions.values():
             frame.unpersist()
@@ -479,4 +490,4 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
         # The predictions are cached by now; what they were computed from is not needed again.
         for frame in (*scored_types, labels):
             frame.unpersist()
-    return RankerEvaluation(results=results, predictions=predictions, metrics=metrics, ceiling=ceiling)
+    return RankerEvaluation(results=results, predictions=predictions, metrics=metrics, ceiling=ceiling, timings=timings)

@@ -256,3 +256,24 @@ def test_clustered_similar_items_find_nearly_every_exact_neighbour(spark):
     exact_pairs = set(zip(exact.loc[exact["aid"].isin(nonzero), "aid"], exact.loc[exact["aid"].isin(nonzero), "neighbour"]))
     found = len(exact_pairs & set(zip(approximate["aid"], approximate["neighbour"]))) / len(exact_pairs)
     assert found >= 0.95, found
+
+
+def test_sessions_below_min_session_items_are_left_out_of_the_fit(spark, events, planted, tmp_path):
+    from dataclasses import replace
+
+    from pyspark.sql import functions as F
+
+    rows, group_of_aid, _ = planted
+    # One-item sessions on planted items: they link nothing, so dropping them must not change the groups.
+    lone = spark.createDataFrame([(10**6 + i, aid, 1_659_304_800_000, "clicks") for i, aid in enumerate(group_of_aid)],
+                                 "session BIGINT, aid BIGINT, ts BIGINT, type STRING")
+    result = fit_als(events.unionByName(lone), replace(CONFIG, min_session_items=2), str(tmp_path))
+    try:
+        assert result.stats["n_sessions"] == len({session for session, *_ in rows})
+        assert result.session_factors.where(F.col("session") >= 10**6).count() == 0
+        assert result.stats["params"]["min_session_items"] == 2
+        neighbours = similar_items(result.item_factors, CONFIG).toPandas()
+        same = [group_of_aid[a] == group_of_aid[n] for a, n in zip(neighbours["aid"], neighbours["neighbour"])]
+        assert np.mean(same) > 0.9
+    finally:
+        result.release()
