@@ -20,7 +20,14 @@ from assets.top_sellers import top_sellers
 from pipelines.als import SIMILAR_ITEMS_TABLE
 from pipelines.covisitation import COVISITATION_TABLE
 from pipelines.popularity import TOP_SELLERS_TABLE
-from pipelines.candidates import CANDIDATES_TABLE, CandidateConfig, build_candidates, label_hits, recall_report
+from pipelines.candidates import (
+    CANDIDATES_TABLE,
+    MAX_CANDIDATES_PER_QUERY,
+    CandidateConfig,
+    build_candidates,
+    label_hits,
+    recall_report,
+)
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
 from pipelines.quality import candidates_suite, candidates_validation_frame, validate
 from pipelines.tracking import flatten_metrics
@@ -28,8 +35,6 @@ from resources import LakeResource, MlflowResource, PipelineConfigResource, Spar
 
 CANDIDATES_CONTRACT_CHECK = "candidates_contract"
 CANDIDATE_CONFIG = CandidateConfig()
-# LightGBM LambdaRank needs fewer than 10,000 rows per query.
-MAX_CANDIDATES_PER_QUERY = 9_999
 
 
 def report_table(report: dict) -> str:

@@ -109,15 +109,17 @@ def ranker(
     fit_seconds = time.perf_counter() - started
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
     baselines = {name: metrics[name]["score"] for name in BASELINES}
-    item_count = lake.lake.read_partition(spark.session, ITEM_STATS_TABLE, week).count()
-    coverage = evaluation.predictions[RANKER].select("aid").distinct().count() / max(item_count, 1)
 
     with tempfile.TemporaryDirectory(prefix="ranker-") as scratch, mlflow_tracking.week_run(context) as run:
         scratch = Path(scratch)
-        spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
-        spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
-        curves = {name: spark_recall_curve(frame, labels) for name, frame in evaluation.predictions.items()}
-        evaluation.release()
+        try:
+            item_count = lake.lake.read_partition(spark.session, ITEM_STATS_TABLE, week).count()
+            coverage = evaluation.predictions[RANKER].select("aid").distinct().count() / max(item_count, 1)
+            spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
+            spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
+            curves = {name: spark_recall_curve(frame, labels) for name, frame in evaluation.predictions.items()}
+        finally:
+            evaluation.release()
         plot_recall_curves(curves, scratch / "recall_at_k.png")
         for event_type, result in results.items():
             plot_feature_importance(result.feature_importance, scratch / f"feature_importance_{event_type}.png")

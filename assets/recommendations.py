@@ -24,17 +24,11 @@ from assets.quality_checks import markdown_table, weekly_blocking_check
 from assets.ranker import ranker
 from assets.sessions import sessions
 from assets.top_sellers import top_sellers
-from pipelines.als import SIMILAR_ITEMS_TABLE
-from pipelines.covisitation import COVISITATION_TABLE
 from pipelines.lake import EVENTS_TABLE, SESSIONS_TABLE
-from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.publish import (
-    FREQUENTLY_BOUGHT_TOGETHER,
     GATE_ROW_COUNTS,
     PUBLISHED_TABLES,
     SESSION_RECOMMENDATIONS,
-    SIMILAR_ITEMS,
-    TOP_SELLERS,
     ModelInfo,
     PublishConfig,
     PublishGateThresholds,
@@ -46,14 +40,7 @@ from pipelines.publish import (
     s3_client_from_resource,
     verify_manifest,
 )
-from pipelines.recommendations import (
-    active_sessions,
-    catalogue,
-    frequently_bought_together_table,
-    lake_table,
-    similar_items_table,
-    top_sellers_table,
-)
+from pipelines.recommendations import SUMMARY_TABLE, catalogue, lake_table, write_recommendation_tables
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
 PUBLISH_GATES_CHECK = "publish_gates"
@@ -85,19 +72,9 @@ def recommendation_tables(
     read = lambda table: lake.lake.read_partition(spark.session, table, week)  # noqa: E731
     champion = mlflow_tracking.load_champion()
     context.log.info(f"session recommendations from {champion.name} v{champion.version} (run {champion.run_id})")
-    tables = {
-        TOP_SELLERS: top_sellers_table(read(TOP_SELLERS_TABLE)),
-        FREQUENTLY_BOUGHT_TOGETHER: frequently_bought_together_table(read(COVISITATION_TABLE)),
-        SIMILAR_ITEMS: similar_items_table(read(SIMILAR_ITEMS_TABLE)),
-        SESSION_RECOMMENDATIONS: champion.bundle.recommend(active_sessions(read(SESSIONS_TABLE))),
-    }
-    row_counts = {}
-    for name, frame in tables.items():
-        lake.lake.write_partition(frame, lake_table(name), week)
-        row_counts[name] = read(lake_table(name)).count()
     model = {"name": champion.name, "version": str(champion.version), "mlflow_run_id": champion.run_id,
              "trained_for_week": champion.bundle.info.get("week")}
-    lake.lake.write_document({"row_counts": row_counts, "model": model}, lake_table("summary"), week)
+    row_counts = write_recommendation_tables(spark.session, lake.lake, week, champion.bundle, model)
     previews = {name: markdown_table(read(lake_table(name)).limit(5).toPandas()) for name in PUBLISHED_TABLES}
     return MaterializeResult(
         metadata={
@@ -151,7 +128,7 @@ def publish_gates(
         read(SESSIONS_TABLE),
         previous,
         PublishGateThresholds.from_env(),
-        current_row_counts=lake.lake.read_stats(lake_table("summary"), week)["row_counts"],
+        current_row_counts=lake.lake.read_stats(lake_table(SUMMARY_TABLE), week)["row_counts"],
         warm_up=warm_up_reason(pipeline_config, week.key, previous["week"] if previous else None),
     )
     failed = failed_gates(results)
@@ -185,7 +162,7 @@ def published_recommendations(
     context: AssetExecutionContext, lake: LakeResource, s3: S3Resource, pipeline_config: PipelineConfigResource
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
-    summary = lake.lake.read_stats(lake_table("summary"), week)
+    summary = lake.lake.read_stats(lake_table(SUMMARY_TABLE), week)
     model = summary["model"]
     uri = pipeline_config.publish_uri
     result = publish_week(

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.als import SIMILAR_ITEMS_TABLE, AlsConfig, fit_als, similar_items
-from pipelines.candidates import CandidateConfig, build_candidates, label_hits, recall_report
+from pipelines.candidates import MAX_CANDIDATES_PER_QUERY, CandidateConfig, build_candidates, label_hits, recall_report
 from pipelines.config import PROJECT_ROOT
 from pipelines.covisitation import COVISITATION_TABLE, CovisitationConfig, build_covisitation
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, split_evaluation_sessions, training_events
@@ -183,12 +183,24 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
 
 def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list,
                 predict_sessions: int) -> None:
-    """candidates, features and ranker for the last week (needs `sources`), then `recsys predict` throughput."""
+    """candidates, features (with their contracts), ranker, the recommendation tables and their
+    publication for the last week (needs `sources`), then `recsys predict` throughput."""
     import pandas as pd
 
-    from pipelines.features import FEATURES_TABLE, ITEM_STATS_TABLE, SourceTables, add_features, build_item_stats
+    from pipelines.features import (
+        FEATURES_TABLE,
+        ITEM_STATS_TABLE,
+        SourceTables,
+        add_features,
+        build_item_stats,
+        features_validation_frame,
+    )
+    from pipelines.lake import EVENTS_TABLE
     from pipelines.model import Bundle, otto_sessions_to_long, prefixes_from_events, save_bundle
+    from pipelines.publish import PUBLISHED_TABLES, ModelInfo, failed_gates, publish_week, run_publish_gates
+    from pipelines.quality import candidates_suite, candidates_validation_frame, features_suite, validate
     from pipelines.ranker import RankerConfig, evaluate_ranker
+    from pipelines.recommendations import catalogue, lake_table, write_recommendation_tables
 
     week, before = weeks[-1], weeks[:-1]
     read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
@@ -198,6 +210,9 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         table = build_candidates(eval_sessions, read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE), config)
         lake.write_partition(table, "candidates", week)
         labels = labels_long(read(EVAL_LABELS_TABLE))
+        record["contract_passed"] = validate(
+            candidates_validation_frame(read("candidates")), "candidates_contract", candidates_suite(MAX_CANDIDATES_PER_QUERY)
+        ).success
         report = recall_report(label_hits(read("candidates"), labels), labels.toPandas())
         record.update(
             rows=read("candidates").count(),
@@ -212,6 +227,8 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         tables = SourceTables(read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE), read(ITEM_STATS_TABLE))
         lake.write_partition(add_features(read("candidates"), eval_sessions.select("session", "prefix"), tables, config), FEATURES_TABLE, week)
         record.update(rows=read(FEATURES_TABLE).count())
+        record["contract_passed"] = validate(
+            features_validation_frame(read(FEATURES_TABLE)), "features_contract", features_suite(record["rows"])).success
 
     with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
         record["jvm_rss_mb_before_heap_release"] = memory.jvm_rss_mb()
@@ -232,6 +249,19 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
                                          read(ITEM_STATS_TABLE)),
                 {t: r.model for t, r in evaluation.results.items()},
                 {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}})
+    with stage("recommendation tables, publish gates, publish (to a folder)", memory, results) as record:
+        model = ModelInfo(name="bench", version="1", run_id="bench")
+        row_counts = write_recommendation_tables(spark, lake, week, Bundle(bundle_dir),
+                                                 {"name": model.name, "version": model.version, "mlflow_run_id": model.run_id})
+        gates = run_publish_gates(
+            {name: read(lake_table(name)) for name in PUBLISHED_TABLES},
+            catalogue(lake.read_weeks(spark, EVENTS_TABLE, weeks)), read(SESSIONS_TABLE), None,
+            current_row_counts=row_counts, warm_up="bench: no previous publication")
+        published = publish_week({name: lake.partition_dir(lake_table(name), week) for name in PUBLISHED_TABLES}, week,
+                                 model, str(workdir / "published"))
+        record.update(row_counts=row_counts, gates_failed=[gate.name for gate in failed_gates(gates)],
+                      bytes_published=published.bytes_uploaded)
+
     with stage(f"predict ({predict_sessions} OTTO sessions through the model bundle)", memory, results) as record:
         sample = eval_sessions.orderBy("session").limit(predict_sessions).toPandas()
         otto = pd.DataFrame({"session": sample["session"],

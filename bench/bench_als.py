@@ -129,7 +129,7 @@ def main() -> int:
         report = run(spark, events, config, str(workdir / "checkpoints"), str(workdir / "out"))
         labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week))
         report["als_source_recall"] = als_source_recall(
-            spark, eval_sessions, str(workdir / "out" / "similar_items"), labels.toPandas(), labels)
+            spark, eval_sessions, str(workdir / "out" / "similar_items"), labels)
         report["week"] = week.key
         print(json.dumps(report, indent=2, default=str), flush=True)
     finally:

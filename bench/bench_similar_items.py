@@ -23,17 +23,17 @@ from pipelines.als import ALS_ITEM_FACTORS_TABLE, AlsConfig, similar_items, simi
 from pipelines.candidates import CandidateConfig, als_candidates, partitioned_by_session, weighted_history  # noqa: E402
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long  # noqa: E402
 from pipelines.lake import Lake  # noqa: E402
-from pipelines.metrics import score_predictions  # noqa: E402
+from pipelines.metrics import spark_score  # noqa: E402
 from pipelines.spark import build_spark_session  # noqa: E402
 from pipelines.weeks import Week  # noqa: E402
 
 
-def als_source_recall(spark, eval_sessions, table_dir: str, labels_pd, labels) -> dict:
+def als_source_recall(spark, eval_sessions, table_dir: str, labels) -> dict:
+    """Recall@20 of the ALS candidate source alone (its own top 20) on the evaluation sessions."""
     config = CandidateConfig()
     history = weighted_history(partitioned_by_session(eval_sessions.select("session", "prefix")), config.max_prefix_events)
     candidates = als_candidates(history, spark.read.parquet(table_dir), config.als)
-    hits = candidates.join(labels, ["session", "type", "aid"], "left_semi").select("session", "type", "aid", "rank").toPandas()
-    metrics = score_predictions(hits, labels_pd)
+    metrics = spark_score(candidates.select("session", "type", "aid", "rank"), labels)
     return {name: round(value, 4) for name, value in metrics.items() if name.startswith("recall_") or name == "score"}
 
 
@@ -66,9 +66,8 @@ def main() -> int:
         exact.join(clustered, ["aid", "neighbour"], "left_semi").count() / max(exact.count(), 1), 4)
     eval_sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week)
     labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week))
-    labels_pd = labels.toPandas()
     for name in methods:
-        report[f"als_source_recall_{name}"] = als_source_recall(spark, eval_sessions, str(out / name), labels_pd, labels)
+        report[f"als_source_recall_{name}"] = als_source_recall(spark, eval_sessions, str(out / name), labels)
     print(json.dumps(report, indent=2))
     spark.stop()
     return 0

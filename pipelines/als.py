@@ -2,13 +2,12 @@
 
 The confidence of a (session, aid) pair is the sum of the type weights of its events; ALS
 learns one factor vector per session and per item. From the item factors we derive item
-neighbours (cosine similarity) and from both the sessions' preferred items (dot product).
+neighbours (cosine similarity): the ALS candidate source and its features.
 
-All-pairs scoring (items x items, sessions x items) never gathers the factors on the driver:
-rows are hashed into blocks, each block becomes one dense matrix inside Spark, block pairs are
-formed with a cartesian product (one pair per task) and a pandas function does the matmul in
-row chunks of bounded size, keeping the top k per row; a window then merges the per-block
-top k into the global top k.
+Item scoring never gathers the factors on the driver: rows are hashed into blocks, each block
+becomes one dense matrix inside Spark, block pairs are formed with a cartesian product (one pair
+per task) and a pandas function does the matmul in row chunks of bounded size, keeping the top k
+per row; a window then merges the per-block top k into the global top k.
 """
 
 from __future__ import annotations
@@ -41,8 +40,10 @@ _PARTITION_SHIFT = 33
 
 @dataclass(frozen=True)
 class AlsConfig:
-    rank: int = 64
-    max_iter: int = 10
+    # Chosen by the ALS source's recall on held-out sessions against the fit's cost (bench/bench_als.py,
+    # README): a smaller rank and fewer sweeps lose nothing there and cost a third of rank 64 x 10.
+    rank: int = 32
+    max_iter: int = 6
     reg_param: float = 0.05
     alpha: float = 40.0
     type_weights: tuple[tuple[str, float], ...] = (("clicks", 1.0), ("carts", 6.0), ("orders", 3.0))
@@ -57,7 +58,7 @@ class AlsConfig:
     # Sessions with fewer distinct items are left out of the fit: a session with one item links
     # it to nothing, so it shapes no item neighbourhood (the only use of the factors) yet costs
     # a factor solve per iteration.
-    min_session_items: int = 1
+    min_session_items: int = 2
     checkpoint_interval: int = 5
     # ALS user and item blocks. None: the cluster's default parallelism (at least 2). Fewer
     # blocks mean fewer copies of each factor shuffled per iteration, so on one machine the
@@ -269,12 +270,13 @@ def similar_items(item_factors, config: AlsConfig) -> DataFrame:
     """`aid, neighbour, score DOUBLE (cosine), rank INT`: each item's top_k most similar items.
 
     Rank 1 is the most similar; equal scores rank by neighbour id. An item is never its own
-    neighbour. Exact up to `config.exact_similarity_max_items` items (items whose factors are all
-    zero get score 0 with everything); approximate above (`clustered_candidates`).
+    neighbour, and an item whose factors are all zero has no direction: it neither has nor is a
+    neighbour. Exact up to `config.exact_similarity_max_items` items; approximate above
+    (`clustered_candidates`).
     """
     from pyspark.sql import functions as F
 
-    items = item_factors.select(F.col("aid").alias("_key"), FACTORS_COLUMN)
+    items = item_factors.where(F.exists(FACTORS_COLUMN, lambda x: x != 0)).select(F.col("aid").alias("_key"), FACTORS_COLUMN)
     n_items = items.count()
     if n_items <= config.exact_similarity_max_items:
         candidates = _blocked_top_k(
@@ -297,8 +299,8 @@ def similarity_clusters(n_items: int) -> int:
     return max(1, round(math.sqrt(n_items)))
 
 
-# Items k-means learns the cluster centres from, per cluster (faiss samples similarly): the centres
-# need a sample, not the catalogue.
+# Items k-means learns the cluster centres from, per cluster: the centres need a sample, not the
+# catalogue.
 KMEANS_SAMPLE_PER_CLUSTER = 64
 
 
@@ -348,32 +350,6 @@ def clustered_candidates(items, top_k: int, n_clusters: int, probes: int, seed: 
     pairs = pairs.repartition(max(1, n_clusters // 4), "block")
     return pairs.mapInPandas(_block_pair_scorer(top_k, cosine=True, exclude_same_key=True),
                              schema="left BIGINT, right BIGINT, score DOUBLE")
-
-
-def recommend_for_sessions(result: AlsResult, sessions, top_k: int, n_blocks: int | None = None) -> DataFrame:
-    """`session, aid, score DOUBLE, rank INT`: the top_k items by ALS preference (the factors'
-    dot product) for each session of `sessions` (any frame with a `session` column) that has
-    factors. Items the session already saw are kept: re-visits are common in sessions.
-
-    The blocked scorer of `similar_items`; `n_blocks` (default: the fit's similarity_blocks)
-    splits both the sessions and the items.
-    """
-    from pyspark.sql import functions as F
-
-    if n_blocks is None:
-        n_blocks = result.stats.get("params", {}).get("similarity_blocks", AlsConfig.similarity_blocks)
-    wanted = sessions.select("session").distinct()
-    session_factors = result.session_factors.join(wanted, "session", "left_semi")
-    candidates = _blocked_top_k(
-        session_factors.select(F.col("session").alias("_key"), FACTORS_COLUMN),
-        result.item_factors.select(F.col("aid").alias("_key"), FACTORS_COLUMN),
-        top_k=top_k,
-        n_left_blocks=n_blocks,
-        n_right_blocks=n_blocks,
-        cosine=False,
-        exclude_same_key=False,
-    )
-    return _global_top_k(candidates, "session", "aid", top_k)
 
 
 def _global_top_k(candidates, key_name: str, other_name: str, top_k: int) -> DataFrame:

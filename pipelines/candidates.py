@@ -32,6 +32,8 @@ from pipelines.popularity import POPULAR
 from pipelines.spark import broadcast_if_small
 
 CANDIDATES_TABLE = "candidates"
+# LightGBM LambdaRank needs fewer than 10,000 rows per query.
+MAX_CANDIDATES_PER_QUERY = 9_999
 SOURCES = ("history", "covisitation", "als", "top_sellers")
 TYPE_WEIGHTS = {"clicks": 1.0, "carts": 6.0, "orders": 3.0}
 BUY_TYPES = ("carts", "orders")
@@ -195,9 +197,8 @@ def merge_by_keys(frames, keys: list[str]):
     """Outer merge of frames that each hold at most one row per `keys` and their own value columns.
 
     A union and one aggregate: one shuffle by the keys, where a chain of full outer joins
-    shuffles for every join. (Spark could skip that shuffle when every input is partitioned by
-    session, but trusting the union's claimed partitioning gave wrong results: BASE_CONF in
-    pipelines/spark.py.)"""
+    shuffles for every join. The shuffle stays even when every input is partitioned by session:
+    a union's claimed partitioning is not trusted (BASE_CONF in pipelines/spark.py)."""
     from functools import reduce
 
     from pyspark.sql import functions as F
@@ -208,14 +209,12 @@ def merge_by_keys(frames, keys: list[str]):
 
 
 def partitioned_by_session(frame):
-    """`frame` hash-partitioned by session: the aggregates, windows and unions of the candidate and
-    feature plans are keyed by session (plus type/aid) and reuse this partitioning instead of
-    shuffling again.
+    """`frame` hash-partitioned by session: the windows and per-session aggregates of the candidate
+    and feature plans are keyed by session and reuse this partitioning instead of shuffling again.
 
     Into `spark.sql.shuffle.partitions` partitions, explicitly: adaptive execution coalesces a shuffle
     by the bytes it moves, and sessions are small while the histories and neighbour pairs exploded
-    from them are not. At 1M sessions it put the features' pair aggregation into one task (146 s on
-    one of two cores)."""
+    from them are not, so it would put the exploded work into very few tasks."""
     return frame.repartition(int(frame.sparkSession.conf.get("spark.sql.shuffle.partitions")), "session")
 
 

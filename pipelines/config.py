@@ -52,8 +52,8 @@ class QualityThresholds:
     min_factor_norm: float = 1e-4
     max_factor_norm: float = 100.0
     # Share of factors at or above min_factor_norm. Items seen once, by sessions that saw little
-    # else, legitimately shrink to ~0 (2.7% of the items in the first week of a 200k-session shop);
-    # a collapsed fit puts most factors there.
+    # else, legitimately shrink to ~0 (a few percent of a young shop's items); a collapsed fit puts
+    # most factors there.
     min_factor_norm_share: float = 0.9
 
     @classmethod

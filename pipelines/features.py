@@ -165,8 +165,9 @@ def add_features(candidates, sessions, tables: SourceTables, config: CandidateCo
     the ranker reads (LightGBM bins float32), at half the bytes of doubles in the lake and in memory.
 
     Plan: everything per (session, aid) is computed on sessions partitioned once by session and
-    merged without a shuffle; the candidates meet these pair features in one join, then the
-    per-session and per-item features, broadcast when they fit (one row per session or item)."""
+    merged by (session, aid) (`merge_by_keys`); the candidates meet these pair features in one
+    join, then the per-session and per-item features, broadcast when they fit (one row per session
+    or item)."""
     from pyspark.sql import functions as F
 
     sessions = partitioned_by_session(sessions)
@@ -199,8 +200,7 @@ def features_validation_frame(features):
     session features.
 
     One Spark aggregation (a single shuffle by the key) computes every count, and GE then
-    checks the numbers: GE on the row frame runs a Spark job per expectation over every row,
-    which took longer than building the features."""
+    checks the numbers: GE on the row frame would run a Spark job per expectation over every row."""
     from pyspark.sql import functions as F
 
     not_finite = [F.isnan(name) | F.col(name).isin(float("inf"), float("-inf")) for name in FEATURE_COLUMNS]

@@ -18,8 +18,9 @@ fold's fit, and the number of rounds (zero included: the hand rule itself) that 
 true items into their top 20 is the fold's, provided its gain over the hand rule is more than
 noise (`beats_hand_rule`). A target with too few buyers to learn from therefore stays at the
 baseline instead of adding noise, and the choice never looks at the sessions the fold scores.
-The final model of a type is fitted on all sampled sessions with the median of the folds'
-rounds and serves in production.
+The final model of a type is fitted like a fold's (at most `max_train_sessions` sessions of the
+sample, the same size the rounds were chosen at) with the median of the folds' rounds, and serves
+in production.
 
 LightGBM and OpenMP do not survive a fork: nothing here forks, and callers must not fork after
 training (no multiprocessing start method "fork" once this ran).
@@ -166,13 +167,11 @@ def graded_labels(labels):
     return graded.groupBy(*KEY_COLUMNS).agg(F.max(LABEL_COLUMN).cast("tinyint").alias(LABEL_COLUMN))
 
 
-def labelled_rows(features, graded, event_type: str, config: RankerConfig):
-    """Spark: the candidate feature rows of one type with `label` and `fold`."""
-    from pyspark.sql import functions as F
-
-    rows = features.where(F.col("type") == event_type).select(*KEY_COLUMNS, *FEATURE_COLUMNS)
+def labelled_rows(features, graded, config: RankerConfig):
+    """Spark: the candidate feature rows of every type with `label` and `fold`."""
+    rows = features.select(*KEY_COLUMNS, *FEATURE_COLUMNS)
     return (
-        rows.join(broadcast_if_small(graded.where(F.col("type") == event_type)), list(KEY_COLUMNS), "left")
+        rows.join(broadcast_if_small(graded), list(KEY_COLUMNS), "left")
         .fillna(0, subset=[LABEL_COLUMN])
         .withColumn("fold", fold_column(config.folds, config.seed))
     )
@@ -185,7 +184,7 @@ def sampled_sessions_per_type(config: RankerConfig) -> int:
     return math.ceil(config.max_train_sessions * per_fold_fit)
 
 
-def training_sample(rows, event_type: str, config: RankerConfig) -> pd.DataFrame:
+def training_sample(labelled, event_type: str, config: RankerConfig) -> pd.DataFrame:
     """Every candidate row of a seeded sample of the sessions with a positive
     (`sampled_sessions_per_type` of them), drawn in Spark; a `validation_share` of the sessions is
     flagged `validation` (held out of the fold fits and ranked on their whole candidate list, as
@@ -197,6 +196,7 @@ def training_sample(rows, event_type: str, config: RankerConfig) -> pd.DataFrame
     contiguous and fits are reproducible."""
     from pyspark.sql import functions as F
 
+    rows = labelled.where(F.col("type") == event_type)
     with_positive = rows.where(F.col(LABEL_COLUMN) > 0).select("session").distinct()
     n_with_positive = with_positive.count()
     if n_with_positive == 0:
@@ -368,7 +368,7 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
         feature_importance=pd.Series(final.feature_importance("gain"), index=FEATURE_COLUMNS, name=event_type),
         sample_rows=len(sample),
         train_rows=len(train_all),
-        train_sessions=int(train_all["session"].nunique()),
+        train_sessions=min(int(train_all["session"].nunique()), config.max_train_sessions),  # `_fit` caps
         rounds=final_rounds,
         seconds=time.perf_counter() - started,
     )
@@ -440,6 +440,7 @@ class RankerEvaluation:
 
 
 RANKER = "ranker"
+MODEL_KEY = "model_key"  # `type/fold`: which fold booster scores a row out of fold
 BASELINE_COVISITATION = "baseline_covisitation"
 BASELINE_POPULARITY = "baseline_popularity"
 BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
@@ -448,39 +449,41 @@ BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
 def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k: int = K) -> RankerEvaluation:
     """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`), score
     the out-of-fold predictions and both baselines on the same candidate rows."""
-    from functools import reduce
-
     from pyspark import StorageLevel
+    from pyspark.sql import functions as F
 
-    union = lambda frames: reduce(lambda left, right: left.unionByName(right), frames)  # noqa: E731
     labels = labels.select(*KEY_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
     graded = graded_labels(labels)
     results: dict[str, TargetResult] = {}
-    parts: dict[str, list] = {RANKER: [], BASELINE_COVISITATION: [], BASELINE_POPULARITY: []}
-    positives, scored_types, predictions = [], [], {}
+    predictions: dict = {}
+    scored = None
     timings: dict[str, float] = {}
     try:
+        rows = labelled_rows(features, graded, config)
         for event_type in types:
-            rows = labelled_rows(features, graded, event_type, config)
             clock = time.perf_counter()
             sample = training_sample(rows, event_type, config)
             timings[f"sample.{event_type}"] = round(time.perf_counter() - clock, 1)
-            result = fit_target(sample, event_type, config)
+            results[event_type] = fit_target(sample, event_type, config)
             del sample
-            timings[f"fit.{event_type}"] = round(result.seconds, 1)
-            results[event_type] = result
-            # Scored once; the rankings and the ceiling all read these rows (the features are not read again).
-            scored = score_rows(rows, result.fold_model_strings(), result.fold_rounds, key="fold",
-                                keep=("baseline_rank", "top_sellers_rank", LABEL_COLUMN)).persist(StorageLevel.MEMORY_AND_DISK)
-            scored_types.append(scored)
-            parts[RANKER].append(ranked_top_k(scored, k).select("session", "type", "aid", "rank"))
-            parts[BASELINE_COVISITATION].append(ranked_by(scored, "baseline_rank", k))
-            parts[BASELINE_POPULARITY].append(ranked_by(scored, "top_sellers_rank", k))
-            positives.append(scored.where(scored[LABEL_COLUMN] == TARGET_LABEL).select(*KEY_COLUMNS))
+            timings[f"fit.{event_type}"] = round(results[event_type].seconds, 1)
         clock = time.perf_counter()
-        predictions = {name: union(frames).persist(StorageLevel.MEMORY_AND_DISK) for name, frames in parts.items()}
+        # Every type in one pass over the features, each row by the booster of its (type, fold);
+        # the rankings and the ceiling all read these rows.
+        boosters = {f"{t}/{fold}": text for t, r in results.items() for fold, text in r.fold_model_strings().items()}
+        rounds = {f"{t}/{fold}": n for t, r in results.items() for fold, n in r.fold_rounds.items()}
+        scored = score_rows(
+            rows.where(F.col("type").isin(*results)).withColumn(MODEL_KEY, F.concat_ws("/", "type", "fold")),
+            boosters, rounds, key=MODEL_KEY, keep=("baseline_rank", "top_sellers_rank", LABEL_COLUMN),
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        rankings = {
+            RANKER: ranked_top_k(scored, k).select("session", "type", "aid", "rank"),
+            BASELINE_COVISITATION: ranked_by(scored, "baseline_rank", k),
+            BASELINE_POPULARITY: ranked_by(scored, "top_sellers_rank", k),
+        }
+        predictions = {name: frame.persist(StorageLevel.MEMORY_AND_DISK) for name, frame in rankings.items()}
         metrics = {name: spark_score(frame, labels, k) for name, frame in predictions.items()}
-        ceiling = spark_candidate_recall(union(positives), labels, k)
+        ceiling = spark_candidate_recall(scored.where(F.col(LABEL_COLUMN) == TARGET_LABEL).select(*KEY_COLUMNS), labels, k)
         timings["score_and_metrics"] = round(time.perf_counter() - clock, 1)
     except BaseException:
         for frame in predictions.values():
@@ -488,6 +491,7 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
         raise
     finally:
         # The predictions are cached by now; what they were computed from is not needed again.
-        for frame in (*scored_types, labels):
-            frame.unpersist()
+        for frame in (scored, labels):
+            if frame is not None:
+                frame.unpersist()
     return RankerEvaluation(results=results, predictions=predictions, metrics=metrics, ceiling=ceiling, timings=timings)

@@ -67,3 +67,31 @@ def active_sessions(sessions):
 def catalogue(events):
     """Every aid with an event in `events`: what a published list may name."""
     return events.select("aid").distinct()
+
+
+SUMMARY_TABLE = "summary"
+
+
+def write_recommendation_tables(spark, lake, week, bundle, model: dict) -> dict[str, int]:
+    """Stage week W's four published tables in the lake, the session lists from `bundle` (the
+    champion's `pipelines.model.Bundle`), and their summary (row counts, `model`); returns the row
+    counts. The tables are read from the lake week's source tables and sessions."""
+    from pipelines.als import SIMILAR_ITEMS_TABLE
+    from pipelines.covisitation import COVISITATION_TABLE
+    from pipelines.lake import SESSIONS_TABLE
+    from pipelines.popularity import TOP_SELLERS_TABLE
+    from pipelines.publish import FREQUENTLY_BOUGHT_TOGETHER, SESSION_RECOMMENDATIONS, SIMILAR_ITEMS, TOP_SELLERS
+
+    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    tables = {
+        TOP_SELLERS: top_sellers_table(read(TOP_SELLERS_TABLE)),
+        FREQUENTLY_BOUGHT_TOGETHER: frequently_bought_together_table(read(COVISITATION_TABLE)),
+        SIMILAR_ITEMS: similar_items_table(read(SIMILAR_ITEMS_TABLE)),
+        SESSION_RECOMMENDATIONS: bundle.recommend(active_sessions(read(SESSIONS_TABLE))),
+    }
+    row_counts = {}
+    for name, frame in tables.items():
+        lake.write_partition(frame, lake_table(name), week)
+        row_counts[name] = read(lake_table(name)).count()
+    lake.write_document({"row_counts": row_counts, "model": model}, lake_table(SUMMARY_TABLE), week)
+    return row_counts

@@ -27,12 +27,9 @@ BASE_CONF: dict[str, str] = {
     "spark.sql.parquet.compression.codec": "zstd",
     "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
     "spark.ui.showConsoleProgress": "false",
-    # With the neighbour tables broadcast, a union in the candidate plan reported a partitioning
-    # by session that one of its inputs did not have, so `merge_by_keys` (union + aggregate
-    # without a shuffle) left duplicate (session, type, aid) rows when the plan was composed
-    # further without being written first (the served model's plan, any lazy read of the
-    # candidates): the hand rule scored 0.5433 instead of 0.6154 on a 200k-session week, with 8
-    # shuffle partitions; 0.6154 with this off, with one partition, or without broadcasts.
+    # A union's output partitioning is not trusted: with broadcast joins under it, Spark can
+    # claim a partitioning by session that one input lacks, and an aggregate over the union
+    # (`merge_by_keys`) then skips its shuffle and leaves duplicate keys.
     "spark.sql.unionOutputPartitioning": "false",
 }
 
@@ -75,10 +72,10 @@ def available_memory_bytes() -> int:
 def parse_memory_bytes(value: str) -> int:
     """Spark's notation for memory settings (`512m`, `12g`, `2048k`; a plain number is MiB, as
     Spark reads `spark.driver.memory`) in bytes."""
-    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)b?\s*", value.lower())
+    match = re.fullmatch(r"\s*(\d+)\s*(b|[kmgt]b?)?\s*", value.lower())
     if not match:
         raise ValueError(f"not a Spark memory size: {value!r} (expected e.g. 512m or 12g)")
-    return int(match.group(1)) * 1024 ** "bkmgt".index(match.group(2) or "m")
+    return int(match.group(1)) * 1024 ** "bkmgt".index((match.group(2) or "m")[0])
 
 
 def _megabytes(n_bytes: float) -> str:

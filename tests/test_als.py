@@ -11,7 +11,6 @@ from pipelines.als import (
     dense_index,
     factor_validation_frame,
     fit_als,
-    recommend_for_sessions,
     session_item_confidence,
     similar_items,
     top_k_of_block_pair,
@@ -180,22 +179,6 @@ def test_fit_is_deterministic_for_a_seed(events, fitted, tmp_path):
         again.release()
 
 
-def test_recommend_for_sessions_returns_the_sessions_group(spark, fitted, planted):
-    _, group_of_aid, group_of_session = planted
-    wanted = sorted(group_of_session)[::15]
-    sessions = spark.createDataFrame([(s,) for s in wanted + [1]], "session BIGINT")  # 1 has no factors
-    recs = recommend_for_sessions(fitted, sessions, top_k=TOP_K).toPandas()
-    assert list(recs.columns) == ["session", "aid", "score", "rank"]
-    assert set(recs["session"]) == set(wanted)
-    assert (recs.groupby("session")["rank"].apply(sorted) == [list(range(1, TOP_K + 1))] * len(wanted)).all()
-    in_group = [group_of_aid[a] == group_of_session[s] for s, a in zip(recs["session"], recs["aid"])]
-    assert np.mean(in_group) > 0.9
-    # The scores are the factors' dot products.
-    sessions_f, items_f = factors_as_dict(fitted.session_factors, "session"), factors_as_dict(fitted.item_factors, "aid")
-    expected = [sessions_f[s] @ items_f[a] for s, a in zip(recs["session"], recs["aid"])]
-    np.testing.assert_allclose(recs["score"].to_numpy(), expected, rtol=1e-4, atol=1e-5)
-
-
 def test_block_pair_top_k_is_exact_in_small_chunks():
     rng = np.random.default_rng(3)
     left_keys, right_keys = np.arange(0, 50, 2), np.arange(0, 90, 3)  # shared keys: 0, 6, 12, ...
@@ -240,7 +223,8 @@ def test_clustered_similar_items_find_nearly_every_exact_neighbour(spark):
     approximate = similar_items(item_factors, AlsConfig(top_k=10, similarity_probes=8, exact_similarity_max_items=100)).toPandas()
 
     nonzero = {int(a) for a, v in zip(aids, vectors) if np.abs(v).sum() > 0}
-    assert set(approximate["aid"]) == nonzero  # zero vectors have no direction to search along
+    for table in (exact, approximate):  # zero vectors have no direction: no neighbours, nobody's neighbour
+        assert set(table["aid"]) == nonzero and set(table["neighbour"]) <= nonzero
     assert not (approximate["aid"] == approximate["neighbour"]).any()
     assert not approximate.duplicated(["aid", "neighbour"]).any()
     for _, group in approximate.groupby("aid"):
@@ -253,7 +237,7 @@ def test_clustered_similar_items_find_nearly_every_exact_neighbour(spark):
     true_cosine = [float(unit[position[a]] @ unit[position[n]]) for a, n in zip(approximate["aid"], approximate["neighbour"])]
     np.testing.assert_allclose(approximate["score"].to_numpy(), true_cosine, atol=1e-5)
 
-    exact_pairs = set(zip(exact.loc[exact["aid"].isin(nonzero), "aid"], exact.loc[exact["aid"].isin(nonzero), "neighbour"]))
+    exact_pairs = set(zip(exact["aid"], exact["neighbour"]))
     found = len(exact_pairs & set(zip(approximate["aid"], approximate["neighbour"]))) / len(exact_pairs)
     assert found >= 0.95, found
 

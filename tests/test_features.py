@@ -125,7 +125,7 @@ def test_long_prefixes_keep_their_last_events(spark):
     assert frame["session_length"].iloc[0] == 150  # session features see the whole prefix
 
 
-def test_merge_by_keys_is_an_outer_merge_that_does_not_trust_a_unions_partitioning(spark):
+def test_merge_by_keys_is_an_outer_merge(spark):
     from pipelines.candidates import merge_by_keys, partitioned_by_session
 
     sessions = partitioned_by_session(spark.createDataFrame([(1, 10), (1, 11), (2, 10)], "session BIGINT, aid BIGINT"))
@@ -134,8 +134,9 @@ def test_merge_by_keys_is_an_outer_merge_that_does_not_trust_a_unions_partitioni
     merged = merge_by_keys([left, right], ["session", "aid"])
     rows = sorted(tuple(r) for r in merged.collect())
     assert rows == [(1, 10, 1.5, 10.0), (1, 11, None, 11.0), (2, 10, 1.5, None)]
-    # A union's claimed partitioning is not trusted (pipelines/spark.py BASE_CONF: with broadcast
-    # neighbour tables it was wrong and left duplicate keys): the aggregate shuffles by its keys.
+    # A union's claimed partitioning is not trusted (BASE_CONF in pipelines/spark.py: trusting it left
+    # duplicate keys in candidate plans over a 200k-session lake's tables; data this small does not
+    # trigger it), so the aggregate shuffles by its keys.
     assert spark.conf.get("spark.sql.unionOutputPartitioning") == "false"
     plan = merged._jdf.queryExecution().executedPlan().toString()
     assert plan.count("ENSURE_REQUIREMENTS") >= 1, plan

@@ -15,7 +15,7 @@ def test_factor_suite_tolerates_a_few_near_zero_items_but_not_a_collapsed_fit(sp
     suite = factors_suite(rank=2, min_norm=1e-4, max_norm=100.0)
     healthy = [[0.6, 0.8]] * 300 + [[1e-6, 0.0]] * 2  # rare items end near zero under regularisation
     assert validate(_factors(spark, healthy), "als_factors", suite).success
-    # A first week: many items seen once, by sessions that saw little else (2.7% at 200k sessions).
+    # A first week: many items seen once, by sessions that saw little else (a few percent of a young shop's items).
     first_week = [[0.6, 0.8]] * 300 + [[1e-9, 0.0]] * 15
     assert validate(_factors(spark, first_week), "als_factors", suite).success
 

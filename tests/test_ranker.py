@@ -67,7 +67,7 @@ def spark_frames(spark, rows: pd.DataFrame, labels: pd.DataFrame | None = None):
 
 def sample_of(spark, rows: pd.DataFrame, config: RankerConfig = FAST, event_type: str = "carts") -> pd.DataFrame:
     features, labels = spark_frames(spark, rows)
-    return training_sample(labelled_rows(features, graded_labels(labels), event_type, config), event_type, config)
+    return training_sample(labelled_rows(features, graded_labels(labels), config), event_type, config)
 
 
 def test_folds_are_balanced_deterministic_and_seeded(spark):
@@ -118,14 +118,10 @@ def test_the_training_sample_is_bounded_by_the_configuration_not_the_week(spark)
     assert sample.equals(sample_of(spark, rows, config))
 
 
-def test_kfold_never_trains_on_the_fold_it_scores(spark):
-    sample = sample_of(spark, synthetic_rows())
-    fold_of = sample.groupby("session")["fold"].first()
-    result = fit_target(sample, "carts", FAST)
-    assert [record.fold for record in result.folds] == [0, 1, 2]
-    for record in result.folds:
-        assert record.train_sessions and (fold_of[list(record.train_sessions)] != record.fold).all(), record.fold
-        assert record.held_out_sessions > 0
+def test_fit_target_records_one_model_per_fold(spark):
+    result = fit_target(sample_of(spark, synthetic_rows()), "carts", FAST)
+    assert [record.fold for record in result.folds] == [0, 1, 2] == sorted(result.fold_models)
+    assert all(record.train_sessions and record.held_out_sessions > 0 for record in result.folds)
 
 
 def test_ranker_beats_the_noisy_baseline_and_falls_back_to_it_when_labels_are_shuffled(spark):
@@ -146,6 +142,8 @@ def test_ranker_beats_the_noisy_baseline_and_falls_back_to_it_when_labels_are_sh
     # Boosting starts from the hand rule's order: with nothing to learn it stays about there.
     assert abs(recall_at_1(blind, RANKER) - baseline_at_1) < 0.1
     assert learned.metrics[RANKER]["sessions_carts"] == 300 and learned.ceiling["recall_carts"] == 1.0
+    learned.release()
+    blind.release()
 
 
 def test_gate_decisions():
@@ -276,5 +274,21 @@ def test_every_session_is_scored_once_by_its_folds_model(spark, folds):
     config = RankerConfig(folds=folds, num_boost_round=10, min_data_in_leaf=5, num_threads=1)
     evaluation = evaluate_ranker(features, labels, config, types=("carts",))
     predictions = evaluation.predictions[RANKER].toPandas()
+    evaluation.release()
     assert predictions.groupby("session").size().eq(20).all() and predictions["session"].nunique() == 120
     assert not predictions.duplicated(["session", "aid"]).any()
+
+    # Each session's list is its fold model's top 20, and the fold models never trained on it.
+    result = evaluation.results["carts"]
+    sessions = spark.createDataFrame(rows[["session"]].drop_duplicates().astype("int64"))
+    fold_of = dict(map(tuple, sessions.select("session", fold_column(folds, config.seed)).collect()))
+    carts = rows[rows["type"] == "carts"].assign(fold=lambda frame: frame["session"].map(fold_of))
+    scores = np.full(len(carts), np.nan)
+    for fold, model in result.fold_models.items():
+        in_fold = (carts["fold"] == fold).to_numpy()
+        scores[in_fold] = predict_scores(model, carts[in_fold], rounds=result.fold_rounds[fold])
+        trained_on = {fold_of[s] for s in result.folds[fold].train_sessions}
+        assert fold not in trained_on, (fold, trained_on)
+    expected = carts.assign(score=scores).sort_values(["session", "score", "aid"], ascending=[True, False, True])
+    expected = expected.groupby("session").head(20)
+    assert set(zip(predictions["session"], predictions["aid"])) == set(zip(expected["session"], expected["aid"]))

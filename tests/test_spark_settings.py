@@ -49,6 +49,13 @@ def test_driver_memory_defaults_to_a_share_of_the_machine_and_the_environment_an
     assert conf_from_env({"RECSYS_BROADCAST_MAX_MB": "100"}) == {BROADCAST_MAX_BYTES: str(100 * 2**20)}
 
 
+def test_memory_sizes_read_like_spark():
+    assert [parse_memory_bytes(v) for v in ("512b", "2k", "512", "3m", "12g", "12gb", "1t")] == [
+        512, 2048, 512 * 2**20, 3 * 2**20, 12 * GIB, 12 * GIB, 1024 * GIB]
+    with pytest.raises(ValueError, match="12x"):
+        parse_memory_bytes("12x")
+
+
 def test_unreadable_settings_are_refused_with_the_offending_value():
     with pytest.raises(ValueError, match="not-a-pair"):
         conf_from_env({"RECSYS_SPARK_CONF": "spark.a=1 not-a-pair"})
