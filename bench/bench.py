@@ -168,7 +168,7 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
     if not missing(SIMILAR_ITEMS_TABLE):
         return
     config = AlsConfig()
-    with stage("als (fit, rank 64, 10 iterations)", memory, results) as record:
+    with stage(f"als (fit, rank {config.rank}, {config.max_iter} iterations, sessions with >= {config.min_session_items} items)", memory, results) as record:
         fitted = fit_als(train, config, checkpoint_dir=str(workdir / "checkpoints"))
         lake.write_partition(fitted.item_factors, "als_item_factors", week)
         lake.write_partition(fitted.session_factors, "als_session_factors", week)
