@@ -40,9 +40,10 @@ _PARTITION_SHIFT = 33
 
 @dataclass(frozen=True)
 class AlsConfig:
-    # Rank 32 x 6 sweeps recalls more at 1M sessions for a third of the cost (bench/bench_als.py,
-    # README) but made the ranker trail the hand rule on a 2,500-session shop: until the choice
-    # follows the shop's size, the default is the one that holds on both.
+    # Rank 32 x 6 sweeps on sessions with two or more items recalls more at 1M sessions for a third
+    # of the cost (bench/bench_als.py, README), but the session filter made the ranker trail the
+    # hand rule on a 2,500-session shop: until the choice follows the shop's size, the defaults are
+    # the ones that hold on both.
     rank: int = 64
     max_iter: int = 10
     reg_param: float = 0.05
@@ -59,7 +60,7 @@ class AlsConfig:
     # Sessions with fewer distinct items are left out of the fit: a session with one item links
     # it to nothing, so it shapes no item neighbourhood (the only use of the factors) yet costs
     # a factor solve per iteration.
-    min_session_items: int = 2
+    min_session_items: int = 1
     checkpoint_interval: int = 5
     # ALS user and item blocks. None: the cluster's default parallelism (at least 2). Fewer
     # blocks mean fewer copies of each factor shuffled per iteration, so on one machine the
