@@ -16,35 +16,21 @@ from assets.candidates import CANDIDATE_CONFIG, candidates
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
 from assets.quality_checks import check_result_from_report, weekly_blocking_check
-from pipelines.als import SIMILAR_ITEMS_TABLE
 from pipelines.candidates import CANDIDATES_TABLE
-from pipelines.covisitation import COVISITATION_TABLE
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
 from pipelines.features import (
     FEATURE_COLUMNS,
     FEATURES_TABLE,
     ITEM_STATS_TABLE,
-    SourceTables,
     add_features,
     build_item_stats,
     features_validation_frame,
+    source_tables,
 )
-from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.quality import features_suite, validate
 from resources import LakeResource, PipelineConfigResource, SparkResource
 
 FEATURES_CONTRACT_CHECK = "features_contract"
-
-
-def source_tables(spark, lake, week) -> SourceTables:
-    """Week W's fitted tables, as the features and the served model read them."""
-    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
-    return SourceTables(
-        covisitation=read(COVISITATION_TABLE),
-        similar_items=read(SIMILAR_ITEMS_TABLE),
-        top_sellers=read(TOP_SELLERS_TABLE),
-        item_stats=read(ITEM_STATS_TABLE),
-    )
 
 
 @asset(

@@ -16,7 +16,8 @@ from dagster import (
 )
 
 from assets.candidates import CANDIDATE_CONFIG
-from assets.features import features, source_tables
+from assets.features import features
+from pipelines.features import source_tables
 from assets.partitions import weekly_partitions
 from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
 from pipelines.config import EVENT_TYPES

@@ -190,10 +190,10 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
     from pipelines.features import (
         FEATURES_TABLE,
         ITEM_STATS_TABLE,
-        SourceTables,
         add_features,
         build_item_stats,
         features_validation_frame,
+        source_tables,
     )
     from pipelines.lake import EVENTS_TABLE
     from pipelines.model import Bundle, otto_sessions_to_long, prefixes_from_events, save_bundle
@@ -224,7 +224,7 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
     with stage("features (item stats + all feature groups)", memory, results) as record:
         train = training_events(spark, lake, before, eval_sessions)
         lake.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
-        tables = SourceTables(read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE), read(ITEM_STATS_TABLE))
+        tables = source_tables(spark, lake, week)
         lake.write_partition(add_features(read("candidates"), eval_sessions.select("session", "prefix"), tables, config), FEATURES_TABLE, week)
         record.update(rows=read(FEATURES_TABLE).count())
         record["contract_passed"] = validate(
@@ -245,8 +245,7 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         )
 
     bundle_dir = workdir / "bundle"
-    save_bundle(bundle_dir, SourceTables(read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE),
-                                         read(ITEM_STATS_TABLE)),
+    save_bundle(bundle_dir, source_tables(spark, lake, week),
                 {t: r.model for t, r in evaluation.results.items()},
                 {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}})
     with stage("recommendation tables, publish gates, publish (to a folder)", memory, results) as record:

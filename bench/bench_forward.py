@@ -51,7 +51,7 @@ def lake_without_als(spark, lake: Lake, week: Week, root: Path) -> Lake:
     from pipelines.als import SIMILAR_ITEMS_TABLE
     from pipelines.candidates import CANDIDATES_TABLE, CandidateConfig, build_candidates
     from pipelines.covisitation import COVISITATION_TABLE
-    from pipelines.features import FEATURES_TABLE, ITEM_STATS_TABLE, SourceTables, add_features
+    from pipelines.features import FEATURES_TABLE, add_features, source_tables
     from pipelines.popularity import TOP_SELLERS_TABLE
 
     ablated = Lake(str(root))
@@ -70,19 +70,16 @@ def lake_without_als(spark, lake: Lake, week: Week, root: Path) -> Lake:
     config = CandidateConfig()
     ablated.write_partition(build_candidates(eval_sessions, read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE),
                                              read(TOP_SELLERS_TABLE), config), CANDIDATES_TABLE, week)
-    tables = SourceTables(read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE), read(ITEM_STATS_TABLE))
-    ablated.write_partition(add_features(read(CANDIDATES_TABLE), eval_sessions.select("session", "prefix"), tables, config),
+    ablated.write_partition(add_features(read(CANDIDATES_TABLE), eval_sessions.select("session", "prefix"),
+                                         source_tables(spark, ablated, week), config),
                             FEATURES_TABLE, week)
     return ablated
 
 
 def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
     """Evaluate the ranker on W's features (as the `ranker` asset does) and save W's bundle."""
-    from pipelines.als import SIMILAR_ITEMS_TABLE
-    from pipelines.covisitation import COVISITATION_TABLE
-    from pipelines.features import FEATURES_TABLE, ITEM_STATS_TABLE, SourceTables
+    from pipelines.features import FEATURES_TABLE, source_tables
     from pipelines.model import save_bundle
-    from pipelines.popularity import TOP_SELLERS_TABLE
     from pipelines.ranker import RankerConfig, evaluate_ranker
 
     read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
@@ -91,8 +88,7 @@ def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
     evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), RankerConfig())
     evaluation.release()
     seconds = time.perf_counter() - started
-    save_bundle(directory, SourceTables(read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE),
-                                        read(ITEM_STATS_TABLE)),
+    save_bundle(directory, source_tables(spark, lake, week),
                 {t: r.model for t, r in evaluation.results.items()},
                 {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}})
     ranker = evaluation.metrics["ranker"]

@@ -160,6 +160,21 @@ def neighbour_features(history, tables: SourceTables) -> dict:
     }
 
 
+def source_tables(spark, lake, week) -> SourceTables:
+    """Week W's fitted tables, as the features and the served model read them."""
+    from pipelines.als import SIMILAR_ITEMS_TABLE
+    from pipelines.covisitation import COVISITATION_TABLE
+    from pipelines.popularity import TOP_SELLERS_TABLE
+
+    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    return SourceTables(
+        covisitation=read(COVISITATION_TABLE),
+        similar_items=read(SIMILAR_ITEMS_TABLE),
+        top_sellers=read(TOP_SELLERS_TABLE),
+        item_stats=read(ITEM_STATS_TABLE),
+    )
+
+
 def add_features(candidates, sessions, tables: SourceTables, config: CandidateConfig):
     """`candidates` (from `build_candidates`) with every FEATURE_COLUMNS column as a 32-bit float: what
     the ranker reads (LightGBM bins float32), at half the bytes of doubles in the lake and in memory.
