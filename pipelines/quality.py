@@ -389,7 +389,7 @@ def features_suite(expected_rows: int) -> list:
     return [
         gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=expected_rows, max_value=expected_rows),
         *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=0)
-          for c in ("duplicate_key_rows", "rows_not_finite", "rows_without_session_features")],
+          for c in ("duplicate_key_rows", "values_not_finite", "rows_without_session_features")],
     ]
 
 

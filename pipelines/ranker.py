@@ -216,8 +216,12 @@ def training_sample(labelled, event_type: str, config: RankerConfig) -> pd.DataF
 def prior_score(frame: pd.DataFrame) -> np.ndarray:
     """The hand rule as a starting score (-log2(1 + rank)): boosting learns corrections to the
     baseline's order instead of rediscovering it, which matters when a week has few buyers."""
-    ranks = frame["baseline_rank"].to_numpy(dtype=np.float64, na_value=np.nan)
-    return -np.log2(1.0 + np.where(np.isnan(ranks), UNRANKED_PRIOR_RANK, ranks))
+    return prior_from_ranks(frame["baseline_rank"].to_numpy(dtype=np.float64, na_value=np.nan))
+
+
+def prior_from_ranks(baseline_ranks: np.ndarray) -> np.ndarray:
+    """`prior_score` of an array of baseline ranks (NaN: unranked)."""
+    return -np.log2(1.0 + np.where(np.isnan(baseline_ranks), UNRANKED_PRIOR_RANK, baseline_ranks))
 
 
 def training_rows(rows: pd.DataFrame, negatives_per_session: int, seed: int) -> pd.DataFrame:
@@ -268,7 +272,13 @@ def predict_scores(model, frame: pd.DataFrame, num_threads: int = 0, rounds: int
     prior = prior_score(frame)
     if model is None or rounds == 0:
         return prior
-    features = frame[FEATURE_COLUMNS].to_numpy(dtype=np.float32)
+    return boosted_scores(model, frame[FEATURE_COLUMNS].to_numpy(dtype=np.float32), prior, num_threads, rounds)
+
+
+def boosted_scores(model, features: np.ndarray, prior: np.ndarray, num_threads: int = 0, rounds: int | None = None) -> np.ndarray:
+    """`predict_scores` on a float32 feature matrix (FEATURE_COLUMNS order) and its prior."""
+    if model is None or rounds == 0:
+        return prior
     return model.predict(features, num_iteration=rounds, num_threads=num_threads) + prior
 
 
@@ -380,24 +390,38 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
 def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, key: str = "type", keep=()):
     """Spark `session, type, aid, score` (and the `keep` columns) for candidate feature rows: each
     row scored by the booster of its `key` value (the type when serving, the fold out of fold) with
-    its first `ranker_rounds[value]` trees (all when not given; a missing booster is the prior alone)."""
+    its first `ranker_rounds[value]` trees (all when not given; a missing booster is the prior alone).
+
+    Arrow batches go straight to NumPy (`mapInArrow`): through pandas, the conversion of every
+    batch cost more than LightGBM's prediction."""
+    import pyarrow as pa
+    from pyspark.sql.types import DoubleType
+
     rounds = ranker_rounds or {}
-    needed = rows.select("session", "type", "aid", *([key] if key != "type" else []),
-                         *[c for c in keep if c not in FEATURE_COLUMNS], *FEATURE_COLUMNS)
-    output = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in rows.select("session", "type", "aid", *keep).schema.fields)
+    passed = ["session", "type", "aid", *[c for c in keep if c != "type"]]
+    needed = rows.select(*dict.fromkeys([*passed, key, "baseline_rank", *FEATURE_COLUMNS]))
+    output = rows.select(*passed).schema.add("score", DoubleType())
 
     def score(batches):
         import lightgbm as lgb
 
         boosters = {value: (lgb.Booster(model_str=text) if text else None) for value, text in ranker_strings.items()}
         for batch in batches:
-            scores = np.zeros(len(batch))
-            for value, index in batch.groupby(key).indices.items():
+            features = np.empty((batch.num_rows, len(FEATURE_COLUMNS)), dtype=np.float32)
+            for position, name in enumerate(FEATURE_COLUMNS):
+                features[:, position] = batch.column(name).to_numpy(zero_copy_only=False)
+            ranks = batch.column("baseline_rank").to_numpy(zero_copy_only=False).astype(np.float64)
+            scores = prior_from_ranks(ranks)
+            values = batch.column(key).to_numpy(zero_copy_only=False)
+            for value in np.unique(values):
+                index = np.flatnonzero(values == value)
                 # One thread per Python worker: Spark already runs one worker per core.
-                scores[index] = predict_scores(boosters[value], batch.iloc[index], num_threads=1, rounds=rounds.get(value))
-            yield batch[["session", "type", "aid", *keep]].assign(score=scores)
+                scores[index] = boosted_scores(boosters[value], features[index], scores[index], num_threads=1,
+                                               rounds=rounds.get(value))
+            yield pa.RecordBatch.from_arrays([*(batch.column(name) for name in passed), pa.array(scores)],
+                                             names=[*passed, "score"])
 
-    return needed.mapInPandas(score, f"{output}, score DOUBLE")
+    return needed.mapInArrow(score, output)
 
 
 def ranked_top_k(scored, k: int = K, score_column: str = SCORE_COLUMN):

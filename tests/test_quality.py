@@ -57,11 +57,11 @@ def test_features_contract_counts_duplicates_non_finite_values_and_missing_sessi
     infinite = [float("inf")] + good[1:]
     bad = rows + [rows[0]] + [(9, "carts", 1, infinite), (9, "carts", 2, [float("nan")] + good[1:]), (9, "carts", 3, no_session)]
     summary = features_validation_frame(_features(spark, bad))
-    assert summary.iloc[0].to_dict() == {"rows": len(rows) + 4, "duplicate_key_rows": 1, "rows_not_finite": 2,
+    assert summary.iloc[0].to_dict() == {"rows": len(rows) + 4, "duplicate_key_rows": 1, "values_not_finite": 2,
                                          "rows_without_session_features": 1}
     report = validate(summary, "features", features_suite(len(rows)))
     assert {o.kwargs["column"] for o in report.failed} == {
-        "rows", "duplicate_key_rows", "rows_not_finite", "rows_without_session_features"}
+        "rows", "duplicate_key_rows", "values_not_finite", "rows_without_session_features"}
     assert any(o.observed.get("partial_unexpected_list") == [1] for o in report.failed
                if o.kwargs["column"] == "duplicate_key_rows")
 
