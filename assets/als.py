@@ -70,7 +70,7 @@ class AlsRunConfig(Config):
     group_name="candidate_sources",
     kinds={"spark", "parquet"},
     description=(
-        "Spark MLlib implicit ALS (default rank 64, 10 iterations) on session x item confidences (clicks 1, carts 6, "
+        "Spark MLlib implicit ALS (default rank 32, 6 iterations) on session x item confidences (clicks 1, carts 6, "
         "orders 3) of the training window: item and session factors, and the top-K similar items per item "
         "(exact blocked cosine up to 100k items, clustered search above)."
     ),

@@ -12,7 +12,7 @@ from dagster import (
     asset,
 )
 
-from assets.candidates import CANDIDATE_CONFIG, candidates
+from assets.candidates import candidates
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
 from assets.quality_checks import check_result_from_report, weekly_blocking_check
@@ -25,7 +25,6 @@ from pipelines.features import (
     add_features,
     build_item_stats,
     features_validation_frame,
-    source_tables,
 )
 from pipelines.quality import features_suite, validate
 from resources import LakeResource, PipelineConfigResource, SparkResource
@@ -56,10 +55,8 @@ def features(
     lake.lake.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
 
     candidate_rows = lake.lake.read_partition(spark.session, CANDIDATES_TABLE, week)
-    table = add_features(
-        candidate_rows, eval_sessions.select("session", "prefix"), source_tables(spark.session, lake.lake, week),
-        CANDIDATE_CONFIG,
-    )
+    table = add_features(candidate_rows, eval_sessions.select("session", "prefix"),
+                         lake.lake.read_partition(spark.session, ITEM_STATS_TABLE, week))
     lake.lake.write_partition(
         table, FEATURES_TABLE, week,
         stats=lambda written: {"rows": written.count(), "candidate_rows": candidate_rows.count(),

@@ -138,7 +138,7 @@ def run_ingest(spark, lake: Lake, raw_dir: Path, weeks: list[Week], memory: Peak
 
 def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list,
                 reuse: bool = False) -> None:
-    """The candidate stages for the last week, as the assets run them (defaults: K=20, ALS rank 64 x 10).
+    """The candidate stages for the last week, as the assets run them (defaults: K=20, AlsConfig).
 
     `reuse`: keep the tables a previous bench run left in the lake (time only what is missing).
     """
@@ -224,8 +224,8 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
     with stage("features (item stats + all feature groups)", memory, results) as record:
         train = training_events(spark, lake, before, eval_sessions)
         lake.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
-        tables = source_tables(spark, lake, week)
-        lake.write_partition(add_features(read("candidates"), eval_sessions.select("session", "prefix"), tables, config), FEATURES_TABLE, week)
+        lake.write_partition(add_features(read("candidates"), eval_sessions.select("session", "prefix"), read(ITEM_STATS_TABLE)),
+                             FEATURES_TABLE, week)
         record.update(rows=read(FEATURES_TABLE).count())
         record["contract_passed"] = validate(
             features_validation_frame(read(FEATURES_TABLE)), "features_contract", features_suite(record["rows"])).success

@@ -51,7 +51,7 @@ def lake_without_als(spark, lake: Lake, week: Week, root: Path) -> Lake:
     from pipelines.als import SIMILAR_ITEMS_TABLE
     from pipelines.candidates import CANDIDATES_TABLE, CandidateConfig, build_candidates
     from pipelines.covisitation import COVISITATION_TABLE
-    from pipelines.features import FEATURES_TABLE, add_features, source_tables
+    from pipelines.features import FEATURES_TABLE, ITEM_STATS_TABLE, add_features
     from pipelines.popularity import TOP_SELLERS_TABLE
 
     ablated = Lake(str(root))
@@ -71,8 +71,7 @@ def lake_without_als(spark, lake: Lake, week: Week, root: Path) -> Lake:
     ablated.write_partition(build_candidates(eval_sessions, read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE),
                                              read(TOP_SELLERS_TABLE), config), CANDIDATES_TABLE, week)
     ablated.write_partition(add_features(read(CANDIDATES_TABLE), eval_sessions.select("session", "prefix"),
-                                         source_tables(spark, ablated, week), config),
-                            FEATURES_TABLE, week)
+                                         read(ITEM_STATS_TABLE)), FEATURES_TABLE, week)
     return ablated
 
 

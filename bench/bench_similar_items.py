@@ -20,7 +20,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.als import ALS_ITEM_FACTORS_TABLE, AlsConfig, similar_items, similarity_clusters  # noqa: E402
-from pipelines.candidates import CandidateConfig, als_candidates, partitioned_by_session, weighted_history  # noqa: E402
+from pipelines.candidates import (  # noqa: E402
+    CandidateConfig,
+    neighbour_scores,
+    neighbour_sources,
+    partitioned_by_session,
+    similar_item_neighbours,
+    weighted_history,
+    with_source_rank,
+)
+from pipelines.config import EVENT_TYPES  # noqa: E402
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long  # noqa: E402
 from pipelines.lake import Lake  # noqa: E402
 from pipelines.metrics import spark_score  # noqa: E402
@@ -32,8 +41,14 @@ def als_source_recall(spark, eval_sessions, table_dir: str, labels) -> dict:
     """Recall@20 of the ALS candidate source alone (its own top 20) on the evaluation sessions."""
     config = CandidateConfig()
     history = weighted_history(partitioned_by_session(eval_sessions.select("session", "prefix")), config.max_prefix_events)
-    candidates = als_candidates(history, spark.read.parquet(table_dir), config.als)
-    metrics = spark_score(candidates.select("session", "type", "aid", "rank"), labels)
+    from pyspark.sql import functions as F
+
+    scored = neighbour_scores(neighbour_sources(history), similar_item_neighbours(spark.read.parquet(table_dir)))
+    ranked = with_source_rank(scored, "score", "als", config.als).where(F.col("als_rank").isNotNull())
+    # The source proposes the same list for every type.
+    types = F.broadcast(spark.createDataFrame([(t,) for t in EVENT_TYPES], "type STRING"))
+    candidates = ranked.crossJoin(types).select("session", "type", "aid", F.col("als_rank").alias("rank"))
+    metrics = spark_score(candidates, labels)
     return {name: round(value, 4) for name, value in metrics.items() if name.startswith("recall_") or name == "score"}
 
 

@@ -37,6 +37,18 @@ MAX_CANDIDATES_PER_QUERY = 9_999
 SOURCES = ("history", "covisitation", "als", "top_sellers")
 TYPE_WEIGHTS = {"clicks": 1.0, "carts": 6.0, "orders": 3.0}
 BUY_TYPES = ("carts", "orders")
+# Sources whose score and rank differ by the type of the query (the others propose for every type).
+TYPED_SOURCES = ("covisitation", "top_sellers")
+# Per (session, aid): the session's own events with the item and the neighbour weights summed from
+# its items; built with the candidates, from the same exploded history, and kept in their table.
+PAIR_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
+    "interaction_seconds_since",
+    "interaction_events_since",
+    "covisitation_clicks_weight",
+    "covisitation_carts_orders_weight",
+    "covisitation_buy2buy_weight",
+    "als_similarity",
+]
 
 
 @dataclass(frozen=True)
@@ -49,28 +61,16 @@ class CandidateConfig:
     max_prefix_events: int = 100
 
 
-def _types_frame(spark, types=EVENT_TYPES):
-    from pyspark.sql import functions as F
-
-    return F.broadcast(spark.createDataFrame([(t,) for t in types], "type STRING"))
-
-
-def _ranked(frame, score_column: str, limit: int, tie_column: str = "aid", per=("session", "type")):
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    order = Window.partitionBy(*per).orderBy(F.desc(score_column), F.asc(tie_column))
-    return frame.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= limit)
-
-
 def weighted_history(sessions, max_prefix_events: int):
-    """`session, aid, ts, type, recency, position_from_end` for the last `max_prefix_events` prefix
-    events (recency in (0, 1], last event = 1; position_from_end 0 for the last event)."""
+    """`session, aid, ts, type, recency, position_from_end, last_ts` for the last `max_prefix_events`
+    prefix events (recency in (0, 1], last event = 1; position_from_end 0 for the last event;
+    last_ts: the session's last event time)."""
     from pyspark.sql import functions as F
 
     prefix = last_elements("prefix", max_prefix_events)
     exploded = sessions.select("session", prefix.alias("kept")).select(
-        "session", F.size("kept").alias("n_kept"), F.posexplode("kept").alias("position", "e")
+        "session", F.size("kept").alias("n_kept"), F.try_element_at("kept", F.lit(-1))["ts"].alias("last_ts"),
+        F.posexplode("kept").alias("position", "e"),
     )
     fraction = F.when(F.col("n_kept") > 1, F.col("position") / (F.col("n_kept") - 1)).otherwise(F.lit(1.0))
     return exploded.select(
@@ -80,6 +80,7 @@ def weighted_history(sessions, max_prefix_events: int):
         F.col("e.type").alias("type"),
         (F.pow(F.lit(2.0), F.lit(0.1) + F.lit(0.9) * fraction) - F.lit(1.0)).alias("recency"),
         (F.col("n_kept") - 1 - F.col("position")).alias("position_from_end"),
+        "last_ts",
     )
 
 
@@ -89,16 +90,6 @@ def last_elements(column: str, n: int):
     from pyspark.sql import functions as F
 
     return F.slice(column, F.greatest(F.lit(1), F.size(column) - n + 1), F.lit(n))
-
-
-def history_candidates(history, limit: int):
-    from pyspark.sql import functions as F
-
-    type_weight = F.create_map(*[x for t, w in TYPE_WEIGHTS.items() for x in (F.lit(t), F.lit(w))])
-    scored = history.groupBy("session", "aid").agg(F.sum(F.col("recency") * type_weight[F.col("type")]).alias("score"))
-    # The score does not depend on the type: rank once per session, then propose for every type.
-    ranked = _ranked(scored, "score", limit, per=("session",)).crossJoin(_types_frame(history.sparkSession))
-    return ranked.select("session", "type", "aid", "score", "rank")
 
 
 def neighbour_sources(history, types=None):
@@ -136,76 +127,127 @@ def neighbour_scores(sources, neighbours):
     )
 
 
-def covisitation_candidates(history, covisitation, limit: int):
+def history_pairs(history, limit: int):
+    """Per (session, aid) of the history: the interaction features and the history source's score and
+    rank (null below the `limit` best: recency x type weight, summed)."""
     from pyspark.sql import functions as F
 
-    sources = neighbour_sources(history)
-    clicks = _ranked(
-        neighbour_scores(sources, covisitation_neighbours(covisitation, "clicks")), "score", limit, per=("session",)
-    ).withColumn("type", F.lit("clicks"))
-    buys = _ranked(
-        neighbour_scores(sources, covisitation_neighbours(covisitation, "carts_orders"))
-        .unionByName(neighbour_scores(neighbour_sources(history, BUY_TYPES), covisitation_neighbours(covisitation, "buy2buy")))
-        .groupBy("session", "aid")
-        .agg(F.sum("score").alias("score")),
-        "score", limit, per=("session",),
-    ).crossJoin(_types_frame(history.sparkSession, BUY_TYPES))
-    return clicks.unionByName(buys).select("session", "type", "aid", "score", "rank")
+    type_weight = F.create_map(*[x for t, w in TYPE_WEIGHTS.items() for x in (F.lit(t), F.lit(w))])
+    per_pair = history.groupBy("session", "aid").agg(
+        F.sum(F.col("recency") * type_weight[F.col("type")]).alias("_score"),
+        *[F.sum((F.col("type") == event_type).cast("int")).alias(f"interaction_{event_type}") for event_type in EVENT_TYPES],
+        ((F.max("last_ts") - F.max("ts")) / 1000.0).alias("interaction_seconds_since"),
+        F.min("position_from_end").alias("interaction_events_since"),
+    )
+    return with_source_rank(per_pair, "_score", "history", limit).drop("_score")
 
 
-def als_candidates(history, similar_items, limit: int):
-    """ALS similar items of the history items, proposed for every type."""
-    scored = neighbour_scores(neighbour_sources(history), similar_item_neighbours(similar_items))
-    ranked = _ranked(scored, "score", limit, per=("session",)).crossJoin(_types_frame(history.sparkSession))
-    return ranked.select("session", "type", "aid", "score", "rank")
-
-
-def top_seller_candidates(sessions, top_sellers, limit: int):
+def with_source_rank(pairs, score_column: str, source: str, limit: int):
+    """`pairs` (per session, aid) with `{source}_score` and `{source}_rank`: the session's `limit`
+    best by `score_column` (descending, ties by aid); null for the others and for a null score."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    popular = top_sellers.where((F.col("list") == POPULAR) & (F.col("rank") <= limit)).select(
-        "type", "aid", "score", "rank"
-    )
-    return sessions.select("session").crossJoin(F.broadcast(popular)).select(
-        "session", "type", "aid", "score", "rank"
-    )
+    order = Window.partitionBy("session").orderBy(F.desc_nulls_last(score_column), F.asc("aid"))
+    rank = F.row_number().over(order)
+    proposed = F.col(score_column).isNotNull() & (rank <= limit)
+    return pairs.withColumn(f"{source}_rank", F.when(proposed, rank)).withColumn(
+        f"{source}_score", F.when(F.col(f"{source}_rank").isNotNull(), F.col(score_column)))
+
+
+def top_seller_pairs(sessions, top_sellers, limit: int):
+    """Every session with each of the `limit` top sellers of each type: `session, aid` and
+    `top_sellers_{type}_score/_rank` (null where the aid is not among the type's top sellers)."""
+    from pyspark.sql import functions as F
+
+    popular = top_sellers.where((F.col("list") == POPULAR) & (F.col("rank") <= limit))
+    per_aid = popular.groupBy("aid").agg(*[
+        F.max(F.when(F.col("type") == event_type, F.col(column))).alias(f"top_sellers_{event_type}_{column}")
+        for event_type in EVENT_TYPES for column in ("score", "rank")
+    ])
+    return sessions.select("session").crossJoin(F.broadcast(per_aid))
 
 
 def build_candidates(sessions, covisitation, similar_items, top_sellers, config: CandidateConfig):
     """The union of all sources for `sessions` (`session, prefix`), one row per (session, type, aid),
-    with per-source score and rank columns."""
+    with per-source score and rank columns, the hand-rule rank and the session x item features
+    (`PAIR_FEATURES`).
+
+    Plan: everything is computed per (session, aid) from the sessions partitioned once by session:
+    the history pairs, each neighbour table's weights summed over the session's items (ranked into
+    the co-visitation and ALS sources), the top sellers; one shuffle by session merges them
+    (`merge_by_keys`) and the per-type rows, their ranks and the hand rule follow without another.
+    The pair features come from the same weights, so the features stage does not explode the
+    sessions' neighbours again."""
     from pyspark.sql import functions as F
 
     sessions = partitioned_by_session(sessions)
     history = weighted_history(sessions, config.max_prefix_events)
-    per_source = {
-        "history": history_candidates(history, config.history),
-        "covisitation": covisitation_candidates(history, covisitation, config.covisitation),
-        "als": als_candidates(history, similar_items, config.als),
-        "top_sellers": top_seller_candidates(sessions, top_sellers, config.top_sellers),
-    }
-    union = merge_by_keys(
-        [frame.select("session", "type", "aid", F.col("score").alias(f"{name}_score"), F.col("rank").alias(f"{name}_rank"))
-         for name, frame in per_source.items()],
-        ["session", "type", "aid"],
+    sources = neighbour_sources(history)
+    clicks = neighbour_scores(sources, covisitation_neighbours(covisitation, "clicks"))
+    als = neighbour_scores(sources, similar_item_neighbours(similar_items))
+    pairs = merge_by_keys([
+        history_pairs(history, config.history),
+        with_source_rank(clicks.withColumnRenamed("score", "covisitation_clicks_weight"),
+                         "covisitation_clicks_weight", "clicks_covisitation", config.covisitation)
+        .drop("clicks_covisitation_score"),
+        neighbour_scores(sources, covisitation_neighbours(covisitation, "carts_orders"))
+        .withColumnRenamed("score", "covisitation_carts_orders_weight"),
+        neighbour_scores(neighbour_sources(history, BUY_TYPES), covisitation_neighbours(covisitation, "buy2buy"))
+        .withColumnRenamed("score", "covisitation_buy2buy_weight"),
+        with_source_rank(als.withColumnRenamed("score", "als_similarity"), "als_similarity", "als", config.als),
+        top_seller_pairs(sessions, top_sellers, config.top_sellers),
+    ], ["session", "aid"])
+    # Carts and orders take co-visitation from the carts-orders matrix plus buy2buy neighbours.
+    buys_weight = F.when(
+        F.col("covisitation_carts_orders_weight").isNotNull() | F.col("covisitation_buy2buy_weight").isNotNull(),
+        F.coalesce("covisitation_carts_orders_weight", F.lit(0.0)) + F.coalesce("covisitation_buy2buy_weight", F.lit(0.0)))
+    pairs = with_source_rank(pairs.withColumn("_buys_weight", buys_weight), "_buys_weight", "buys_covisitation",
+                             config.covisitation)
+    per_type = F.explode(F.array(*[
+        F.struct(
+            F.lit(event_type).alias("type"),
+            (F.when(F.col("clicks_covisitation_rank").isNotNull(), F.col("covisitation_clicks_weight"))
+             if event_type == "clicks" else F.col("buys_covisitation_score")).alias("covisitation_score"),
+            F.col("clicks_covisitation_rank" if event_type == "clicks" else "buys_covisitation_rank").alias("covisitation_rank"),
+            F.col(f"top_sellers_{event_type}_score").alias("top_sellers_score"),
+            F.col(f"top_sellers_{event_type}_rank").alias("top_sellers_rank"),
+        ) for event_type in EVENT_TYPES
+    ])).alias("typed")
+    # Only pairs that some source proposes become rows: most neighbour weights are below every cut.
+    ranks = ["history_rank", "clicks_covisitation_rank", "buys_covisitation_rank", "als_rank",
+             *[f"top_sellers_{event_type}_rank" for event_type in EVENT_TYPES]]
+    proposed_pairs = pairs.where(F.greatest(*[F.col(rank).isNotNull() for rank in ranks]))
+    typed = proposed_pairs.select("session", "aid", "history_score", "history_rank", "als_score", "als_rank",
+                                  *PAIR_FEATURES, per_type)
+    rows = typed.select(
+        "session", "typed.type", "aid",
+        *[column for source in SOURCES for column in (
+            F.col(f"typed.{source}_score" if source in TYPED_SOURCES else f"{source}_score").cast("double").alias(f"{source}_score"),
+            F.col(f"typed.{source}_rank" if source in TYPED_SOURCES else f"{source}_rank").cast("int").alias(f"{source}_rank"))],
+        *PAIR_FEATURES,
     )
-    n_sources = sum(F.col(f"{name}_rank").isNotNull().cast("int") for name in SOURCES)
-    return with_baseline_rank(union.withColumn("n_sources", n_sources))
+    proposed = [F.col(f"{source}_rank").isNotNull() for source in SOURCES]
+    n_sources = sum(condition.cast("int") for condition in proposed)
+    return with_baseline_rank(rows.withColumn("n_sources", n_sources).where(F.col("n_sources") > 0)).select(
+        "session", "type", "aid", *[f"{source}_{kind}" for source in SOURCES for kind in ("score", "rank")],
+        "n_sources", "baseline_rank", *PAIR_FEATURES)
 
 
 def merge_by_keys(frames, keys: list[str]):
-    """Outer merge of frames that each hold at most one row per `keys` and their own value columns.
+    """Outer merge of frames that each hold at most one row per `keys` (session first) and their
+    own value columns, partitioned by session (`partitioned_by_session`).
 
-    A union and one aggregate: one shuffle by the keys, where a chain of full outer joins
-    shuffles for every join. The shuffle stays even when every input is partitioned by session:
-    a union's claimed partitioning is not trusted (BASE_CONF in pipelines/spark.py)."""
+    A union and one aggregate: one shuffle, where a chain of full outer joins shuffles for every
+    join. The union is repartitioned explicitly: its claimed partitioning is not trusted
+    (BASE_CONF in pipelines/spark.py), and the per-session windows after the merge reuse this one."""
     from functools import reduce
 
     from pyspark.sql import functions as F
 
     values = [column for frame in frames for column in frame.columns if column not in keys]
     union = reduce(lambda left, right: left.unionByName(right, allowMissingColumns=True), frames)
-    return union.groupBy(*keys).agg(*[F.max(column).alias(column) for column in values])
+    return partitioned_by_session(union).groupBy(*keys).agg(*[F.max(column).alias(column) for column in values])
 
 
 def partitioned_by_session(frame):

@@ -14,26 +14,15 @@ missing):
 - item: events by type over the window and its last week, click trend, cart and order rates;
 - session x item: events by type with the item in the session, seconds and events since the
   session last touched it, co-visitation weight summed from the session's items for each matrix,
-  ALS similarity summed from the session's items.
+  ALS similarity summed from the session's items (built with the candidates, which explode the
+  same history and neighbours, and stored in their table).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.candidates import (
-    BUY_TYPES,
-    SOURCES,
-    CandidateConfig,
-    build_candidates,
-    covisitation_neighbours,
-    merge_by_keys,
-    neighbour_scores,
-    neighbour_sources,
-    partitioned_by_session,
-    similar_item_neighbours,
-    weighted_history,
-)
+from pipelines.candidates import PAIR_FEATURES, SOURCES, CandidateConfig, build_candidates
 from pipelines.config import EVENT_TYPES
 from pipelines.spark import broadcast_if_small
 
@@ -57,14 +46,8 @@ ITEM_FEATURES = (
     + [f"item_{event_type}_last_week" for event_type in EVENT_TYPES]
     + ["item_click_trend", "item_cart_rate", "item_order_rate"]
 )
-SESSION_ITEM_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
-    "interaction_seconds_since",
-    "interaction_events_since",
-    "covisitation_clicks_weight",
-    "covisitation_carts_orders_weight",
-    "covisitation_buy2buy_weight",
-    "als_similarity",
-]
+# Computed with the candidates (pipelines.candidates) and read from their table.
+SESSION_ITEM_FEATURES = PAIR_FEATURES
 FEATURE_COLUMNS = CANDIDATE_FEATURES + SESSION_FEATURES + ITEM_FEATURES + SESSION_ITEM_FEATURES
 
 
@@ -122,42 +105,7 @@ def session_features(sessions):
         ((F.element_at("prefix", -1)["ts"] - F.element_at("prefix", 1)["ts"]) / 1000.0).alias("session_duration_s"),
         F.size(F.array_distinct(F.transform("prefix", lambda e: e["aid"]))).alias("session_unique_aids"),
         *[count_type(event_type).alias(f"session_{event_type}") for event_type in EVENT_TYPES],
-        F.element_at("prefix", -1)["ts"].alias("_last_ts"),
     )
-
-
-def session_item_features(history, session_stats):
-    """`session, aid` + interaction counts by type, and seconds/events since the last interaction."""
-    from pyspark.sql import functions as F
-
-    per_pair = history.groupBy("session", "aid").agg(
-        *[F.sum((F.col("type") == event_type).cast("int")).alias(f"interaction_{event_type}") for event_type in EVENT_TYPES],
-        F.max("ts").alias("_item_last_ts"),
-        F.min("position_from_end").alias("interaction_events_since"),
-    )
-    return per_pair.join(session_stats.select("session", "_last_ts"), "session").select(
-        "session",
-        "aid",
-        *[f"interaction_{event_type}" for event_type in EVENT_TYPES],
-        ((F.col("_last_ts") - F.col("_item_last_ts")) / 1000.0).alias("interaction_seconds_since"),
-        "interaction_events_since",
-    )
-
-
-def neighbour_features(history, tables: SourceTables) -> dict:
-    """Frames of `session, aid, score` by feature name: the weights summed from the session's items,
-    per co-visitation matrix and for ALS."""
-    sources = neighbour_sources(history)
-    return {
-        "covisitation_clicks_weight": neighbour_scores(sources, covisitation_neighbours(tables.covisitation, "clicks")),
-        "covisitation_carts_orders_weight": neighbour_scores(
-            sources, covisitation_neighbours(tables.covisitation, "carts_orders")
-        ),
-        "covisitation_buy2buy_weight": neighbour_scores(
-            neighbour_sources(history, BUY_TYPES), covisitation_neighbours(tables.covisitation, "buy2buy")
-        ),
-        "als_similarity": neighbour_scores(sources, similar_item_neighbours(tables.similar_items)),
-    }
 
 
 def source_tables(spark, lake, week) -> SourceTables:
@@ -175,38 +123,23 @@ def source_tables(spark, lake, week) -> SourceTables:
     )
 
 
-def add_features(candidates, sessions, tables: SourceTables, config: CandidateConfig):
-    """`candidates` (from `build_candidates`) with every FEATURE_COLUMNS column as a 32-bit float: what
-    the ranker reads (LightGBM bins float32), at half the bytes of doubles in the lake and in memory.
+def add_features(candidates, sessions, item_stats):
+    """`candidates` (from `build_candidates`, which carry the session x item features) with the
+    session and item features, every FEATURE_COLUMNS column as a 32-bit float: what the ranker reads
+    (LightGBM bins float32), at half the bytes of doubles in the lake and in memory.
 
-    Plan: everything per (session, aid) is computed on sessions partitioned once by session and
-    merged by (session, aid) (`merge_by_keys`); the candidates meet these pair features in one
-    join, then the per-session and per-item features, broadcast when they fit (one row per session
-    or item)."""
+    Both tables hold one row per session or item: broadcast when they fit."""
     from pyspark.sql import functions as F
 
-    sessions = partitioned_by_session(sessions)
-    history = weighted_history(sessions, config.max_prefix_events)
-    session_stats = session_features(sessions)
-    pair_features = merge_by_keys(
-        [session_item_features(history, session_stats),
-         *[frame.withColumnRenamed("score", name) for name, frame in neighbour_features(history, tables).items()]],
-        ["session", "aid"],
-    )
-    # The one shuffling join first, while candidate rows are still narrow.
-    narrow = candidates.select(*KEY_COLUMNS, *[F.col(name).cast("float").alias(name) for name in CANDIDATE_FEATURES])
-    with_features = (
-        narrow.join(pair_features, ["session", "aid"], "left")
-        .join(broadcast_if_small(session_stats), "session", "left")
-        .join(broadcast_if_small(tables.item_stats), "aid", "left")
-    )
+    with_features = candidates.join(broadcast_if_small(session_features(sessions)), "session", "left").join(
+        broadcast_if_small(item_stats), "aid", "left")
     return with_features.select(*KEY_COLUMNS, *[F.col(name).cast("float").alias(name) for name in FEATURE_COLUMNS])
 
 
 def candidate_features(sessions, tables: SourceTables, config: CandidateConfig):
     """Candidates and features in one go: what the served model computes for new sessions."""
     candidates = build_candidates(sessions, tables.covisitation, tables.similar_items, tables.top_sellers, config)
-    return add_features(candidates, sessions, tables, config)
+    return add_features(candidates, sessions, tables.item_stats)
 
 
 def features_validation_frame(features):

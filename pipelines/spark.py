@@ -31,6 +31,9 @@ BASE_CONF: dict[str, str] = {
     # claim a partitioning by session that one input lacks, and an aggregate over the union
     # (`merge_by_keys`) then skips its shuffle and leaves duplicate keys.
     "spark.sql.unionOutputPartitioning": "false",
+    # Spark runs one task per core; native BLAS threads on top (ALS solves) oversubscribe the
+    # cores (MLlib's linear algebra guide).
+    "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
 }
 
 # In local mode the driver JVM is also every executor: it does all of Spark's work and gets half
@@ -138,6 +141,8 @@ def build_spark_session(master: str, conf: Mapping[str, str] | None = None, app_
     # import a different Python.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # In local mode the driver JVM started from here runs the tasks (BASE_CONF says why).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from pyspark.sql import SparkSession
 
     settings = resolved_conf(master, conf)

@@ -23,7 +23,7 @@ os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
 
 INGEST_ASSETS = ["events", "sessions"]
 SOURCE_ASSETS = ["events", "sessions", "eval_split", "top_sellers", "covisitation", "als"]
-# Small and fast: the stage logic is the same at rank 64.
+# Small and fast: the stage logic is the same at the default rank.
 FAST_ALS = {"rank": 8, "max_iter": 4, "similarity_blocks": 2}
 
 

@@ -69,12 +69,12 @@ STEP_SECONDS: dict[str, list[float]] = defaultdict(list)
 def run_config_for_tiny_data() -> dict:
     """Launchpad run config for every run of the backfill: a small ALS, everything else at its defaults.
 
-    With a few hundred items the benchmarked ALS (rank 64, 10 iterations, 8 similarity blocks) mostly
+    With a few hundred items the default ALS (AlsConfig: rank 32, 6 iterations, 8 similarity blocks) mostly
     measures Spark task overhead. Fields the asset's config no longer has are left out.
     """
     from assets.als import AlsRunConfig
 
-    wanted = {"rank": 8, "max_iter": 4, "similarity_blocks": 2}  # small and fast: the stage logic is the same at rank 64
+    wanted = {"rank": 8, "max_iter": 4, "similarity_blocks": 2}  # small and fast: the stage logic is the same at the default rank
     fields = set(getattr(AlsRunConfig, "model_fields", {}))
     config = {key: value for key, value in wanted.items() if key in fields}
     return {"ops": {"als": {"config": config}}} if config else {}
