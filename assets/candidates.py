@@ -60,7 +60,8 @@ def report_table(report: dict) -> str:
     kinds={"spark", "parquet"},
     description=(
         "Per (evaluation session, type): the union of history, co-visitation, ALS similar-item and top-seller candidates with "
-        "each source's score and rank, plus the hand-rule baseline rank. Metadata: recall@20 and candidate "
+        "each source's score and rank, the hand-rule baseline rank and the session x item features (interactions, "
+        "co-visitation and ALS weights summed from the session's items). Metadata: recall@20 and candidate "
         "ceiling per source and combined, and the popularity and hand-rule baselines' OTTO scores."
     ),
 )

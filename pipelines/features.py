@@ -102,14 +102,14 @@ def session_features(sessions):
     return sessions.select(
         "session",
         F.size("prefix").alias("session_length"),
-        ((F.element_at("prefix", -1)["ts"] - F.element_at("prefix", 1)["ts"]) / 1000.0).alias("session_duration_s"),
+        ((F.try_element_at("prefix", F.lit(-1))["ts"] - F.try_element_at("prefix", F.lit(1))["ts"]) / 1000.0).alias("session_duration_s"),
         F.size(F.array_distinct(F.transform("prefix", lambda e: e["aid"]))).alias("session_unique_aids"),
         *[count_type(event_type).alias(f"session_{event_type}") for event_type in EVENT_TYPES],
     )
 
 
 def source_tables(spark, lake, week) -> SourceTables:
-    """Week W's fitted tables, as the features and the served model read them."""
+    """Week W's fitted tables: what candidates and features are built from, and what a bundle carries."""
     from pipelines.als import SIMILAR_ITEMS_TABLE
     from pipelines.covisitation import COVISITATION_TABLE
     from pipelines.popularity import TOP_SELLERS_TABLE
@@ -131,6 +131,10 @@ def add_features(candidates, sessions, item_stats):
     Both tables hold one row per session or item: broadcast when they fit."""
     from pyspark.sql import functions as F
 
+    missing = [name for name in PAIR_FEATURES if name not in candidates.columns]
+    if missing:
+        raise ValueError(f"the candidates lack the session x item features {missing}: they were written by an older "
+                         "build_candidates; materialize the week's candidates again")
     with_features = candidates.join(broadcast_if_small(session_features(sessions)), "session", "left").join(
         broadcast_if_small(item_stats), "aid", "left")
     return with_features.select(*KEY_COLUMNS, *[F.col(name).cast("float").alias(name) for name in FEATURE_COLUMNS])

@@ -8,7 +8,7 @@ A bundle is a folder:
 
 `recommend` turns sessions into top-20 lists per type with the exact Spark code that built the
 training rows (`pipelines.features.candidate_features`), then scores them with the rankers inside
-Spark (`mapInPandas`), so batch tables, `recsys predict` and `mlflow models serve` all rank the
+Spark (`mapInArrow`), so batch tables, `recsys predict` and `mlflow models serve` all rank the
 way the evaluation measured.
 """
 

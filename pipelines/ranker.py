@@ -9,7 +9,7 @@ per session (seeded), positives always kept.
 
 Where the work happens: the rows stay in Spark. Only the training sample reaches the driver
 (`training_sample`: at most `max_train_sessions` per fit, so the driver's memory follows the
-configuration, not the week), the boosters go back out to score every row in `mapInPandas`
+configuration, not the week), the boosters go back out to score every row in `mapInArrow`
 (`score_rows`), and the metrics are Spark aggregates (`pipelines.metrics.spark_*`).
 
 Boosting starts from the hand rule's order, and how far it moves away is chosen inside each
@@ -268,7 +268,8 @@ def _fit(train: pd.DataFrame, config: RankerConfig, rounds: int):
 
 def predict_scores(model, frame: pd.DataFrame, num_threads: int = 0, rounds: int | None = None) -> np.ndarray:
     """The model's corrections (its first `rounds` trees; all by default) plus the prior it was
-    trained from (LightGBM does not store init scores). Zero rounds, or no model, is the prior alone."""
+    trained from (LightGBM does not store init scores). Zero rounds, or no model, is the prior alone.
+    For pandas rows (tests, notebooks); Spark rows go through `score_rows`."""
     prior = prior_score(frame)
     if model is None or rounds == 0:
         return prior

@@ -28,8 +28,9 @@ BASE_CONF: dict[str, str] = {
     "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
     "spark.ui.showConsoleProgress": "false",
     # A union's output partitioning is not trusted: with broadcast joins under it, Spark can
-    # claim a partitioning by session that one input lacks, and an aggregate over the union
-    # (`merge_by_keys`) then skips its shuffle and leaves duplicate keys.
+    # claim a partitioning by session that one input lacks, and an aggregate over such a union
+    # then skips its shuffle and leaves duplicate keys (`merge_by_keys` also repartitions its
+    # union explicitly).
     "spark.sql.unionOutputPartitioning": "false",
     # Spark runs one task per core; native BLAS threads on top (ALS solves) oversubscribe the
     # cores (MLlib's linear algebra guide).

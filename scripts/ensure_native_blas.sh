@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spark ML (ALS) calls BLAS/LAPACK through netlib: with Debian's OpenBLAS and LAPACK present it
 # uses them natively (JNIBLAS), otherwise it falls back to pure-Java loops, several times slower
-# at rank 64. Install them when this user can (root or passwordless sudo); otherwise say so in
+# at the default rank. Install them when this user can (root or passwordless sudo); otherwise say so in
 # one line and go on: results are the same, only slower.
 set -uo pipefail
 source "$(dirname "$0")/apt_install.sh"

@@ -98,6 +98,30 @@ def test_neighbour_weights_are_recency_weighted_and_normalised(features):
     assert features.loc[(2, "clicks", 40), "als_similarity"] == pytest.approx(1.0)
 
 
+def test_typed_top_sellers_and_weights_below_a_sources_cut(spark):
+    source = tables(spark)
+    top_sellers = spark.createDataFrame(
+        [("popular", "clicks", 1, 31, 8.0, 8), ("popular", "orders", 1, 60, 7.0, 7)],
+        "list STRING, type STRING, rank INT, aid BIGINT, score DOUBLE, events BIGINT",
+    )
+    source = SourceTables(covisitation=source.covisitation, similar_items=source.similar_items,
+                          top_sellers=top_sellers, item_stats=source.item_stats)
+    frame = candidate_features(sessions_frame(spark), source, CandidateConfig(covisitation=1)).toPandas()
+    frame = frame.set_index(["session", "type", "aid"]).sort_index()
+    # A top seller of one type is a candidate of that type only.
+    assert {(s, t) for s, t, a in frame.index if a == 60} == {(1, "orders"), (2, "orders")}
+    assert frame.loc[(1, "orders", 60), "top_sellers_rank"] == 1 and frame.loc[(1, "orders", 60), "n_sources"] == 1
+    # Co-visitation proposes only session 1's best clicks neighbour (30); 31 is below that cut but
+    # a top seller, and as a candidate it keeps its co-visitation weight as a feature.
+    r10 = 2 ** 0.1 - 1
+    assert frame.loc[(1, "clicks", 30), "covisitation_rank"] == 1
+    below_cut = frame.loc[(1, "clicks", 31)]
+    assert math.isnan(below_cut["covisitation_rank"]) and math.isnan(below_cut["covisitation_score"])
+    assert below_cut["top_sellers_rank"] == 1 and below_cut["n_sources"] == 1
+    assert below_cut["covisitation_clicks_weight"] == pytest.approx(r10 * 0.5)
+    assert math.isnan(frame.loc[(2, "clicks", 31), "covisitation_clicks_weight"])  # no clicks link from 20 to 31
+
+
 def test_hand_rule_rank_puts_history_first_then_neighbours_then_top_sellers(features):
     ranks = features.loc[1].loc["clicks"]["baseline_rank"].sort_values()
     assert ranks.index.tolist()[:2] == [11, 10]  # 11: recency 1 and a cart, 10: older click
