@@ -37,8 +37,6 @@ MAX_CANDIDATES_PER_QUERY = 9_999
 SOURCES = ("history", "covisitation", "als", "top_sellers")
 TYPE_WEIGHTS = {"clicks": 1.0, "carts": 6.0, "orders": 3.0}
 BUY_TYPES = ("carts", "orders")
-# Sources whose score and rank differ by the type of the query (the others propose for every type).
-TYPED_SOURCES = ("covisitation", "top_sellers")
 # Per (session, aid): the session's own events with the item and the neighbour weights summed from
 # its items; built with the candidates, from the same exploded history, and kept in their table.
 PAIR_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
@@ -184,18 +182,17 @@ def build_candidates(sessions, covisitation, similar_items, top_sellers, config:
     sessions = partitioned_by_session(sessions)
     history = weighted_history(sessions, config.max_prefix_events)
     sources = neighbour_sources(history)
-    clicks = neighbour_scores(sources, covisitation_neighbours(covisitation, "clicks"))
-    als = neighbour_scores(sources, similar_item_neighbours(similar_items))
     pairs = merge_by_keys([
         history_pairs(history, config.history),
-        with_source_rank(clicks.withColumnRenamed("score", "covisitation_clicks_weight"),
-                         "covisitation_clicks_weight", "clicks_covisitation", config.covisitation)
-        .drop("clicks_covisitation_score"),
+        with_source_rank(neighbour_scores(sources, covisitation_neighbours(covisitation, "clicks"))
+                         .withColumnRenamed("score", "covisitation_clicks_weight"),
+                         "covisitation_clicks_weight", "clicks_covisitation", config.covisitation),
         neighbour_scores(sources, covisitation_neighbours(covisitation, "carts_orders"))
         .withColumnRenamed("score", "covisitation_carts_orders_weight"),
         neighbour_scores(neighbour_sources(history, BUY_TYPES), covisitation_neighbours(covisitation, "buy2buy"))
         .withColumnRenamed("score", "covisitation_buy2buy_weight"),
-        with_source_rank(als.withColumnRenamed("score", "als_similarity"), "als_similarity", "als", config.als),
+        with_source_rank(neighbour_scores(sources, similar_item_neighbours(similar_items))
+                         .withColumnRenamed("score", "als_similarity"), "als_similarity", "als", config.als),
         top_seller_pairs(sessions, top_sellers, config.top_sellers),
     ], ["session", "aid"])
     # Carts and orders take co-visitation from the carts-orders matrix plus buy2buy neighbours.
@@ -204,31 +201,25 @@ def build_candidates(sessions, covisitation, similar_items, top_sellers, config:
         F.coalesce("covisitation_carts_orders_weight", F.lit(0.0)) + F.coalesce("covisitation_buy2buy_weight", F.lit(0.0)))
     pairs = with_source_rank(pairs.withColumn("_buys_weight", buys_weight), "_buys_weight", "buys_covisitation",
                              config.covisitation)
+    # Per type, each source's score and rank: history and ALS propose the same list for every type.
+    source_columns = lambda event_type: {  # noqa: E731
+        "history": "history",
+        "covisitation": "clicks_covisitation" if event_type == "clicks" else "buys_covisitation",
+        "als": "als",
+        "top_sellers": f"top_sellers_{event_type}",
+    }
     per_type = F.explode(F.array(*[
-        F.struct(
-            F.lit(event_type).alias("type"),
-            (F.when(F.col("clicks_covisitation_rank").isNotNull(), F.col("covisitation_clicks_weight"))
-             if event_type == "clicks" else F.col("buys_covisitation_score")).alias("covisitation_score"),
-            F.col("clicks_covisitation_rank" if event_type == "clicks" else "buys_covisitation_rank").alias("covisitation_rank"),
-            F.col(f"top_sellers_{event_type}_score").alias("top_sellers_score"),
-            F.col(f"top_sellers_{event_type}_rank").alias("top_sellers_rank"),
-        ) for event_type in EVENT_TYPES
+        F.struct(F.lit(event_type).alias("type"), *[
+            F.col(f"{column}_{kind}").cast(cast).alias(f"{source}_{kind}")
+            for source, column in source_columns(event_type).items() for kind, cast in (("score", "double"), ("rank", "int"))
+        ]) for event_type in EVENT_TYPES
     ])).alias("typed")
     # Only pairs that some source proposes become rows: most neighbour weights are below every cut.
-    ranks = ["history_rank", "clicks_covisitation_rank", "buys_covisitation_rank", "als_rank",
-             *[f"top_sellers_{event_type}_rank" for event_type in EVENT_TYPES]]
-    proposed_pairs = pairs.where(F.greatest(*[F.col(rank).isNotNull() for rank in ranks]))
-    typed = proposed_pairs.select("session", "aid", "history_score", "history_rank", "als_score", "als_rank",
-                                  *PAIR_FEATURES, per_type)
-    rows = typed.select(
-        "session", "typed.type", "aid",
-        *[column for source in SOURCES for column in (
-            F.col(f"typed.{source}_score" if source in TYPED_SOURCES else f"{source}_score").cast("double").alias(f"{source}_score"),
-            F.col(f"typed.{source}_rank" if source in TYPED_SOURCES else f"{source}_rank").cast("int").alias(f"{source}_rank"))],
-        *PAIR_FEATURES,
-    )
-    proposed = [F.col(f"{source}_rank").isNotNull() for source in SOURCES]
-    n_sources = sum(condition.cast("int") for condition in proposed)
+    ranks = {f"{column}_rank" for event_type in EVENT_TYPES for column in source_columns(event_type).values()}
+    proposed_pairs = pairs.where(F.greatest(*[F.col(rank).isNotNull() for rank in sorted(ranks)]))
+    rows = proposed_pairs.select("session", "aid", *PAIR_FEATURES, per_type).select(
+        "session", "typed.*", "aid", *PAIR_FEATURES)
+    n_sources = sum(F.col(f"{source}_rank").isNotNull().cast("int") for source in SOURCES)
     return with_baseline_rank(rows.withColumn("n_sources", n_sources).where(F.col("n_sources") > 0)).select(
         "session", "type", "aid", *[f"{source}_{kind}" for source in SOURCES for kind in ("score", "rank")],
         "n_sources", "baseline_rank", *PAIR_FEATURES)
