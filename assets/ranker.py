@@ -24,7 +24,7 @@ from pipelines.config import EVENT_TYPES
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE
 from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv
-from pipelines.model import log_recommender, save_bundle
+from pipelines.model import Bundle, log_recommender, save_bundle
 from pipelines.plots import plot_feature_importance, plot_recall_curves
 from pipelines.quality import ranker_suite, validate
 from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_ranker
@@ -145,7 +145,11 @@ def ranker(
             {"week": week.key, "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
              "ranker_rounds": {t: r.rounds for t, r in results.items()},
              "mlflow_run_id": run.info.run_id, "code_version": code_version()},
+            lake.lake.model_tables_dir(run.info.run_id),
         )
+        bundle_size = Bundle(bundle).size_bytes()
+        mlflow.log_params({f"bundle.tables.{name}": location for name, location in Bundle(bundle).info["tables"].items()})
+        mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
         champion_now = champion_score_on(mlflow_tracking, lake.lake.read_partition(
@@ -181,6 +185,9 @@ def ranker(
             "mlflow_run_id": run.info.run_id,
             "model_uri": f"models:/{mlflow_tracking.registered_model_name}/{registered.version}",
             "fit_seconds": round(fit_seconds, 1),
+            # The model in MLflow holds the rankers; the tables it reads stay in the lake.
+            "bundle_bytes": bundle_size["bundle"],
+            "bundle_table_bytes": bundle_size["tables"],
             "seconds_by_phase": MetadataValue.json(evaluation.timings),
             # 0 for a type means held-out sessions preferred the hand rule's order to any boosting.
             "boosting_rounds": MetadataValue.json({t: r.rounds for t, r in results.items()}),

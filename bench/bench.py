@@ -245,9 +245,14 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         )
 
     bundle_dir = workdir / "bundle"
-    save_bundle(bundle_dir, source_tables(spark, lake, week),
-                {t: r.model for t, r in evaluation.results.items()},
-                {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}})
+    shutil.rmtree(bundle_dir, ignore_errors=True)
+    shutil.rmtree(lake.model_tables_dir("bench"), ignore_errors=True)
+    with stage("model bundle (rankers; the source tables snapshot in the lake)", memory, results) as record:
+        save_bundle(bundle_dir, source_tables(spark, lake, week),
+                    {t: r.model for t, r in evaluation.results.items()},
+                    {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}},
+                    lake.model_tables_dir("bench"))
+        record.update({f"{part}_bytes": size for part, size in Bundle(bundle_dir).size_bytes().items()})
     with stage("recommendation tables, publish gates, publish (to a folder)", memory, results) as record:
         model = ModelInfo(name="bench", version="1", run_id="bench")
         row_counts = write_recommendation_tables(spark, lake, week, Bundle(bundle_dir),

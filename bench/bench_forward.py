@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -87,9 +88,12 @@ def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
     evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), RankerConfig())
     evaluation.release()
     seconds = time.perf_counter() - started
+    tables_dir = lake.model_tables_dir(f"bench-forward-{week.key}")
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(tables_dir, ignore_errors=True)
     save_bundle(directory, source_tables(spark, lake, week),
                 {t: r.model for t, r in evaluation.results.items()},
-                {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}})
+                {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}}, tables_dir)
     ranker = evaluation.metrics["ranker"]
     return {
         "ranker_seconds": round(seconds, 1),

@@ -22,6 +22,7 @@ QUARANTINE_TABLE = "events_quarantine"
 SESSIONS_TABLE = "sessions"
 STAGING_PREFIX = "_staging-"
 SIDECAR_NAME = "_stats.json"
+MODEL_TABLES = "model_tables"
 
 
 class MissingPartitionError(RuntimeError):
@@ -37,6 +38,11 @@ class Lake:
 
     def partition_dir(self, table: str, week: Week) -> Path:
         return self.table_dir(table) / week.folder
+
+    def model_tables_dir(self, model_id: str) -> Path:
+        """Where a model's source tables are snapshot (`pipelines.model.save_bundle`): one folder per
+        model (its MLflow run id), written once and read by every process that serves the model."""
+        return Path(self.root) / MODEL_TABLES / f"run={model_id}"
 
     def has_partition(self, table: str, week: Week) -> bool:
         return (self.partition_dir(table, week) / "_SUCCESS").exists()

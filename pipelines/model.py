@@ -1,10 +1,16 @@
 """The servable recommender: one MLflow pyfunc bundling the week's source tables and the rankers.
 
-A bundle is a folder:
+A bundle is a small folder (what MLflow stores and every run downloads once):
 
-    model_info.json      feature columns and code version, candidate config, week, scores
-    tables/<name>/       Parquet: covisitation, similar_items, top_sellers, item_stats
+    model_info.json      feature columns and code version, candidate config, week, scores, and
+                         `tables`: name -> location of covisitation, similar_items, top_sellers, item_stats
     rankers/<type>.txt   LightGBM model per target type
+
+The tables are not copied into it: `save_bundle` has Spark write them once, as an immutable
+snapshot, into a folder of the lake (`Lake.model_tables_dir(run id)`), and the bundle names that
+folder. Every executor reads them there, on a cluster too (the lake is the storage every node
+can read), instead of from a driver-local download of the artifact store. Serving a bundle
+therefore needs read access to the lake.
 
 `recommend` turns sessions into top-20 lists per type with the exact Spark code that built the
 training rows (`pipelines.features.candidate_features`), then scores them with the rankers inside
@@ -45,15 +51,24 @@ class InvalidSessionsError(ValueError):
     """Input sessions that cannot be scored (the message says which and why)."""
 
 
-def save_bundle(directory: str | Path, tables: SourceTables, rankers: dict, info: dict, files_per_table: int = 2) -> Path:
-    """Write the tables (Spark frames) and the rankers (LightGBM boosters) into `directory`."""
-    directory = Path(directory)
+def save_bundle(directory: str | Path, tables: SourceTables, rankers: dict, info: dict, tables_dir: str | Path) -> Path:
+    """Write the rankers (LightGBM boosters) and the model info into `directory`, and the tables
+    (Spark frames) as Parquet under `tables_dir`, a folder of the lake that nothing else writes
+    (`Lake.model_tables_dir`): the bundle records where they are and how big they are."""
+    directory, tables_dir = Path(directory), Path(tables_dir).resolve()
+    if tables_dir.exists():
+        raise FileExistsError(f"{tables_dir} already holds a model's tables; a snapshot is written once")
     (directory / "rankers").mkdir(parents=True, exist_ok=True)
+    locations, table_bytes = {}, {}
     for name in TABLE_NAMES:
-        getattr(tables, name).coalesce(files_per_table).write.mode("overwrite").parquet(str(directory / "tables" / name))
+        target = tables_dir / name
+        getattr(tables, name).write.parquet(str(target))
+        locations[name] = str(target)
+        table_bytes[name] = sum(path.stat().st_size for path in target.glob("*.parquet"))
     for event_type, booster in rankers.items():
         booster.save_model(str(directory / "rankers" / f"{event_type}.txt"))
-    full_info = {"feature_columns": FEATURE_COLUMNS, "feature_code_version": FEATURE_CODE_VERSION, **info}
+    full_info = {"feature_columns": FEATURE_COLUMNS, "feature_code_version": FEATURE_CODE_VERSION,
+                 "tables": locations, "table_bytes": table_bytes, **info}
     (directory / INFO_FILE).write_text(json.dumps(full_info, indent=2, sort_keys=True, default=str))
     return directory
 
@@ -76,13 +91,30 @@ class Bundle:
         # Trees to use per type, as chosen in training (0: the hand-rule prior alone).
         self.ranker_rounds = {t: int(n) for t, n in self.info.get("ranker_rounds", {}).items()}
 
+    def table_location(self, name: str) -> str:
+        """Where the table is read from: the lake snapshot the bundle names (bundles saved before
+        snapshots existed carry the table in their own `tables/` folder)."""
+        return self.info.get("tables", {}).get(name) or str(self.directory / "tables" / name)
+
     def tables(self, spark) -> SourceTables:
-        return SourceTables(**{name: spark.read.parquet(str(self.directory / "tables" / name)) for name in TABLE_NAMES})
+        missing = [location for name in TABLE_NAMES if not Path(location := self.table_location(name)).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"model bundle {self.directory} (week {self.info.get('week')}) reads its tables from the lake, and "
+                f"{missing} is not there: the serving process must see the lake the model was trained with "
+                "(RECSYS_LAKE_DIR), and its `model_tables` folders must be kept while the model serves"
+            )
+        return SourceTables(**{name: spark.read.parquet(self.table_location(name)) for name in TABLE_NAMES})
+
+    def size_bytes(self) -> dict[str, int]:
+        """The bundle's own files (what MLflow stores) and the lake tables it reads."""
+        own = sum(path.stat().st_size for path in self.directory.rglob("*") if path.is_file())
+        return {"bundle": own, "tables": sum(self.info.get("table_bytes", {}).values())}
 
     def recommend(self, sessions, k: int = K):
         """`sessions`: Spark `session, prefix` -> Spark `session, type, recs, scores` (top k per type)."""
         features = candidate_features(sessions, self.tables(sessions.sparkSession), self.candidate_config)
-        return top_k_lists(score_rows(features, self.ranker_strings, self.ranker_rounds), k)
+        return top_k_lists(score_rows(features, self.ranker_strings, self.ranker_rounds, top_k=k), k)
 
 
 def top_k_lists(scored, k: int = K):

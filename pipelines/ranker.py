@@ -8,8 +8,9 @@ positive carry no LambdaRank gradient and are left out of training; negatives ar
 per session (seeded), positives always kept.
 
 Where the work happens: the rows stay in Spark. Only the training sample reaches the driver
-(`training_sample`: at most `max_train_sessions` per fit, so the driver's memory follows the
-configuration, not the week), the boosters go back out to score every row in `mapInArrow`
+(`training_sample`: at most `max_train_sessions` per fit and about `max_sample_rows` rows per
+type, so the driver's memory follows the configuration, not the week), binned once per type
+(`binned_rows`; every fit is a subset of it), the boosters go back out to score every row in `mapInArrow`
 (`score_rows`), and the metrics are Spark aggregates (`pipelines.metrics.spark_*`).
 
 Boosting starts from the hand rule's order, and how far it moves away is chosen inside each
@@ -73,6 +74,10 @@ class RankerConfig:
     # have a positive in nearly every session: at 1M sessions a fit would see ~150k queries, and
     # fitting time, not accuracy, is what grows. It also bounds what reaches the driver.
     max_train_sessions: int = 50_000
+    # Candidate rows of one type that reach the driver, about (the sessions drawn shrink to fit):
+    # what bounds the driver's memory whatever the week's size. Below the session cap only on
+    # large weeks (at 1M sessions, clicks: ~5M rows for the session cap).
+    max_sample_rows: int = 3_000_000
     # 63 histogram bins instead of LightGBM's 255: fits about half as long on these features.
     max_bin: int = 63
     num_threads: int = 0
@@ -186,23 +191,24 @@ def sampled_sessions_per_type(config: RankerConfig) -> int:
 
 def training_sample(labelled, event_type: str, config: RankerConfig) -> pd.DataFrame:
     """Every candidate row of a seeded sample of the sessions with a positive
-    (`sampled_sessions_per_type` of them), drawn in Spark; a `validation_share` of the sessions is
+    (`sampled_sessions_per_type` of them, fewer where their rows would pass `max_sample_rows`),
+    drawn in Spark; a `validation_share` of the sessions is
     flagged `validation` (held out of the fold fits and ranked on their whole candidate list, as
     evaluation ranks them). `fit_target` downsamples the negatives of the others.
 
-    Its size follows the configuration, not the week: the sessions are capped and a session has
-    at most the candidate limits' rows per type. Pandas `session, aid, label, fold, validation,
-    *FEATURE_COLUMNS`, features float32, sorted by (session, aid) so LightGBM's groups are
-    contiguous and fits are reproducible."""
+    Its size follows the configuration, not the week: about `max_sample_rows` at most. Pandas
+    `session, aid, label, fold, validation, *FEATURE_COLUMNS`, features float32, sorted by
+    (session, aid) so LightGBM's groups are contiguous and fits are reproducible."""
     from pyspark.sql import functions as F
 
     rows = labelled.where(F.col("type") == event_type)
-    with_positive = rows.where(F.col(LABEL_COLUMN) > 0).select("session").distinct()
-    n_with_positive = with_positive.count()
-    if n_with_positive == 0:
+    with_positive = rows.groupBy("session").agg(
+        F.max(LABEL_COLUMN).alias("best_label"), F.count(F.lit(1)).alias("rows")).where(F.col("best_label") > 0)
+    totals = with_positive.agg(F.count(F.lit(1)).alias("sessions"), F.sum("rows").alias("rows")).first()
+    if totals["sessions"] == 0:
         raise ValueError(f"{event_type}: no evaluation session has a positive; too little data to train a ranker")
-    share = min(1.0, sampled_sessions_per_type(config) / n_with_positive)
-    chosen = with_positive.where(session_uniform(config.seed, "sample") < share).withColumn(
+    share = min(1.0, sampled_sessions_per_type(config) / totals["sessions"], config.max_sample_rows / totals["rows"])
+    chosen = with_positive.select("session").where(session_uniform(config.seed, "sample") < share).withColumn(
         "validation", session_uniform(config.seed, "validation") < config.validation_share)
     kept = rows.join(broadcast_if_small(chosen), "session").select(
         "session", "aid", LABEL_COLUMN, "fold", "validation", *[F.col(c).cast("float").alias(c) for c in FEATURE_COLUMNS])
@@ -250,19 +256,34 @@ def capped_sessions(train: pd.DataFrame, max_sessions: int, seed: int) -> pd.Dat
     return train[train["session"].isin(kept)]
 
 
-def _fit(train: pd.DataFrame, config: RankerConfig, rounds: int):
+def binned_rows(train: pd.DataFrame, config: RankerConfig):
+    """`train` (sorted by session, index 0..n-1) as one LightGBM dataset, binned once: every fit
+    of a target is a `subset` of its rows (whole sessions), which shares these bins instead of
+    copying and binning its rows again."""
+    import lightgbm as lgb
+
+    return lgb.Dataset(
+        train[FEATURE_COLUMNS].to_numpy(dtype=np.float32),
+        label=train[LABEL_COLUMN].to_numpy(),
+        group=train.groupby("session", sort=False).size().to_numpy(),
+        init_score=prior_score(train),
+        feature_name=list(FEATURE_COLUMNS),
+        params=config.lightgbm_params(),
+        free_raw_data=True,
+    ).construct()
+
+
+def _fit(train: pd.DataFrame, config: RankerConfig, rounds: int, binned=None):
+    """Fit on `train`'s sessions (at most `max_train_sessions` of them). `binned`: the
+    `binned_rows` of the frame `train` was selected from (its index names the rows); without it
+    `train` is binned on its own."""
     import lightgbm as lgb
 
     train = capped_sessions(train, config.max_train_sessions, config.seed)
-    groups = train.groupby("session", sort=False).size().to_numpy()
-    dataset = lgb.Dataset(
-        train[FEATURE_COLUMNS].to_numpy(dtype=np.float32),
-        label=train[LABEL_COLUMN].to_numpy(),
-        group=groups,
-        init_score=prior_score(train),
-        feature_name=list(FEATURE_COLUMNS),
-        free_raw_data=True,
-    )
+    if binned is not None:
+        dataset = binned.subset(train.index.to_numpy(dtype=np.int32))
+    else:
+        dataset = binned_rows(train.reset_index(drop=True), config)
     return lgb.train(config.lightgbm_params(), dataset, num_boost_round=rounds)
 
 
@@ -311,17 +332,19 @@ def truths_in_top_k(rows: pd.DataFrame, scores: np.ndarray, k: int = K) -> np.nd
     return np.bincount(pair_truth, weights=above, minlength=len(truths)) < k
 
 
-def choose_rounds(held_rows: pd.DataFrame, train: pd.DataFrame, config: RankerConfig) -> tuple[object, int, dict[int, int]]:
+def choose_rounds(held_rows: pd.DataFrame, train: pd.DataFrame, config: RankerConfig,
+                  binned=None) -> tuple[object, int, dict[int, int]]:
     """Fit on `train`'s sessions outside `held_rows` and pick the rounds that do best on `held_rows`.
 
     `held_rows`: every candidate row of the held-out sessions (scored on their full candidate
     lists, as evaluation will be); `train`: downsampled training rows. Returns the model fitted on
-    the other sessions, the chosen rounds (ties go to fewer) and the hits per rounds.
+    the other sessions, the chosen rounds (ties go to fewer) and the hits per rounds. `binned`: as
+    in `_fit`.
     """
     kept = train[~train["session"].isin(held_rows["session"].unique())]
     if len(held_rows) == 0 or len(kept) == 0:
         return None, 0, {0: 0}
-    model = _fit(kept, config, config.num_boost_round)
+    model = _fit(kept, config, config.num_boost_round, binned)
     tried = sorted({0, *range(config.round_step, model.num_trees() + 1, config.round_step), model.num_trees()})
     features, scores, scored_rounds = held_rows[FEATURE_COLUMNS].to_numpy(dtype=np.float32), prior_score(held_rows), 0
     in_top = {}
@@ -350,14 +373,17 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
     """The fold models and the production model of one target type, from its `training_sample`."""
     started = time.perf_counter()
     held_all = sample[sample["validation"].to_numpy(dtype=bool)]
-    train_all = training_rows(sample, config.negatives_per_session[event_type], config.seed)
+    train_all = training_rows(sample, config.negatives_per_session[event_type], config.seed).reset_index(drop=True)
+    binned = binned_rows(train_all, config)
+    # The features now live in `binned`; the fits only select sessions.
+    train_all = train_all[["session", "aid", LABEL_COLUMN, "fold"]]
     records, fold_models = [], {}
     for fold in range(config.folds):
         train = train_all[train_all["fold"] != fold]
         if len(train) == 0:
             raise ValueError(f"{event_type}: fold {fold} has no training session with a positive; too little data")
         held = held_all[held_all["fold"] != fold]
-        model, rounds, hits = choose_rounds(held, train, config)
+        model, rounds, hits = choose_rounds(held, train, config, binned)
         fold_models[fold] = model
         records.append(FoldRecord(
             fold=fold,
@@ -370,7 +396,7 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
     final_rounds = int(np.median([record.rounds for record in records]))
     # LightGBM cannot fit zero rounds: a one-round booster ships, and scoring with rounds=0
     # (recorded beside it in the bundle) ignores it and uses the prior alone.
-    final = _fit(train_all, config, max(final_rounds, 1))
+    final = _fit(train_all, config, max(final_rounds, 1), binned)
     return TargetResult(
         event_type=event_type,
         model=final,
@@ -388,10 +414,17 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
 # --- Spark: scoring and ranking every row ----------------------------------------------------
 
 
-def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, key: str = "type", keep=()):
+def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, key: str = "type", keep=(),
+               top_k: int | None = None, keep_where: str | None = None):
     """Spark `session, type, aid, score` (and the `keep` columns) for candidate feature rows: each
     row scored by the booster of its `key` value (the type when serving, the fold out of fold) with
     its first `ranker_rounds[value]` trees (all when not given; a missing booster is the prior alone).
+
+    `top_k`: drop, already in Python, the rows that cannot be in their (session, type)'s top k: a row
+    outside the top k of its (session, type)'s rows in its own Arrow batch is outside the top k of
+    all of them (the order is `ranked_top_k`'s). A later `ranked_top_k` then sorts a fraction of the
+    rows; how large a fraction depends on how clustered by session the rows arrive (candidates are
+    written sorted by session and type). Rows whose boolean column `keep_where` is true are kept too.
 
     Arrow batches go straight to NumPy (`mapInArrow`): through pandas, the conversion of every
     batch cost more than LightGBM's prediction."""
@@ -400,7 +433,7 @@ def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, ke
 
     rounds = ranker_rounds or {}
     passed = ["session", "type", "aid", *[c for c in keep if c != "type"]]
-    needed = rows.select(*dict.fromkeys([*passed, key, "baseline_rank", *FEATURE_COLUMNS]))
+    needed = rows.select(*dict.fromkeys([*passed, key, "baseline_rank", *FEATURE_COLUMNS, *([keep_where] if keep_where else [])]))
     output = rows.select(*passed).schema.add("score", DoubleType())
 
     def score(batches):
@@ -408,6 +441,8 @@ def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, ke
 
         boosters = {value: (lgb.Booster(model_str=text) if text else None) for value, text in ranker_strings.items()}
         for batch in batches:
+            if batch.num_rows == 0:
+                continue
             features = np.empty((batch.num_rows, len(FEATURE_COLUMNS)), dtype=np.float32)
             for position, name in enumerate(FEATURE_COLUMNS):
                 features[:, position] = batch.column(name).to_numpy(zero_copy_only=False)
@@ -419,10 +454,32 @@ def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, ke
                 # One thread per Python worker: Spark already runs one worker per core.
                 scores[index] = boosted_scores(boosters[value], features[index], scores[index], num_threads=1,
                                                rounds=rounds.get(value))
-            yield pa.RecordBatch.from_arrays([*(batch.column(name) for name in passed), pa.array(scores)],
-                                             names=[*passed, "score"])
+            columns = [*(batch.column(name) for name in passed), pa.array(scores)]
+            if top_k is not None:
+                kept = within_top_k(batch.column("session").to_numpy(zero_copy_only=False),
+                                    batch.column("type").to_numpy(zero_copy_only=False),
+                                    batch.column("aid").to_numpy(zero_copy_only=False), scores, top_k)
+                if keep_where:
+                    kept |= batch.column(keep_where).to_numpy(zero_copy_only=False).astype(bool)
+                index = pa.array(np.flatnonzero(kept))
+                columns = [column.take(index) for column in columns]
+            yield pa.RecordBatch.from_arrays(columns, names=[*passed, "score"])
 
     return needed.mapInArrow(score, output)
+
+
+def within_top_k(sessions: np.ndarray, types: np.ndarray, aids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row: is it among the k best of its (session, type) rows here (score descending, then aid;
+    NaN last, as in `ranked_top_k`)?"""
+    values = np.where(np.isnan(scores), -np.inf, scores)
+    _, type_codes = np.unique(types, return_inverse=True)
+    order = np.lexsort((aids, -values, type_codes, sessions))
+    ordered_session, ordered_type = sessions[order], type_codes[order]
+    starts = np.r_[True, (ordered_session[1:] != ordered_session[:-1]) | (ordered_type[1:] != ordered_type[:-1])]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    kept = np.zeros(len(order), dtype=bool)
+    kept[order] = np.arange(len(order)) - group_start < k
+    return kept
 
 
 def ranked_top_k(scored, k: int = K, score_column: str = SCORE_COLUMN):
@@ -466,6 +523,7 @@ class RankerEvaluation:
 
 RANKER = "ranker"
 MODEL_KEY = "model_key"  # `type/fold`: which fold booster scores a row out of fold
+NEEDED_FOR_METRICS = "needed_for_metrics"
 BASELINE_COVISITATION = "baseline_covisitation"
 BASELINE_POPULARITY = "baseline_popularity"
 BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
@@ -497,9 +555,15 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
         # the rankings and the ceiling all read these rows.
         boosters = {f"{t}/{fold}": text for t, r in results.items() for fold, text in r.fold_model_strings().items()}
         rounds = {f"{t}/{fold}": n for t, r in results.items() for fold, n in r.fold_rounds.items()}
+        # Only the rows some ranking or the ceiling can use leave Python: the ranker's top k per
+        # batch, the baselines' top k and the truths.
+        needed_for_metrics = (F.col("baseline_rank").between(1, k) | F.col("top_sellers_rank").between(1, k)
+                              | (F.col(LABEL_COLUMN) == TARGET_LABEL))
         scored = score_rows(
-            rows.where(F.col("type").isin(*results)).withColumn(MODEL_KEY, F.concat_ws("/", "type", "fold")),
+            rows.where(F.col("type").isin(*results)).withColumn(MODEL_KEY, F.concat_ws("/", "type", "fold"))
+            .withColumn(NEEDED_FOR_METRICS, F.coalesce(needed_for_metrics, F.lit(False))),
             boosters, rounds, key=MODEL_KEY, keep=("baseline_rank", "top_sellers_rank", LABEL_COLUMN),
+            top_k=k, keep_where=NEEDED_FOR_METRICS,
         ).persist(StorageLevel.MEMORY_AND_DISK)
         rankings = {
             RANKER: ranked_top_k(scored, k).select("session", "type", "aid", "rank"),

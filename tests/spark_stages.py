@@ -7,7 +7,7 @@ master. Configuration comes from the environment exactly as in the code location
 Spark settings go through the run config of the `spark` resource, as an operator would
 pass them in the launchpad.
 
-    python -m tests.spark_stages --ingest-weeks 2022-08-01 --source-weeks 2022-08-08 \
+    python -m tests.spark_stages --ingest-weeks 2022-08-01 --graph-weeks 2022-08-08 \
         --spark-conf spark.sql.shuffle.partitions=3 --result result.json
 """
 
@@ -23,6 +23,11 @@ os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
 
 INGEST_ASSETS = ["events", "sessions"]
 SOURCE_ASSETS = ["events", "sessions", "eval_split", "top_sellers", "covisitation", "als"]
+# Every asset of the graph, from events to the published tables.
+GRAPH_ASSETS = [
+    "events", "sessions", "eval_split", "top_sellers", "covisitation", "als", "candidates", "features", "ranker",
+    "recommendation_tables", "published_recommendations",
+]
 # Small and fast: the stage logic is the same at the default rank.
 FAST_ALS = {"rank": 8, "max_iter": 4, "similarity_blocks": 2}
 
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-weeks", nargs="*", default=[], help="weeks to materialize events and sessions for")
     parser.add_argument("--source-weeks", nargs="*", default=[],
                         help=f"weeks to materialize {', '.join(SOURCE_ASSETS)} for")
+    parser.add_argument("--graph-weeks", nargs="*", default=[], help="weeks to materialize every asset for")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                         help="Spark setting, passed as run config of the `spark` resource")
     parser.add_argument("--result", required=True, help="JSON file to write the runs' outcome to")
@@ -81,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     # Only `conf`, as an operator would set it in the launchpad: the master comes from SPARK_MASTER.
     spark_config = {"conf": dict(item.split("=", 1) for item in args.spark_conf)}
     run_config = {"ops": {"als": {"config": FAST_ALS}}, "resources": {"spark": {"config": spark_config}}}
-    plan = [(week, INGEST_ASSETS) for week in args.ingest_weeks] + [(week, SOURCE_ASSETS) for week in args.source_weeks]
+    plan = ([(week, INGEST_ASSETS) for week in args.ingest_weeks] + [(week, SOURCE_ASSETS) for week in args.source_weeks]
+            + [(week, GRAPH_ASSETS) for week in args.graph_weeks])
     runs = materialize(definitions, plan, run_config)
     for run in runs:
         print(json.dumps(run), flush=True)

@@ -5,6 +5,8 @@ reaches pandas."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,9 +27,11 @@ from pipelines.ranker import (
     labelled_rows,
     predict_scores,
     ranked_top_k,
+    score_rows,
     training_rows,
     training_sample,
     truths_in_top_k,
+    within_top_k,
 )
 from pipelines.registry import CHAMPION_ALIAS, GATE_TAG, REJECTED, decide, gate_version
 
@@ -116,6 +120,10 @@ def test_the_training_sample_is_bounded_by_the_configuration_not_the_week(spark)
     assert set(sample[FEATURE_COLUMNS].dtypes) == {np.dtype(np.float32)}
     assert sample[["session", "aid"]].equals(sample[["session", "aid"]].sort_values(["session", "aid"], ignore_index=True))
     assert sample.equals(sample_of(spark, rows, config))
+
+    # Rows cap the draw too: 2,500 rows are 100 sessions of 25 candidates.
+    by_rows = sample_of(spark, rows, dataclasses.replace(config, max_sample_rows=2_500))
+    assert 70 <= by_rows["session"].nunique() <= 130 and set(by_rows["session"]) < set(sample["session"])
 
 
 def test_fit_target_records_one_model_per_fold(spark):
@@ -262,6 +270,10 @@ def test_spark_top_k_and_held_out_ranks_order_like_a_pandas_sort_with_ties_and_m
     key = ["session", "type", "aid", "rank"]
     assert sorted(map(tuple, got[key].to_numpy().tolist())) == sorted(map(tuple, expected[key].to_numpy().tolist()))
 
+    in_top_here = within_top_k(scored["session"].to_numpy(), scored["type"].to_numpy(dtype=object),
+                               scored["aid"].to_numpy(), scored["score"].to_numpy(), k=5)
+    assert np.array_equal(in_top_here, scored.index.isin(expected.index))
+
     one_type = scored[scored["type"] == "carts"].assign(**{LABEL_COLUMN: np.int8(TARGET_LABEL)})
     in_top = truths_in_top_k(one_type, one_type["score"].to_numpy(), k=5)
     assert np.array_equal(in_top, one_type.index.isin(expected[expected["type"] == "carts"].index))
@@ -292,3 +304,26 @@ def test_every_session_is_scored_once_by_its_folds_model(spark, folds):
     expected = carts.assign(score=scores).sort_values(["session", "score", "aid"], ascending=[True, False, True])
     expected = expected.groupby("session").head(20)
     assert set(zip(predictions["session"], predictions["aid"])) == set(zip(expected["session"], expected["aid"]))
+
+
+def test_scoring_that_drops_rows_outside_each_batchs_top_k_ranks_like_scoring_every_row(spark):
+    rows = synthetic_rows(200, 25, seed=3)
+    rows["type"] = np.where(rows["aid"] % 2 == 0, "carts", "clicks")
+    rows["baseline_rank"] = np.where(rows["aid"] % 7 == 0, np.nan, rows["baseline_rank"])  # ALS-only rows
+    sample = sample_of(spark, rows)
+    booster = fit_target(sample, "carts", FAST).model.model_to_string()
+    # Clustered by session, as candidates are written; 97-row batches cut through sessions.
+    features = spark.createDataFrame(rows[["session", "type", "aid", *FEATURE_COLUMNS]]).repartition(3, "session") \
+        .sortWithinPartitions("session", "type")
+    every_row = ranked_top_k(score_rows(features, {"carts": booster, "clicks": booster}), k=5)
+    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    # Small batches: many sessions straddle two batches.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "97")
+    try:
+        pruned_scores = score_rows(features, {"carts": booster, "clicks": booster}, top_k=5)
+        pruned = ranked_top_k(pruned_scores, k=5)
+        key = ["session", "type", "aid", "rank", "score"]
+        assert sorted(map(tuple, pruned.select(*key).collect())) == sorted(map(tuple, every_row.select(*key).collect()))
+        assert pruned_scores.count() < 0.6 * len(rows)
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)

@@ -1,13 +1,23 @@
-"""The Spark stages on a real standalone cluster (one master, two workers) give the same tables as local mode.
+"""The whole graph on a real standalone cluster (one master, two workers) gives what local mode gives.
 
-One week of tiny generated data goes through events, sessions, eval_split, top_sellers,
-covisitation and ALS twice: in this process on the suite's local[2] `spark` fixture, and on
-the cluster. Spark allows one SparkContext per process and the fixture holds this one, so
-the cluster run is a subprocess (`tests/spark_stages.py`) configured like the code
-location, through `SPARK_MASTER` and the `RECSYS_*` variables, with another shuffle
-partitioning. The lakes are then compared with pyarrow.
+Two weeks of a small generated shop (the end-to-end suite's: the ranker beats both baselines,
+so every gate passes and the week is published): events and sessions for the first week, then
+every asset of the second, publish included, twice: in this process on the suite's local[2]
+`spark` fixture, and on the cluster. Spark allows one SparkContext per process and the fixture
+holds this one, so the cluster run is a subprocess (`tests/spark_stages.py`) configured like the
+code location, through `SPARK_MASTER` and the `RECSYS_*` variables, with another shuffle
+partitioning and every check. The lakes are then compared:
 
-The lake is a local tmp folder, readable by the worker because master, worker and driver
+- every table that depends neither on partitioning nor on ALS: row for row;
+- ALS (factors, similar items, the published similar items): by shape, since its solver blocks
+  and the order of its float sums depend on partitioning;
+- candidates, features, the ranker and the session lists read ALS, so local and cluster runs
+  differ where ALS does. They are checked two ways: the hand rule's part (which reads no ALS)
+  and the baselines' scores equal local mode's exactly, the ranker's out-of-fold score is within
+  RANKER_TOLERANCE of it; and each stage, re-run here on the cluster's own inputs, reproduces the
+  cluster's table (floats to FLOAT_TOLERANCE, for sums in another order) and the ranker its score.
+
+The lake is a local tmp folder, readable by the workers because master, workers and driver
 share this machine. On a real cluster it must be a filesystem every node mounts at the same
 path (README, "Running on a Spark cluster").
 """
@@ -29,21 +39,33 @@ import pytest
 
 from definitions import build_definitions
 from pipelines.generate import generate_raw
-from tests.conftest import REPO_ROOT, make_resources
+from pipelines.lake import Lake
+from pipelines.weeks import Week
+from tests.conftest import REPO_ROOT, TIMEZONE, make_resources
 from tests.processes import free_port, managed_process
-from tests.spark_stages import FAST_ALS, SOURCE_ASSETS, materialize
+from tests.spark_stages import FAST_ALS, GRAPH_ASSETS, INGEST_ASSETS, materialize
 
 pytestmark = pytest.mark.cluster
 
-WEEK = "2022-08-01"
-# Tables whose content depends neither on partitioning nor on which executor ran what:
-# they must match row for row.
+FIRST_WEEK, WEEK = "2022-08-01", "2022-08-08"
+# Tables whose content depends neither on partitioning nor on which executor ran what, nor on
+# ALS: they must match row for row.
 DETERMINISTIC_TABLES = [
     "events", "events_quarantine", "sessions", "eval_sessions", "eval_labels", "top_sellers", "covisitation",
+    "item_stats", "published_top_sellers", "published_frequently_bought_together",
 ]
 # ALS is compared by shape only (see below): table -> key column.
-ALS_TABLES = {"als_item_factors": "aid", "als_session_factors": "session", "similar_items": "aid"}
-PIPELINE_TIMEOUT = 900  # generous: the 2-core CI machine may be shared; a normal run takes a few minutes
+ALS_TABLES = {"als_item_factors": "aid", "als_session_factors": "session", "similar_items": "aid",
+              "published_similar_items": "aid"}
+# Sums of the same doubles in another order (another partitioning) agree to about 1e-15; the
+# features are float32.
+FLOAT_TOLERANCE = 1e-6
+# The out-of-fold score of the ranker, cluster against local mode: their ALS factors differ in the
+# last digits, which moves a few ALS candidates and features (the end-to-end shop: about 500
+# evaluation sessions, where one session more or less with a hit moves the score by ~0.002).
+RANKER_TOLERANCE = 0.01
+PIPELINE_TIMEOUT = 1500  # generous: the 2-core CI machine may be shared; a normal run takes a few minutes
+SHOP = {"n_sessions": 2500, "n_weeks": 2, "start": FIRST_WEEK, "seed": 11}  # tests/e2e/conftest.py's shop
 
 
 def spark_class() -> Path:
@@ -106,49 +128,113 @@ def cluster_driver_args(result_file: Path) -> list[str]:
         "spark.cores.max": "2",
         "spark.ui.enabled": "false",
     }
-    args = [sys.executable, "-m", "tests.spark_stages", "--source-weeks", WEEK, "--result", str(result_file)]
+    args = [sys.executable, "-m", "tests.spark_stages", "--ingest-weeks", FIRST_WEEK, "--graph-weeks", WEEK,
+            "--result", str(result_file)]
     for key, value in spark_conf.items():
         args += ["--spark-conf", f"{key}={value}"]
     return args
 
 
-def cluster_driver_env(env: dict[str, str], master_url: str, raw_dir: Path, lake_dir: Path, mlflow_db: Path) -> dict:
+def cluster_driver_env(env: dict[str, str], master_url: str, raw_dir: Path, lake_dir: Path, mlflow_db: Path,
+                       publish_dir: Path) -> dict:
     """Configured like the code location: `SPARK_MASTER` and the `RECSYS_*` variables."""
     return {
         **env,
         "SPARK_MASTER": master_url,
         "RECSYS_RAW_URI": str(raw_dir),
         "RECSYS_LAKE_DIR": str(lake_dir),
-        "RECSYS_PARTITION_START": WEEK,
+        "RECSYS_PARTITION_START": FIRST_WEEK,
+        "RECSYS_PUBLISH_URI": str(publish_dir),
         "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
     }
 
 
+PLAN = [(FIRST_WEEK, INGEST_ASSETS), (WEEK, GRAPH_ASSETS)]
+
+
 def assert_all_passed(runs: list[dict], log: str = "", with_checks: bool = True) -> None:
-    for run in runs:
+    assert [run["week"] for run in runs] == [week for week, _ in PLAN], runs
+    for run, (_, assets) in zip(runs, PLAN):
         assert run["success"], (run["week"], run["failures"], log)
-        assert set(run["materialized"]) == set(SOURCE_ASSETS), run
+        assert set(run["materialized"]) == set(assets), run
         if with_checks:
-            assert len(run["checks"]) >= 13 and all(run["checks"].values()), run["checks"]
+            assert run["checks"] and all(run["checks"].values()), run["checks"]
 
 
-def canonical_rows(lake: Path, table: str) -> list[str]:
-    """A week's rows as sorted JSON strings: comparable whatever the files and the row order."""
-    folder = lake / table / f"week={WEEK}"
+def read_rows(lake: Path, table: str, week: str = WEEK) -> list[dict]:
+    folder = lake / table / f"week={week}"
     assert (folder / "_SUCCESS").exists(), f"{folder} was not written"
-    return sorted(json.dumps(row, sort_keys=True) for row in pq.read_table(folder).to_pylist())
+    return pq.read_table(folder).to_pylist()
 
 
-def test_stages_on_a_standalone_cluster_match_local_mode(spark, tmp_path):
+def canonical_rows(lake: Path, table: str, week: str = WEEK) -> list[str]:
+    """A week's rows as sorted JSON strings: comparable whatever the files and the row order."""
+    return sorted(json.dumps(row, sort_keys=True) for row in read_rows(lake, table, week))
+
+
+def same_values(left, right) -> bool:
+    """Equal, floats (also inside lists and structs) to FLOAT_TOLERANCE."""
+    if isinstance(left, float) or isinstance(right, float):
+        if left is None or right is None:
+            return left is right
+        return math.isclose(left, right, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE) or (
+            math.isnan(left) and math.isnan(right))
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(same_values(left[key], right[key]) for key in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(same_values, left, right))
+    return left == right
+
+
+def assert_same_rows(expected: list[dict], actual: list[dict], keys: list[str], name: str) -> None:
+    index = lambda rows: {tuple(row[key] for key in keys): row for row in rows}  # noqa: E731
+    expected_by_key, actual_by_key = index(expected), index(actual)
+    assert len(expected_by_key) == len(expected) and expected, f"{name}: keys {keys} not unique, or no rows"
+    assert expected_by_key.keys() == actual_by_key.keys(), f"{name}: other rows"
+    differing = [key for key, row in expected_by_key.items() if not same_values(row, actual_by_key[key])]
+    assert not differing, f"{name}: {len(differing)} rows differ, e.g. {expected_by_key[differing[0]]} against " \
+                          f"{actual_by_key[differing[0]]}"
+
+
+def replayed_here(spark, cluster_lake: Path, staged: Path) -> dict[str, Path]:
+    """Candidates, features and the session lists re-built in local mode from the cluster lake's
+    own inputs, with the functions the assets call; returns where each landed."""
+    from assets.candidates import CANDIDATE_CONFIG
+    from pipelines.candidates import build_candidates
+    from pipelines.features import add_features
+    lake, week = Lake(str(cluster_lake)), Week.parse(WEEK, TIMEZONE)
+    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    eval_sessions = read("eval_sessions")
+    frames = {
+        "candidates": build_candidates(eval_sessions, read("covisitation"), read("similar_items"), read("top_sellers"),
+                                       CANDIDATE_CONFIG),
+        "features": add_features(read("candidates"), eval_sessions.select("session", "prefix"), read("item_stats")),
+    }
+    out = {}
+    for name, frame in frames.items():
+        frame.write.parquet(str(staged / name))
+        out[name] = staged / name
+    return out
+
+
+def test_whole_graph_on_a_standalone_cluster_matches_local_mode(spark, tmp_path):
     timings = {}
     raw_dir, local_lake, cluster_lake = tmp_path / "raw", tmp_path / "lake-local", tmp_path / "lake-cluster"
-    generate_raw(raw_dir, n_sessions=300, n_weeks=1, start=WEEK, seed=5)
+    generate_raw(raw_dir, **SHOP)
+    run_config = {"ops": {"als": {"config": FAST_ALS}}}
+    local_definitions = build_definitions(make_resources(
+        str(raw_dir), str(local_lake), partition_start=FIRST_WEEK, mlflow_uri=f"sqlite:///{tmp_path / 'mlflow-local.db'}",
+        publish_uri=str(tmp_path / "published-local"),
+    ))
+    graph = {key.to_user_string() for key in local_definitions.resolve_asset_graph().materializable_asset_keys}
+    assert set(GRAPH_ASSETS) == graph, "tests/spark_stages.py's GRAPH_ASSETS must name every asset of the graph"
 
     env = cluster_env(tmp_path)
     master_port, master_ui, worker_ui, second_worker_ui = free_port(), free_port(), free_port(), free_port()
     master_url = f"spark://127.0.0.1:{master_port}"
     launcher = str(spark_class())
     result_file = tmp_path / "cluster.json"
+    cluster_mlflow, cluster_published = tmp_path / "mlflow-cluster.db", tmp_path / "published-cluster"
     began = time.monotonic()
     with managed_process(
         [launcher, "org.apache.spark.deploy.master.Master",
@@ -171,20 +257,14 @@ def test_stages_on_a_standalone_cluster_match_local_mode(spark, tmp_path):
             timings["cluster_start"] = time.monotonic() - began
             with managed_process(
                 cluster_driver_args(result_file), tmp_path / "cluster-driver.log", name="cluster driver",
-                env=cluster_driver_env(env, master_url, raw_dir, cluster_lake, tmp_path / "mlflow-cluster.db"),
+                env=cluster_driver_env(env, master_url, raw_dir, cluster_lake, cluster_mlflow, cluster_published),
                 cwd=REPO_ROOT,
             ) as driver:
-                # While the cluster works, the same stages run here in local mode on the suite's session,
-                # without their checks: this run is only the reference for the tables (the checks run
+                # While the cluster works, the same plan runs here in local mode on the suite's session,
+                # without the checks: this run is only the reference for the tables (the checks run
                 # on the cluster).
                 local_began = time.monotonic()
-                local_definitions = build_definitions(make_resources(
-                    str(raw_dir), str(local_lake), partition_start=WEEK,
-                    mlflow_uri=f"sqlite:///{tmp_path / 'mlflow-local.db'}",
-                ))
-                local_runs = materialize(
-                    local_definitions, [(WEEK, SOURCE_ASSETS)], {"ops": {"als": {"config": FAST_ALS}}}, with_checks=False
-                )
+                local_runs = materialize(local_definitions, PLAN, run_config, with_checks=False)
                 timings["local_run"] = time.monotonic() - local_began
                 assert_all_passed(local_runs, with_checks=False)
                 try:
@@ -202,17 +282,19 @@ def test_stages_on_a_standalone_cluster_match_local_mode(spark, tmp_path):
             second_worker.assert_running()
             state = master_state(master_ui)
 
-    # The run was an application of this master that got a core on each worker, and it finished.
+    # Each run was an application of this master that got a core on each worker, and it finished.
     assert cluster["spark_master"] == master_url
     apps = state["completedapps"]
-    assert [(app["name"], app["state"]) for app in apps] == [("session-recsys", "FINISHED")], apps
-    assert apps[0]["cores"] == 2, apps
+    assert [(app["name"], app["state"], app["cores"]) for app in apps] == [("session-recsys", "FINISHED", 2)] * len(PLAN), apps
     assert not state["activeapps"]
+    # Every blocking check of the graph ran on the cluster and passed, publish's manifest check included.
+    assert {"ranker_beats_baselines", "publish_gates", "published_manifest_verified"} <= set(cluster["runs"][-1]["checks"])
 
     for table in DETERMINISTIC_TABLES:
-        local_rows, cluster_rows = canonical_rows(local_lake, table), canonical_rows(cluster_lake, table)
-        assert local_rows == cluster_rows, f"{table} differs between local mode and the cluster"
-        assert local_rows or table == "events_quarantine", f"{table} is empty: comparing it proves nothing"
+        for week in ([FIRST_WEEK, WEEK] if table in ("events", "sessions") else [WEEK]):
+            local_rows, cluster_rows = canonical_rows(local_lake, table, week), canonical_rows(cluster_lake, table, week)
+            assert local_rows == cluster_rows, f"{table} {week} differs between local mode and the cluster"
+            assert local_rows or table == "events_quarantine", f"{table} is empty: comparing it proves nothing"
 
     # ALS is not bitwise reproducible across partitionings (solver blocks and the order of float
     # sums differ), so it is compared by shape: the same items and sessions got finite factors
@@ -225,7 +307,54 @@ def test_stages_on_a_standalone_cluster_match_local_mode(spark, tmp_path):
         assert local_table.num_rows > 0, table
         assert set(local_table[key].to_pylist()) == set(cluster_table[key].to_pylist()), table
     for table in ("als_item_factors", "als_session_factors"):
-        for row in pq.read_table(cluster_lake / table / f"week={WEEK}").to_pylist():
+        for row in read_rows(cluster_lake, table):
             assert len(row["factors"]) == FAST_ALS["rank"] and all(map(math.isfinite, row["factors"])), table
 
+    # The hand rule reads no ALS: its candidates and its order are local mode's.
+    hand_rule = lambda lake: sorted(  # noqa: E731
+        (row["session"], row["type"], row["aid"], row["baseline_rank"])
+        for row in read_rows(lake, "candidates") if row["baseline_rank"] is not None)
+    assert hand_rule(local_lake) == hand_rule(cluster_lake)
+    local_ranker, cluster_ranker = (Lake(str(lake)).read_stats("ranker", Week.parse(WEEK, TIMEZONE))
+                                    for lake in (local_lake, cluster_lake))
+    for baseline in ("baseline_covisitation", "baseline_popularity"):
+        assert math.isclose(local_ranker["metrics"][baseline]["score"], cluster_ranker["metrics"][baseline]["score"],
+                            abs_tol=1e-12), baseline
+    assert abs(local_ranker["metrics"]["ranker"]["score"] - cluster_ranker["metrics"]["ranker"]["score"]) <= RANKER_TOLERANCE
+    assert cluster_ranker["gate"]["promoted"] and local_ranker["gate"]["promoted"]
+
+    # Each ALS-reading stage of the cluster, re-run here on the cluster's own inputs, gives the cluster's table.
+    replayed = replayed_here(spark, cluster_lake, tmp_path / "replayed")
+    assert_same_rows(pq.read_table(replayed["candidates"]).to_pylist(), read_rows(cluster_lake, "candidates"),
+                     ["session", "type", "aid"], "candidates")
+    assert_same_rows(pq.read_table(replayed["features"]).to_pylist(), read_rows(cluster_lake, "features"),
+                     ["session", "type", "aid"], "features")
+    assert_replayed_ranker_and_lists(spark, cluster_lake, cluster_mlflow, cluster_ranker)
+
+    # The cluster published the week: its manifest names every file, `_latest.json` points at it.
+    latest = json.loads((cluster_published / "_latest.json").read_text())
+    assert latest["week"] == WEEK, latest
+
     print("timings (s):", json.dumps({name: round(seconds, 1) for name, seconds in timings.items()}))
+
+
+def assert_replayed_ranker_and_lists(spark, cluster_lake: Path, cluster_mlflow: Path, cluster_ranker: dict) -> None:
+    """The ranker re-evaluated here on the cluster's features scores what the cluster logged (the
+    sample is drawn by hashes of the session and LightGBM is deterministic), and the cluster's
+    champion, loaded from its MLflow registry, recommends here what the cluster published."""
+    from pipelines.evaluation import labels_long
+    from pipelines.model import load_champion
+    from pipelines.ranker import RankerConfig, evaluate_ranker
+    from pipelines.recommendations import active_sessions
+
+    lake, week = Lake(str(cluster_lake)), Week.parse(WEEK, TIMEZONE)
+    evaluation = evaluate_ranker(lake.read_partition(spark, "features", week),
+                                 labels_long(lake.read_partition(spark, "eval_labels", week)), RankerConfig())
+    evaluation.release()
+    assert math.isclose(evaluation.score, cluster_ranker["metrics"]["ranker"]["score"], abs_tol=1e-9)
+
+    champion = load_champion(f"sqlite:///{cluster_mlflow}", cluster_ranker["model_name"])
+    assert champion.version == str(cluster_ranker["model_version"])
+    lists = champion.bundle.recommend(active_sessions(lake.read_partition(spark, "sessions", week))).collect()
+    assert_same_rows([row.asDict(recursive=True) for row in lists], read_rows(cluster_lake, "published_session_recommendations"),
+                     ["session", "type"], "session recommendations")
