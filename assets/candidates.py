@@ -29,6 +29,7 @@ from pipelines.candidates import (
     recall_report,
 )
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
+from pipelines.features import FEATURE_CODE_VERSION
 from pipelines.quality import candidates_suite, candidates_validation_frame, validate
 from pipelines.tracking import flatten_metrics
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
@@ -54,6 +55,7 @@ def report_table(report: dict) -> str:
 
 
 @asset(
+    code_version=FEATURE_CODE_VERSION,
     deps=[eval_split, top_sellers, covisitation, als],
     partitions_def=weekly_partitions,
     group_name="candidates",

@@ -19,6 +19,7 @@ from assets.quality_checks import check_result_from_report, weekly_blocking_chec
 from pipelines.candidates import CANDIDATES_TABLE
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
 from pipelines.features import (
+    FEATURE_CODE_VERSION,
     FEATURE_COLUMNS,
     FEATURES_TABLE,
     ITEM_STATS_TABLE,
@@ -33,6 +34,7 @@ FEATURES_CONTRACT_CHECK = "features_contract"
 
 
 @asset(
+    code_version=FEATURE_CODE_VERSION,
     deps=[candidates, AssetDep(events, partition_mapping=training_weeks_before)],
     partitions_def=weekly_partitions,
     group_name="ranking",

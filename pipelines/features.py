@@ -28,7 +28,10 @@ from pipelines.spark import broadcast_if_small
 
 FEATURES_TABLE = "features"
 ITEM_STATS_TABLE = "item_stats"
-FEATURE_CODE_VERSION = "1"
+# Bumped when the candidate or feature rows change meaning: the `candidates` and `features` assets
+# carry it as their Dagster code version, so partitions written by older code show as stale.
+# 2: candidates carry the session x item features (PAIR_FEATURES).
+FEATURE_CODE_VERSION = "2"
 KEY_COLUMNS = ("session", "type", "aid")
 DAY_MS = 24 * 3600 * 1000
 TREND_SMOOTHING = 5.0
