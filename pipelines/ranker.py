@@ -160,6 +160,58 @@ def fold_column(folds: int, seed: int):
     return F.floor(session_uniform(seed, "fold") * folds).cast("int")
 
 
+_XXH_PRIMES = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
+
+
+def session_uniform_array(sessions: np.ndarray, seed: int, salt: str) -> np.ndarray:
+    """`session_uniform` of an array of session ids, bit for bit: Spark's `xxhash64(session, seed,
+    salt)` (XXH64 of the long, then of the int seed, then of the salt's UTF-8 bytes, each seeded by
+    the one before, starting at 42), so Python workers reading the lake's files directly assign
+    the folds the training sample was drawn with."""
+    p1, p2, p3, p4, p5 = (np.uint64(prime) for prime in _XXH_PRIMES)
+
+    def rotl(x, bits):
+        return (x << np.uint64(bits)) | (x >> np.uint64(64 - bits))
+
+    def mix_word(h, word):
+        return rotl(h ^ (rotl(word * p2, 31) * p1), 27) * p1 + p4
+
+    def mix_half_word(h, half_word):
+        return rotl(h ^ (np.uint64(half_word) * p1), 23) * p2 + p3
+
+    def finish(h):
+        h = (h ^ (h >> np.uint64(33))) * p2
+        h = (h ^ (h >> np.uint64(29))) * p3
+        return h ^ (h >> np.uint64(32))
+
+    with np.errstate(over="ignore"):
+        h = finish(mix_word(np.uint64(42) + p5 + np.uint64(8), np.asarray(sessions, dtype=np.int64).view(np.uint64)))
+        if -(1 << 31) <= seed < (1 << 31):  # F.lit of a Python int: an int column, else a long
+            h = finish(mix_half_word(h + p5 + np.uint64(4), seed & 0xFFFFFFFF))
+        else:
+            h = finish(mix_word(h + p5 + np.uint64(8), np.uint64(seed & (2**64 - 1))))
+        data = salt.encode()
+        if len(data) >= 32:
+            raise ValueError("salts of 32 bytes or more take another XXH64 path; use a shorter salt")
+        h = h + p5 + np.uint64(len(data))
+        offset = 0
+        while offset + 8 <= len(data):
+            h = mix_word(h, np.uint64(int.from_bytes(data[offset:offset + 8], "little")))
+            offset += 8
+        if offset + 4 <= len(data):
+            h = mix_half_word(h, int.from_bytes(data[offset:offset + 4], "little"))
+            offset += 4
+        for byte in data[offset:]:
+            h = rotl(h ^ (np.uint64(byte) * p5), 11) * p1
+        hashed = finish(h).view(np.int64)
+    return np.mod(hashed, 1 << 30) / float(1 << 30)
+
+
+def fold_array(sessions: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """`fold_column` of an array of session ids."""
+    return np.floor(session_uniform_array(sessions, seed, "fold") * folds).astype(np.int32)
+
+
 def graded_labels(labels):
     """Spark `session, type, aid, label`: 2 for the type's own truth, 1 where the aid is in the
     session's truth of the related buy type (`RELATED_TRUTH`), the larger when both."""
@@ -415,7 +467,7 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
 
 
 def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, key: str = "type", keep=(),
-               top_k: int | None = None, keep_where: str | None = None):
+               top_k: int | None = None):
     """Spark `session, type, aid, score` (and the `keep` columns) for candidate feature rows: each
     row scored by the booster of its `key` value (the type when serving, the fold out of fold) with
     its first `ranker_rounds[value]` trees (all when not given; a missing booster is the prior alone).
@@ -424,7 +476,7 @@ def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, ke
     outside the top k of its (session, type)'s rows in its own Arrow batch is outside the top k of
     all of them (the order is `ranked_top_k`'s). A later `ranked_top_k` then sorts a fraction of the
     rows; how large a fraction depends on how clustered by session the rows arrive (candidates are
-    written sorted by session and type). Rows whose boolean column `keep_where` is true are kept too.
+    written sorted by session and type).
 
     Arrow batches go straight to NumPy (`mapInArrow`): through pandas, the conversion of every
     batch cost more than LightGBM's prediction."""
@@ -433,7 +485,7 @@ def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, ke
 
     rounds = ranker_rounds or {}
     passed = ["session", "type", "aid", *[c for c in keep if c != "type"]]
-    needed = rows.select(*dict.fromkeys([*passed, key, "baseline_rank", *FEATURE_COLUMNS, *([keep_where] if keep_where else [])]))
+    needed = rows.select(*dict.fromkeys([*passed, key, "baseline_rank", *FEATURE_COLUMNS]))
     output = rows.select(*passed).schema.add("score", DoubleType())
 
     def score(batches):
@@ -459,13 +511,74 @@ def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, ke
                 kept = within_top_k(batch.column("session").to_numpy(zero_copy_only=False),
                                     batch.column("type").to_numpy(zero_copy_only=False),
                                     batch.column("aid").to_numpy(zero_copy_only=False), scores, top_k)
-                if keep_where:
-                    kept |= batch.column(keep_where).to_numpy(zero_copy_only=False).astype(bool)
                 index = pa.array(np.flatnonzero(kept))
                 columns = [column.take(index) for column in columns]
             yield pa.RecordBatch.from_arrays(columns, names=[*passed, "score"])
 
     return needed.mapInArrow(score, output)
+
+
+def score_lake_rows(features, ranker_strings: dict, ranker_rounds: dict, config: RankerConfig,
+                    keep=("baseline_rank", "top_sellers_rank")):
+    """Out of fold: Spark `session, type, aid, *keep, score` for the lake's `features` partition
+    (a Parquet read), each row scored by the booster of its type and fold (`ranker_strings` keyed
+    `type/fold`, `fold_array` giving the fold); types without a booster are left out.
+
+    Python tasks read the files' row groups straight with pyarrow: sending every feature column
+    through Spark to Python cost several times LightGBM's prediction. Every executor must see
+    the lake (it must anyway: README, "Running on a Spark cluster")."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
+
+    files = features.inputFiles()
+    if not files:
+        raise ValueError("score_lake_rows reads the features' Parquet files: pass the partition as read from the lake")
+    tasks = [(path, group) for path in files for group in range(_parquet_file(path).metadata.num_row_groups)]
+    columns = ["session", "type", "aid", *keep, *FEATURE_COLUMNS]
+    passed = ["session", "type", "aid", *keep]
+    schema = StructType([*(features.schema[name] for name in passed), StructField("score", DoubleType())])
+    types = sorted({key.split("/")[0] for key in ranker_strings})
+    # Booster of (type, fold) at index type_index * folds + fold.
+    keys = [f"{event_type}/{fold}" for event_type in types for fold in range(config.folds)]
+    work = features.sparkSession.createDataFrame(
+        tasks, StructType([StructField("path", StringType()), StructField("row_group", IntegerType())]))
+
+    def score(batches):
+        import lightgbm as lgb
+
+        boosters = [lgb.Booster(model_str=ranker_strings[key]) if ranker_strings.get(key) else None for key in keys]
+        type_set = pa.array(types)
+        for batch in batches:
+            for path, group in zip(batch.column("path").to_pylist(), batch.column("row_group").to_pylist()):
+                table = _parquet_file(path).read_row_group(group, columns=columns)
+                table = table.filter(pc.is_in(table.column("type"), value_set=type_set))
+                for part in table.to_batches(max_chunksize=65_536):
+                    sessions = part.column("session").to_numpy(zero_copy_only=False)
+                    type_index = pc.index_in(part.column("type"), value_set=type_set).to_numpy(zero_copy_only=False)
+                    booster_index = type_index * config.folds + fold_array(sessions, config.folds, config.seed)
+                    matrix = np.empty((part.num_rows, len(FEATURE_COLUMNS)), dtype=np.float32)
+                    for position, name in enumerate(FEATURE_COLUMNS):
+                        matrix[:, position] = part.column(name).to_numpy(zero_copy_only=False)
+                    scores = prior_from_ranks(part.column("baseline_rank").to_numpy(zero_copy_only=False).astype(np.float64))
+                    for value in np.unique(booster_index):
+                        index = np.flatnonzero(booster_index == value)
+                        # One thread per Python worker: Spark already runs one worker per core.
+                        scores[index] = boosted_scores(boosters[value], matrix[index], scores[index], num_threads=1,
+                                                       rounds=ranker_rounds.get(keys[value]))
+                    yield pa.RecordBatch.from_arrays([*(part.column(name) for name in passed), pa.array(scores)],
+                                                     names=[*passed, "score"])
+
+    # One task per row group, spread over the cluster.
+    return work.repartition(max(len(tasks), 1)).mapInArrow(score, schema)
+
+
+def _parquet_file(uri: str):
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    return pq.ParquetFile(filesystem.open_input_file(path))
 
 
 def within_top_k(sessions: np.ndarray, types: np.ndarray, aids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
@@ -522,8 +635,6 @@ class RankerEvaluation:
 
 
 RANKER = "ranker"
-MODEL_KEY = "model_key"  # `type/fold`: which fold booster scores a row out of fold
-NEEDED_FOR_METRICS = "needed_for_metrics"
 BASELINE_COVISITATION = "baseline_covisitation"
 BASELINE_POPULARITY = "baseline_popularity"
 BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
@@ -533,7 +644,6 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
     """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`), score
     the out-of-fold predictions and both baselines on the same candidate rows."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     labels = labels.select(*KEY_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
     graded = graded_labels(labels)
@@ -551,20 +661,11 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
             del sample
             timings[f"fit.{event_type}"] = round(results[event_type].seconds, 1)
         clock = time.perf_counter()
-        # Every type in one pass over the features, each row by the booster of its (type, fold);
-        # the rankings and the ceiling all read these rows.
+        # Every type in one pass over the features' files, each row by the booster of its (type,
+        # fold); the rankings and the ceiling all read these rows.
         boosters = {f"{t}/{fold}": text for t, r in results.items() for fold, text in r.fold_model_strings().items()}
         rounds = {f"{t}/{fold}": n for t, r in results.items() for fold, n in r.fold_rounds.items()}
-        # Only the rows some ranking or the ceiling can use leave Python: the ranker's top k per
-        # batch, the baselines' top k and the truths.
-        needed_for_metrics = (F.col("baseline_rank").between(1, k) | F.col("top_sellers_rank").between(1, k)
-                              | (F.col(LABEL_COLUMN) == TARGET_LABEL))
-        scored = score_rows(
-            rows.where(F.col("type").isin(*results)).withColumn(MODEL_KEY, F.concat_ws("/", "type", "fold"))
-            .withColumn(NEEDED_FOR_METRICS, F.coalesce(needed_for_metrics, F.lit(False))),
-            boosters, rounds, key=MODEL_KEY, keep=("baseline_rank", "top_sellers_rank", LABEL_COLUMN),
-            top_k=k, keep_where=NEEDED_FOR_METRICS,
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        scored = score_lake_rows(features, boosters, rounds, config).persist(StorageLevel.MEMORY_AND_DISK)
         rankings = {
             RANKER: ranked_top_k(scored, k).select("session", "type", "aid", "rank"),
             BASELINE_COVISITATION: ranked_by(scored, "baseline_rank", k),
@@ -572,7 +673,8 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
         }
         predictions = {name: frame.persist(StorageLevel.MEMORY_AND_DISK) for name, frame in rankings.items()}
         metrics = {name: spark_score(frame, labels, k) for name, frame in predictions.items()}
-        ceiling = spark_candidate_recall(scored.where(F.col(LABEL_COLUMN) == TARGET_LABEL).select(*KEY_COLUMNS), labels, k)
+        truth = broadcast_if_small(labels.select(*KEY_COLUMNS).distinct())
+        ceiling = spark_candidate_recall(scored.select(*KEY_COLUMNS).join(truth, list(KEY_COLUMNS), "left_semi"), labels, k)
         timings["score_and_metrics"] = round(time.perf_counter() - clock, 1)
     except BaseException:
         for frame in predictions.values():

@@ -6,6 +6,7 @@ reaches pandas."""
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -22,12 +23,15 @@ from pipelines.ranker import (
     choose_rounds,
     evaluate_ranker,
     fit_target,
+    fold_array,
     fold_column,
     graded_labels,
     labelled_rows,
     predict_scores,
     ranked_top_k,
     score_rows,
+    session_uniform,
+    session_uniform_array,
     training_rows,
     training_sample,
     truths_in_top_k,
@@ -63,15 +67,28 @@ def labels_of(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def spark_frames(spark, rows: pd.DataFrame, labels: pd.DataFrame | None = None):
-    """`features` and long `labels` as Spark frames, shaped like the lake's."""
-    features = spark.createDataFrame(rows[["session", "type", "aid", *FEATURE_COLUMNS]].astype({c: "float64" for c in FEATURE_COLUMNS}))
+    """`features` and long `labels` as Spark frames, shaped like the lake's: the features are read
+    back from Parquet files (three, rows in no particular order), as the ranker reads the lake."""
+    features = spark.createDataFrame(rows[["session", "type", "aid", *FEATURE_COLUMNS]].astype({c: "float32" for c in FEATURE_COLUMNS}))
+    folder = tempfile.mkdtemp(prefix="ranker-features-")
+    features.repartition(3).write.mode("overwrite").parquet(folder)
     labels = labels_of(rows) if labels is None else labels
-    return features.repartition(3), spark.createDataFrame(labels[["session", "type", "aid"]].astype({"session": "int64", "aid": "int64"}))
+    return spark.read.parquet(folder), spark.createDataFrame(labels[["session", "type", "aid"]].astype({"session": "int64", "aid": "int64"}))
 
 
 def sample_of(spark, rows: pd.DataFrame, config: RankerConfig = FAST, event_type: str = "carts") -> pd.DataFrame:
     features, labels = spark_frames(spark, rows)
     return training_sample(labelled_rows(features, graded_labels(labels), config), event_type, config)
+
+
+def test_python_workers_draw_the_same_folds_and_uniforms_as_spark(spark):
+    sessions = np.r_[np.arange(3000), [0, 2**40 + 17, 2**62, 14_571_581]]
+    frame = spark.createDataFrame([(int(s),) for s in sessions], "session BIGINT")
+    for seed, salt in [(42, "fold"), (7, "sample"), (42, "validation"), (3, "a salt of 20 bytes.."), (2**33, "fold")]:
+        spark_values = np.array([row[0] for row in frame.select(session_uniform(seed, salt)).collect()])
+        assert np.array_equal(session_uniform_array(sessions, seed, salt), spark_values), (seed, salt)
+    spark_folds = np.array([row[0] for row in frame.select(fold_column(3, 42)).collect()])
+    assert np.array_equal(fold_array(sessions, 3, 42), spark_folds)
 
 
 def test_folds_are_balanced_deterministic_and_seeded(spark):
