@@ -9,9 +9,11 @@ per session (seeded), positives always kept.
 
 Where the work happens: the rows stay in Spark. Only the training sample reaches the driver
 (`training_sample`: at most `max_train_sessions` per fit and about `max_sample_rows` rows per
-type, so the driver's memory follows the configuration, not the week), binned once per type
-(`binned_rows`; every fit is a subset of it), the boosters go back out to score every row in `mapInArrow`
-(`score_rows`), and the metrics are Spark aggregates (`pipelines.metrics.spark_*`).
+type, so the driver's memory follows the configuration, not the week) and is binned once per
+type (`binned_rows`; every fit is a subset of it). The boosters go back out to score every row in
+Python tasks that read the features' files themselves (`score_lake_rows`; served rows, computed
+in the plan, go through `score_rows`), and the metrics are Spark aggregates
+(`pipelines.metrics.spark_*`).
 
 Boosting starts from the hand rule's order, and how far it moves away is chosen inside each
 training fold: a share of the training sessions (`validation_share`, by hash) is held out of the
