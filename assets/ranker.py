@@ -147,8 +147,9 @@ def ranker(
              "mlflow_run_id": run.info.run_id, "code_version": code_version()},
             lake.lake.model_tables_dir(run.info.run_id),
         )
-        bundle_size = Bundle(bundle).size_bytes()
-        mlflow.log_params({f"bundle.tables.{name}": location for name, location in Bundle(bundle).info["tables"].items()})
+        saved = Bundle(bundle)
+        bundle_size = saved.size_bytes()
+        mlflow.log_params({f"bundle.tables.{name}": location for name, location in saved.info["tables"].items()})
         mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)

@@ -1,4 +1,4 @@
-"""The servable recommender: one MLflow pyfunc bundling the week's source tables and the rankers.
+"""The servable recommender: one MLflow pyfunc holding the rankers and naming the week's source tables.
 
 A bundle is a small folder (what MLflow stores and every run downloads once):
 

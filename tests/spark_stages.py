@@ -22,7 +22,6 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
 
 INGEST_ASSETS = ["events", "sessions"]
-SOURCE_ASSETS = ["events", "sessions", "eval_split", "top_sellers", "covisitation", "als"]
 # Every asset of the graph, from events to the published tables.
 GRAPH_ASSETS = [
     "events", "sessions", "eval_split", "top_sellers", "covisitation", "als", "candidates", "features", "ranker",
@@ -70,8 +69,6 @@ def materialize(definitions, plan: list[tuple[str, list[str]]], run_config: dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ingest-weeks", nargs="*", default=[], help="weeks to materialize events and sessions for")
-    parser.add_argument("--source-weeks", nargs="*", default=[],
-                        help=f"weeks to materialize {', '.join(SOURCE_ASSETS)} for")
     parser.add_argument("--graph-weeks", nargs="*", default=[], help="weeks to materialize every asset for")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                         help="Spark setting, passed as run config of the `spark` resource")
@@ -87,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     # Only `conf`, as an operator would set it in the launchpad: the master comes from SPARK_MASTER.
     spark_config = {"conf": dict(item.split("=", 1) for item in args.spark_conf)}
     run_config = {"ops": {"als": {"config": FAST_ALS}}, "resources": {"spark": {"config": spark_config}}}
-    plan = ([(week, INGEST_ASSETS) for week in args.ingest_weeks] + [(week, SOURCE_ASSETS) for week in args.source_weeks]
-            + [(week, GRAPH_ASSETS) for week in args.graph_weeks])
+    plan = [(week, INGEST_ASSETS) for week in args.ingest_weeks] + [(week, GRAPH_ASSETS) for week in args.graph_weeks]
     runs = materialize(definitions, plan, run_config)
     for run in runs:
         print(json.dumps(run), flush=True)
