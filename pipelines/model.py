@@ -114,7 +114,7 @@ class Bundle:
     def recommend(self, sessions, k: int = K):
         """`sessions`: Spark `session, prefix` -> Spark `session, type, recs, scores` (top k per type)."""
         features = candidate_features(sessions, self.tables(sessions.sparkSession), self.candidate_config)
-        return top_k_lists(score_rows(features, self.ranker_strings, self.ranker_rounds, top_k=k), k)
+        return top_k_lists(score_rows(features, self.ranker_strings, self.ranker_rounds), k)
 
 
 def top_k_lists(scored, k: int = K):

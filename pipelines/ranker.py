@@ -468,63 +468,64 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
 # --- Spark: scoring and ranking every row ----------------------------------------------------
 
 
-def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None, key: str = "type", keep=(),
-               top_k: int | None = None):
-    """Spark `session, type, aid, score` (and the `keep` columns) for candidate feature rows: each
-    row scored by the booster of its `key` value (the type when serving, the fold out of fold) with
-    its first `ranker_rounds[value]` trees (all when not given; a missing booster is the prior alone).
+def _batch_scores(batch, boosters: list, booster_index: np.ndarray, rounds: list) -> np.ndarray:
+    """Scores of an Arrow batch of feature rows, row i by `boosters[booster_index[i]]` with its first
+    `rounds[booster_index[i]]` trees (a missing booster, or zero rounds, is the prior alone)."""
+    features = np.empty((batch.num_rows, len(FEATURE_COLUMNS)), dtype=np.float32)
+    for position, name in enumerate(FEATURE_COLUMNS):
+        features[:, position] = batch.column(name).to_numpy(zero_copy_only=False)
+    scores = prior_from_ranks(batch.column("baseline_rank").to_numpy(zero_copy_only=False).astype(np.float64))
+    for value in np.unique(booster_index):
+        index = np.flatnonzero(booster_index == value)
+        # One thread per Python worker: Spark already runs one worker per core.
+        scores[index] = boosted_scores(boosters[value], features[index], scores[index], num_threads=1,
+                                       rounds=rounds[value])
+    return scores
 
-    `top_k`: drop, already in Python, the rows that cannot be in their (session, type)'s top k: a row
-    outside the top k of its (session, type)'s rows in its own Arrow batch is outside the top k of
-    all of them (the order is `ranked_top_k`'s). A later `ranked_top_k` then sorts a fraction of the
-    rows; how large a fraction depends on how clustered by session the rows arrive (candidates are
-    written sorted by session and type).
+
+def score_rows(rows, ranker_strings: dict, ranker_rounds: dict | None = None):
+    """Spark `session, type, aid, score` for candidate feature rows computed in the plan: each row
+    scored by the booster of its type with its first `ranker_rounds[type]` trees (all when not
+    given; a type without a booster is the prior alone). Rows already in the lake go through
+    `score_lake_rows`, which reads the files itself.
 
     Arrow batches go straight to NumPy (`mapInArrow`): through pandas, the conversion of every
     batch cost more than LightGBM's prediction."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     from pyspark.sql.types import DoubleType
 
     rounds = ranker_rounds or {}
-    passed = ["session", "type", "aid", *[c for c in keep if c != "type"]]
-    needed = rows.select(*dict.fromkeys([*passed, key, "baseline_rank", *FEATURE_COLUMNS]))
+    passed = ["session", "type", "aid"]
+    needed = rows.select(*dict.fromkeys([*passed, "baseline_rank", *FEATURE_COLUMNS]))
     output = rows.select(*passed).schema.add("score", DoubleType())
+    keys = sorted(ranker_strings)
 
     def score(batches):
         import lightgbm as lgb
 
-        boosters = {value: (lgb.Booster(model_str=text) if text else None) for value, text in ranker_strings.items()}
+        boosters = [lgb.Booster(model_str=ranker_strings[value]) if ranker_strings[value] else None for value in keys]
+        key_set = pa.array(keys)
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            features = np.empty((batch.num_rows, len(FEATURE_COLUMNS)), dtype=np.float32)
-            for position, name in enumerate(FEATURE_COLUMNS):
-                features[:, position] = batch.column(name).to_numpy(zero_copy_only=False)
-            ranks = batch.column("baseline_rank").to_numpy(zero_copy_only=False).astype(np.float64)
-            scores = prior_from_ranks(ranks)
-            values = batch.column(key).to_numpy(zero_copy_only=False)
-            for value in np.unique(values):
-                index = np.flatnonzero(values == value)
-                # One thread per Python worker: Spark already runs one worker per core.
-                scores[index] = boosted_scores(boosters[value], features[index], scores[index], num_threads=1,
-                                               rounds=rounds.get(value))
-            columns = [*(batch.column(name) for name in passed), pa.array(scores)]
-            if top_k is not None:
-                kept = within_top_k(batch.column("session").to_numpy(zero_copy_only=False),
-                                    batch.column("type").to_numpy(zero_copy_only=False),
-                                    batch.column("aid").to_numpy(zero_copy_only=False), scores, top_k)
-                index = pa.array(np.flatnonzero(kept))
-                columns = [column.take(index) for column in columns]
-            yield pa.RecordBatch.from_arrays(columns, names=[*passed, "score"])
+            # A type without a key gets index len(keys): no booster, the prior alone.
+            booster_index = pc.fill_null(pc.index_in(batch.column("type"), value_set=key_set), len(keys))
+            scores = _batch_scores(batch, boosters + [None], booster_index.to_numpy(zero_copy_only=False),
+                                   [rounds.get(value) for value in keys] + [None])
+            yield pa.RecordBatch.from_arrays([*(batch.column(name) for name in passed), pa.array(scores)],
+                                             names=[*passed, "score"])
 
     return needed.mapInArrow(score, output)
 
 
-def score_lake_rows(features, ranker_strings: dict, ranker_rounds: dict, config: RankerConfig,
-                    keep=("baseline_rank", "top_sellers_rank")):
-    """Out of fold: Spark `session, type, aid, *keep, score` for the lake's `features` partition
-    (a Parquet read), each row scored by the booster of its type and fold (`ranker_strings` keyed
-    `type/fold`, `fold_array` giving the fold); types without a booster are left out.
+def score_lake_rows(features, ranker_strings: dict, ranker_rounds: dict | None = None, folds: int | None = None,
+                    seed: int = 0, keep=()):
+    """Spark `session, type, aid, *keep, score` for a features table read from the lake (a Parquet
+    read), each row scored by the booster of its type (`ranker_strings` keyed by type: serving) or,
+    with `folds`, of its type and fold (keyed `type/fold`, `fold_array(session, folds, seed)` giving
+    the fold: out of fold); rows of a type without a key are left out, a key without a booster
+    scores the prior alone.
 
     Python tasks read the files' row groups straight with pyarrow: sending every feature column
     through Spark to Python cost several times LightGBM's prediction. Every executor must see
@@ -536,13 +537,14 @@ def score_lake_rows(features, ranker_strings: dict, ranker_rounds: dict, config:
     files = features.inputFiles()
     if not files:
         raise ValueError("score_lake_rows reads the features' Parquet files: pass the partition as read from the lake")
+    rounds = ranker_rounds or {}
     tasks = [(path, group) for path in files for group in range(_parquet_file(path).metadata.num_row_groups)]
-    columns = ["session", "type", "aid", *keep, *FEATURE_COLUMNS]
-    passed = ["session", "type", "aid", *keep]
+    passed = ["session", "type", "aid", *[c for c in keep if c != "type"]]
+    columns = list(dict.fromkeys([*passed, "baseline_rank", *FEATURE_COLUMNS]))
     schema = StructType([*(features.schema[name] for name in passed), StructField("score", DoubleType())])
     types = sorted({key.split("/")[0] for key in ranker_strings})
-    # Booster of (type, fold) at index type_index * folds + fold.
-    keys = [f"{event_type}/{fold}" for event_type in types for fold in range(config.folds)]
+    # Booster of (type, fold) at index type_index * folds + fold; of a type at its index.
+    keys = [f"{event_type}/{fold}" for event_type in types for fold in range(folds)] if folds else types
     work = features.sparkSession.createDataFrame(
         tasks, StructType([StructField("path", StringType()), StructField("row_group", IntegerType())]))
 
@@ -550,24 +552,18 @@ def score_lake_rows(features, ranker_strings: dict, ranker_rounds: dict, config:
         import lightgbm as lgb
 
         boosters = [lgb.Booster(model_str=ranker_strings[key]) if ranker_strings.get(key) else None for key in keys]
+        key_rounds = [rounds.get(key) for key in keys]
         type_set = pa.array(types)
         for batch in batches:
             for path, group in zip(batch.column("path").to_pylist(), batch.column("row_group").to_pylist()):
                 table = _parquet_file(path).read_row_group(group, columns=columns)
                 table = table.filter(pc.is_in(table.column("type"), value_set=type_set))
                 for part in table.to_batches(max_chunksize=65_536):
-                    sessions = part.column("session").to_numpy(zero_copy_only=False)
-                    type_index = pc.index_in(part.column("type"), value_set=type_set).to_numpy(zero_copy_only=False)
-                    booster_index = type_index * config.folds + fold_array(sessions, config.folds, config.seed)
-                    matrix = np.empty((part.num_rows, len(FEATURE_COLUMNS)), dtype=np.float32)
-                    for position, name in enumerate(FEATURE_COLUMNS):
-                        matrix[:, position] = part.column(name).to_numpy(zero_copy_only=False)
-                    scores = prior_from_ranks(part.column("baseline_rank").to_numpy(zero_copy_only=False).astype(np.float64))
-                    for value in np.unique(booster_index):
-                        index = np.flatnonzero(booster_index == value)
-                        # One thread per Python worker: Spark already runs one worker per core.
-                        scores[index] = boosted_scores(boosters[value], matrix[index], scores[index], num_threads=1,
-                                                       rounds=ranker_rounds.get(keys[value]))
+                    booster_index = pc.index_in(part.column("type"), value_set=type_set).to_numpy(zero_copy_only=False)
+                    if folds:
+                        sessions = part.column("session").to_numpy(zero_copy_only=False)
+                        booster_index = booster_index * folds + fold_array(sessions, folds, seed)
+                    scores = _batch_scores(part, boosters, booster_index, key_rounds)
                     yield pa.RecordBatch.from_arrays([*(part.column(name) for name in passed), pa.array(scores)],
                                                      names=[*passed, "score"])
 
@@ -581,20 +577,6 @@ def _parquet_file(uri: str):
 
     filesystem, path = fs.FileSystem.from_uri(uri)
     return pq.ParquetFile(filesystem.open_input_file(path))
-
-
-def within_top_k(sessions: np.ndarray, types: np.ndarray, aids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Per row: is it among the k best of its (session, type) rows here (score descending, then aid;
-    NaN last, as in `ranked_top_k`)?"""
-    values = np.where(np.isnan(scores), -np.inf, scores)
-    _, type_codes = np.unique(types, return_inverse=True)
-    order = np.lexsort((aids, -values, type_codes, sessions))
-    ordered_session, ordered_type = sessions[order], type_codes[order]
-    starts = np.r_[True, (ordered_session[1:] != ordered_session[:-1]) | (ordered_type[1:] != ordered_type[:-1])]
-    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
-    kept = np.zeros(len(order), dtype=bool)
-    kept[order] = np.arange(len(order)) - group_start < k
-    return kept
 
 
 def ranked_top_k(scored, k: int = K, score_column: str = SCORE_COLUMN):
@@ -667,7 +649,8 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
         # fold); the rankings and the ceiling all read these rows.
         boosters = {f"{t}/{fold}": text for t, r in results.items() for fold, text in r.fold_model_strings().items()}
         rounds = {f"{t}/{fold}": n for t, r in results.items() for fold, n in r.fold_rounds.items()}
-        scored = score_lake_rows(features, boosters, rounds, config).persist(StorageLevel.MEMORY_AND_DISK)
+        scored = score_lake_rows(features, boosters, rounds, folds=config.folds, seed=config.seed,
+                                 keep=("baseline_rank", "top_sellers_rank")).persist(StorageLevel.MEMORY_AND_DISK)
         rankings = {
             RANKER: ranked_top_k(scored, k).select("session", "type", "aid", "rank"),
             BASELINE_COVISITATION: ranked_by(scored, "baseline_rank", k),

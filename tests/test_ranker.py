@@ -29,13 +29,13 @@ from pipelines.ranker import (
     labelled_rows,
     predict_scores,
     ranked_top_k,
+    score_lake_rows,
     score_rows,
     session_uniform,
     session_uniform_array,
     training_rows,
     training_sample,
     truths_in_top_k,
-    within_top_k,
 )
 from pipelines.registry import CHAMPION_ALIAS, GATE_TAG, REJECTED, decide, gate_version
 
@@ -287,10 +287,6 @@ def test_spark_top_k_and_held_out_ranks_order_like_a_pandas_sort_with_ties_and_m
     key = ["session", "type", "aid", "rank"]
     assert sorted(map(tuple, got[key].to_numpy().tolist())) == sorted(map(tuple, expected[key].to_numpy().tolist()))
 
-    in_top_here = within_top_k(scored["session"].to_numpy(), scored["type"].to_numpy(dtype=object),
-                               scored["aid"].to_numpy(), scored["score"].to_numpy(), k=5)
-    assert np.array_equal(in_top_here, scored.index.isin(expected.index))
-
     one_type = scored[scored["type"] == "carts"].assign(**{LABEL_COLUMN: np.int8(TARGET_LABEL)})
     in_top = truths_in_top_k(one_type, one_type["score"].to_numpy(), k=5)
     assert np.array_equal(in_top, one_type.index.isin(expected[expected["type"] == "carts"].index))
@@ -323,24 +319,22 @@ def test_every_session_is_scored_once_by_its_folds_model(spark, folds):
     assert set(zip(predictions["session"], predictions["aid"])) == set(zip(expected["session"], expected["aid"]))
 
 
-def test_scoring_that_drops_rows_outside_each_batchs_top_k_ranks_like_scoring_every_row(spark):
+def test_scoring_the_lake_files_by_type_equals_scoring_the_rows_in_the_plan(spark, tmp_path):
     rows = synthetic_rows(200, 25, seed=3)
-    rows["type"] = np.where(rows["aid"] % 2 == 0, "carts", "clicks")
+    rows["type"] = np.select([rows["aid"] % 3 == 0, rows["aid"] % 3 == 1], ["carts", "clicks"], "orders")
     rows["baseline_rank"] = np.where(rows["aid"] % 7 == 0, np.nan, rows["baseline_rank"])  # ALS-only rows
-    sample = sample_of(spark, rows)
-    booster = fit_target(sample, "carts", FAST).model.model_to_string()
-    # Clustered by session, as candidates are written; 97-row batches cut through sessions.
-    features = spark.createDataFrame(rows[["session", "type", "aid", *FEATURE_COLUMNS]]).repartition(3, "session") \
-        .sortWithinPartitions("session", "type")
-    every_row = ranked_top_k(score_rows(features, {"carts": booster, "clicks": booster}), k=5)
-    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
-    # Small batches: many sessions straddle two batches.
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "97")
-    try:
-        pruned_scores = score_rows(features, {"carts": booster, "clicks": booster}, top_k=5)
-        pruned = ranked_top_k(pruned_scores, k=5)
-        key = ["session", "type", "aid", "rank", "score"]
-        assert sorted(map(tuple, pruned.select(*key).collect())) == sorted(map(tuple, every_row.select(*key).collect()))
-        assert pruned_scores.count() < 0.6 * len(rows)
-    finally:
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+    booster = fit_target(sample_of(spark, rows), "carts", FAST).model.model_to_string()
+    # Carts with every tree, clicks with 3, orders without a booster (the prior alone).
+    strings, rounds = {"carts": booster, "clicks": booster, "orders": ""}, {"clicks": 3}
+    frame = spark.createDataFrame(rows[["session", "type", "aid", *FEATURE_COLUMNS]])
+    # Several files of several row groups each.
+    frame.repartition(3).write.option("parquet.block.size", 16_384).parquet(str(tmp_path / "features"))
+    from_files = score_lake_rows(spark.read.parquet(str(tmp_path / "features")), strings, rounds)
+    in_plan = score_rows(frame, strings, rounds)
+    key = ["session", "type", "aid", "score"]
+    got, expected = sorted(map(tuple, from_files.select(*key).collect())), sorted(map(tuple, in_plan.select(*key).collect()))
+    assert len(got) == len(rows) and got == expected
+    orders = rows[rows["type"] == "orders"]
+    prior = {(s, a): v for s, a, v in zip(orders["session"], orders["aid"], predict_scores(None, orders))}
+    assert all(score == prior[(s, a)] for s, t, a, score in got if t == "orders")
+    assert len({score for _, t, _, score in got if t == "clicks"} - {score for _, t, _, score in got if t == "carts"}) > 0
