@@ -243,7 +243,21 @@ def sampled_sessions_per_type(config: RankerConfig) -> int:
     return math.ceil(config.max_train_sessions * per_fold_fit)
 
 
-def training_sample(labelled, event_type: str, config: RankerConfig) -> pd.DataFrame:
+def sessions_with_a_positive(labelled):
+    """Spark `type, session, rows`: for every type, the sessions with a positive among their
+    candidate rows, and how many rows they have (one pass over every type's rows; persist it when
+    several types are sampled)."""
+    from pyspark.sql import functions as F
+
+    return (
+        labelled.groupBy("type", "session")
+        .agg(F.max(LABEL_COLUMN).alias("best_label"), F.count(F.lit(1)).alias("rows"))
+        .where(F.col("best_label") > 0)
+        .select("type", "session", "rows")
+    )
+
+
+def training_sample(labelled, event_type: str, config: RankerConfig, positives=None) -> pd.DataFrame:
     """Every candidate row of a seeded sample of the sessions with a positive
     (`sampled_sessions_per_type` of them, fewer where their rows would pass `max_sample_rows`),
     drawn in Spark; a `validation_share` of the sessions is
@@ -252,12 +266,13 @@ def training_sample(labelled, event_type: str, config: RankerConfig) -> pd.DataF
 
     Its size follows the configuration, not the week: about `max_sample_rows` at most. Pandas
     `session, aid, label, fold, validation, *FEATURE_COLUMNS`, features float32, sorted by
-    (session, aid) so LightGBM's groups are contiguous and fits are reproducible."""
+    (session, aid) so LightGBM's groups are contiguous and fits are reproducible. `positives`:
+    `sessions_with_a_positive(labelled)`, computed here when not given."""
     from pyspark.sql import functions as F
 
+    positives = sessions_with_a_positive(labelled) if positives is None else positives
     rows = labelled.where(F.col("type") == event_type)
-    with_positive = rows.groupBy("session").agg(
-        F.max(LABEL_COLUMN).alias("best_label"), F.count(F.lit(1)).alias("rows")).where(F.col("best_label") > 0)
+    with_positive = positives.where(F.col("type") == event_type).select("session", "rows")
     totals = with_positive.agg(F.count(F.lit(1)).alias("sessions"), F.sum("rows").alias("rows")).first()
     if totals["sessions"] == 0:
         raise ValueError(f"{event_type}: no evaluation session has a positive; too little data to train a ranker")
@@ -633,13 +648,14 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
     graded = graded_labels(labels)
     results: dict[str, TargetResult] = {}
     predictions: dict = {}
-    scored = None
+    scored = positives = None
     timings: dict[str, float] = {}
     try:
         rows = labelled_rows(features, graded, config)
+        positives = sessions_with_a_positive(rows).persist(StorageLevel.MEMORY_AND_DISK)
         for event_type in types:
             clock = time.perf_counter()
-            sample = training_sample(rows, event_type, config)
+            sample = training_sample(rows, event_type, config, positives)
             timings[f"sample.{event_type}"] = round(time.perf_counter() - clock, 1)
             results[event_type] = fit_target(sample, event_type, config)
             del sample
@@ -667,7 +683,7 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
         raise
     finally:
         # The predictions are cached by now; what they were computed from is not needed again.
-        for frame in (scored, labels):
+        for frame in (scored, labels, positives):
             if frame is not None:
                 frame.unpersist()
     return RankerEvaluation(results=results, predictions=predictions, metrics=metrics, ceiling=ceiling, timings=timings)
