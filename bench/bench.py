@@ -4,6 +4,11 @@ Not a test: it prints numbers for the README. The generated raw data is cached u
 data/bench/ and reused while the generator parameters are unchanged.
 
     python bench/bench.py [--sessions 1000000] [--weeks 4] [--driver-memory 12g]
+    python bench/bench.py --sessions 200000 --seed 3 --forward --workdir data/bench-200k-3  # + W+1's score
+
+`--forward` generates one week more than `--weeks`; after the timed retrain of week W, W+1's
+events, sessions and evaluation split are prepared untimed and `bench/bench_forward.py` scores
+the bench's own bundle on W+1 through `recsys predict` against the hand rule (`forward` in the JSON).
 
 Spark starts with the project's defaults (pipelines/spark.py: half the machine's memory for the
 driver in local mode), like every other entry point; `--driver-memory` overrides them.
@@ -17,6 +22,7 @@ import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -276,6 +282,28 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         record.update(rows=len(rows), sessions_per_second=round(len(otto) / (time.perf_counter() - started), 1))
 
 
+def prepare_next_week(spark, lake: Lake, raw_dir: Path, weeks: list[Week]) -> Week:
+    """W+1's events, sessions and evaluation split, as its own assets would write them (not timed)."""
+    started = time.perf_counter()
+    next_week = weeks[-1].shift(1)
+    materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), next_week)], next_week)
+    materialize_sessions_week(spark, lake, next_week, [*weeks, next_week], 500)
+    eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, next_week), seed=42)
+    lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, next_week)
+    lake.write_partition(eval_labels, EVAL_LABELS_TABLE, next_week)
+    print(json.dumps({"prepared": "W+1's events, sessions and evaluation split (not timed)", "week": next_week.key,
+                      "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+    return next_week
+
+
+def forward_score(lake_dir: Path, workdir: Path, week: Week) -> dict:
+    """The bench's bundle scored on W+1 by `bench/bench_forward.py` (its own Spark and `recsys predict`)."""
+    report = workdir / "forward.json"
+    subprocess.run([sys.executable, str(Path(__file__).with_name("bench_forward.py")), "--lake", str(lake_dir),
+                    "--week", week.key, "--bundle", str(workdir / "bundle"), "--json", str(report)], check=True)
+    return json.loads(report.read_text())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=1_000_000)
@@ -286,6 +314,8 @@ def main() -> int:
     parser.add_argument("--stages", default="ingest,sources,ranking", help="comma list of: ingest, sources, ranking")
     parser.add_argument("--predict-sessions", type=int, default=20_000)
     parser.add_argument("--reuse", action="store_true", help="keep source tables a previous run left in the lake")
+    parser.add_argument("--forward", action="store_true",
+                        help="also score the bundle on the week after the timed one (generates one more week)")
     parser.add_argument("--json", help="write total_seconds, python_peak_mb, jvm_peak_mb and stages to this file")
     args = parser.parse_args()
 
@@ -294,7 +324,7 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}", flush=True)
     stages = set(args.stages.split(","))
     if "ingest" in stages:
-        generation = ensure_raw(raw_dir, args.sessions, args.weeks, args.seed)
+        generation = ensure_raw(raw_dir, args.sessions, args.weeks + int(args.forward), args.seed)
         print(json.dumps({"stage": "generate", "sessions": args.sessions, "events": generation["events"],
                           "seconds": generation.get("bench_seconds", generation.get("seconds"))}), flush=True)
     if "ingest" in stages:
@@ -318,11 +348,17 @@ def main() -> int:
         run_ranking(spark, lake, workdir, weeks, memory, results, args.predict_sessions)
 
     memory.stop()
+    if args.forward:
+        prepare_next_week(spark, lake, raw_dir, weeks)
     spark.stop()
     python_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"summary": results, "python_lifetime_peak_mb": round(python_peak)}, indent=2))
+    report = bench_report(results, args.sessions)
+    if args.forward:
+        forward = forward_score(lake_dir, workdir, weeks[-1])
+        report["forward"] = {key: forward[key] for key in ("week", "scored_week", "sessions", "forward", "forward_hand_rule", "gain")}
     if args.json:
-        Path(args.json).write_text(json.dumps(bench_report(results, args.sessions), indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 
