@@ -44,7 +44,7 @@ def als_source_recall(spark, eval_sessions, table_dir: str, labels) -> dict:
     from pyspark.sql import functions as F
 
     scored = neighbour_scores(neighbour_sources(history), similar_item_neighbours(spark.read.parquet(table_dir)))
-    ranked = with_source_rank(scored, "score", "als", config.als).where(F.col("als_rank").isNotNull())
+    ranked = with_source_rank(scored, "als_similarity", "als", config.als).where(F.col("als_rank").isNotNull())
     # The source proposes the same list for every type.
     types = F.broadcast(spark.createDataFrame([(t,) for t in EVENT_TYPES], "type STRING"))
     candidates = ranked.crossJoin(types).select("session", "type", "aid", F.col("als_rank").alias("rank"))

@@ -37,6 +37,17 @@ MAX_CANDIDATES_PER_QUERY = 9_999
 SOURCES = ("history", "covisitation", "als", "top_sellers")
 TYPE_WEIGHTS = {"clicks": 1.0, "carts": 6.0, "orders": 3.0}
 BUY_TYPES = ("carts", "orders")
+ALS_LIST = "als"
+# Neighbour list -> the session x item column its weights are summed into: the co-visitation
+# matrices (pipelines.covisitation) and ALS similar items.
+NEIGHBOUR_WEIGHTS = {
+    "clicks": "covisitation_clicks_weight",
+    "carts_orders": "covisitation_carts_orders_weight",
+    "buy2buy": "covisitation_buy2buy_weight",
+    ALS_LIST: "als_similarity",
+}
+# buy2buy links bought items to bought items: only the session's own carts and orders lead to it.
+BUY_SOURCE_LISTS = ("buy2buy",)
 # Per (session, aid): the session's own events with the item and the neighbour weights summed from
 # its items; built with the candidates, from the same exploded history, and kept in their table.
 PAIR_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
@@ -90,39 +101,52 @@ def last_elements(column: str, n: int):
     return F.slice(column, F.greatest(F.lit(1), F.size(column) - n + 1), F.lit(n))
 
 
-def neighbour_sources(history, types=None):
-    """One source row per (session, aid) of the history (of `types`, if given): its latest recency."""
+def neighbour_sources(history):
+    """One source row per (session, aid) of the history: its latest recency, and its latest recency
+    as a cart or order (`buy_recency`, null when the session never bought it)."""
     from pyspark.sql import functions as F
 
-    selected = history.where(F.col("type").isin(*types)) if types else history
-    return selected.groupBy("session", "aid").agg(F.max("recency").alias("recency"))
+    return history.groupBy("session", "aid").agg(
+        F.max("recency").alias("recency"),
+        F.max(F.when(F.col("type").isin(*BUY_TYPES), F.col("recency"))).alias("buy_recency"),
+    )
 
 
-def covisitation_neighbours(covisitation, matrix: str):
-    """`aid, neighbour, weight` of one co-visitation matrix."""
+def covisitation_neighbours(covisitation):
+    """`list, aid, neighbour, weight` of every co-visitation matrix (the list is the matrix)."""
     from pyspark.sql import functions as F
 
-    return covisitation.where(F.col("matrix") == matrix).select("aid", "neighbour", "weight")
+    return covisitation.select(F.col("matrix").alias("list"), "aid", "neighbour", "weight")
 
 
 def similar_item_neighbours(similar_items):
-    """`aid, neighbour, weight` from ALS similar items (only positive cosine adds evidence)."""
+    """`list, aid, neighbour, weight` from ALS similar items (only positive cosine adds evidence)."""
     from pyspark.sql import functions as F
 
-    return similar_items.where(F.col("score") > 0).select("aid", "neighbour", F.col("score").alias("weight"))
+    return similar_items.where(F.col("score") > 0).select(
+        F.lit(ALS_LIST).alias("list"), "aid", "neighbour", F.col("score").alias("weight"))
 
 
 def neighbour_scores(sources, neighbours):
-    """Per (session, neighbour): sum over source items of recency x (weight / strongest weight of that item)."""
+    """Per (session, neighbour), one column per list of NEIGHBOUR_WEIGHTS: the sum over the session's
+    source items of recency x (weight / strongest weight of that item in the list), null where none
+    of its items lists it. The buy lists start from the items the session bought (`buy_recency`).
+
+    Every list in one join and one aggregate: per list, a join and an aggregate of its own would
+    explode the sessions' items again and leave a row per list for the merge to shuffle."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    relative = neighbours.withColumn("relative", F.col("weight") / F.max("weight").over(Window.partitionBy("aid")))
+    relative = neighbours.withColumn("relative", F.col("weight") / F.max("weight").over(Window.partitionBy("list", "aid")))
+    recency = F.when(F.col("list").isin(*BUY_SOURCE_LISTS), F.col("buy_recency")).otherwise(F.col("recency"))
     # A neighbour table is top-K per item: broadcast when it fits, so the session side keeps its
     # partitioning by session and the sum below needs no shuffle.
-    return sources.join(broadcast_if_small(relative), "aid").groupBy("session", F.col("neighbour").alias("aid")).agg(
-        F.sum(F.col("recency") * F.col("relative")).alias("score")
-    )
+    contributions = sources.join(broadcast_if_small(relative), "aid").select(
+        "session", F.col("neighbour").alias("aid"), "list", (recency * F.col("relative")).alias("contribution"))
+    return contributions.where(F.col("contribution").isNotNull()).groupBy("session", "aid").agg(*[
+        F.sum(F.when(F.col("list") == name, F.col("contribution"))).alias(column)
+        for name, column in NEIGHBOUR_WEIGHTS.items()
+    ])
 
 
 def history_pairs(history, limit: int):
@@ -172,8 +196,8 @@ def build_candidates(sessions, covisitation, similar_items, top_sellers, config:
     (`PAIR_FEATURES`).
 
     Plan: everything is computed per (session, aid) from the sessions partitioned once by session:
-    the history pairs, each neighbour table's weights summed over the session's items (ranked into
-    the co-visitation and ALS sources), the top sellers; one shuffle by session merges them
+    the history pairs, every neighbour list's weights summed over the session's items in one join
+    (ranked into the co-visitation and ALS sources), the top sellers; one shuffle by session merges them
     (`merge_by_keys`) and the per-type rows, their ranks and the hand rule follow without another.
     The pair features come from the same weights, so the features stage does not explode the
     sessions' neighbours again."""
@@ -181,18 +205,13 @@ def build_candidates(sessions, covisitation, similar_items, top_sellers, config:
 
     sessions = partitioned_by_session(sessions)
     history = weighted_history(sessions, config.max_prefix_events)
-    sources = neighbour_sources(history)
+    neighbours = covisitation_neighbours(covisitation).unionByName(similar_item_neighbours(similar_items))
+    weights = neighbour_scores(neighbour_sources(history), neighbours)
+    weights = with_source_rank(weights, "covisitation_clicks_weight", "clicks_covisitation", config.covisitation)
+    weights = with_source_rank(weights, "als_similarity", "als", config.als)
     pairs = merge_by_keys([
         history_pairs(history, config.history),
-        with_source_rank(neighbour_scores(sources, covisitation_neighbours(covisitation, "clicks"))
-                         .withColumnRenamed("score", "covisitation_clicks_weight"),
-                         "covisitation_clicks_weight", "clicks_covisitation", config.covisitation),
-        neighbour_scores(sources, covisitation_neighbours(covisitation, "carts_orders"))
-        .withColumnRenamed("score", "covisitation_carts_orders_weight"),
-        neighbour_scores(neighbour_sources(history, BUY_TYPES), covisitation_neighbours(covisitation, "buy2buy"))
-        .withColumnRenamed("score", "covisitation_buy2buy_weight"),
-        with_source_rank(neighbour_scores(sources, similar_item_neighbours(similar_items))
-                         .withColumnRenamed("score", "als_similarity"), "als_similarity", "als", config.als),
+        weights,
         top_seller_pairs(sessions, top_sellers, config.top_sellers),
     ], ["session", "aid"])
     # Carts and orders take co-visitation from the carts-orders matrix plus buy2buy neighbours.

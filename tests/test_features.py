@@ -28,7 +28,8 @@ def sessions_frame(spark):
 def tables(spark):
     covisitation = spark.createDataFrame(
         [("clicks", 10, 30, 4.0, 1), ("clicks", 10, 31, 2.0, 2), ("clicks", 11, 30, 1.0, 1),
-         ("carts_orders", 11, 32, 6.0, 1), ("buy2buy", 11, 33, 1.0, 1), ("clicks", 20, 30, 1.0, 1)],
+         ("carts_orders", 11, 32, 6.0, 1), ("buy2buy", 11, 33, 1.0, 1), ("buy2buy", 10, 34, 1.0, 1),
+         ("clicks", 20, 30, 1.0, 1)],
         "matrix STRING, aid BIGINT, neighbour BIGINT, weight DOUBLE, rank INT",
     )
     similar_items = spark.createDataFrame(
@@ -69,8 +70,10 @@ def test_every_session_gets_history_neighbours_and_top_sellers(features):
     # history 10, 11; clicks neighbours 30, 31; ALS 40 (negative cosine 41 dropped); top sellers 50, 30.
     assert clicks_1 == {10, 11, 30, 31, 40, 50}
     carts_1 = set(rows[(rows["session"] == 1) & (rows["type"] == "carts")]["aid"])
-    # carts-orders neighbour 32 of 11, buy2buy neighbour 33 of the carted 11; no clicks matrix for buys.
+    # carts-orders neighbour 32 of 11, buy2buy neighbour 33 of the carted 11; no clicks matrix for
+    # buys, and no buy2buy neighbour (34) of the only clicked 10.
     assert carts_1 == {10, 11, 32, 33, 40, 50, 30}
+    assert 34 not in set(rows["aid"])
     assert set(rows[(rows["session"] == 2) & (rows["type"] == "clicks")]["aid"]) == {20, 30, 40, 50}
 
 

@@ -69,15 +69,18 @@ def test_shuffle_partitions_follow_the_cores():
 
 
 def _neighbour_scores_plan_and_rows(spark, neighbours_dir):
-    sources = spark.createDataFrame([(1, 10, 1.0), (1, 11, 0.5), (2, 10, 0.25)], "session BIGINT, aid BIGINT, recency DOUBLE")
+    sources = spark.createDataFrame([(1, 10, 1.0, None), (1, 11, 0.5, None), (2, 10, 0.25, None)],
+                                    "session BIGINT, aid BIGINT, recency DOUBLE, buy_recency DOUBLE")
     # Read from Parquet, as the lake's tables are: Spark estimates a file's size, not an in-memory frame's.
     scores = neighbour_scores(sources, spark.read.parquet(str(neighbours_dir)))
-    return scores._jdf.queryExecution().executedPlan().toString(), sorted(map(tuple, scores.collect()))
+    rows = scores.select("session", "aid", "covisitation_clicks_weight").collect()
+    return scores._jdf.queryExecution().executedPlan().toString(), sorted(map(tuple, rows))
 
 
 def test_a_neighbour_table_is_broadcast_only_while_it_fits_the_budget(spark, tmp_path):
     neighbours_dir = tmp_path / "neighbours"
-    spark.createDataFrame([(10, 11, 4.0), (10, 12, 2.0), (11, 10, 1.0)], "aid BIGINT, neighbour BIGINT, weight DOUBLE") \
+    spark.createDataFrame([("clicks", 10, 11, 4.0), ("clicks", 10, 12, 2.0), ("clicks", 11, 10, 1.0)],
+                          "list STRING, aid BIGINT, neighbour BIGINT, weight DOUBLE") \
         .write.parquet(str(neighbours_dir))
     previous = {key: spark.conf.get(key, None) for key in (BROADCAST_MAX_BYTES, "spark.sql.autoBroadcastJoinThreshold")}
     try:
