@@ -660,6 +660,7 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
             results[event_type] = fit_target(sample, event_type, config)
             del sample
             timings[f"fit.{event_type}"] = round(results[event_type].seconds, 1)
+        positives.unpersist()
         clock = time.perf_counter()
         # Every type in one pass over the features' files, each row by the booster of its (type,
         # fold); the rankings and the ceiling all read these rows.
