@@ -9,6 +9,8 @@ data/bench/ and reused while the generator parameters are unchanged.
 `--forward` generates one week more than `--weeks`; after the timed retrain of week W, W+1's
 events, sessions and evaluation split are prepared untimed and `bench/bench_forward.py` scores
 the bench's own bundle on W+1 through `recsys predict` against the hand rule (`forward` in the JSON).
+The generator spreads `--sessions` over the extra week too, so the timed week is smaller than
+without the flag: compare timings only between runs with the same flags.
 
 Spark starts with the project's defaults (pipelines/spark.py: half the machine's memory for the
 driver in local mode), like every other entry point; `--driver-memory` overrides them.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from pipelines.als import SIMILAR_ITEMS_TABLE, AlsConfig, fit_als, similar_items
 from pipelines.candidates import MAX_CANDIDATES_PER_QUERY, CandidateConfig, build_candidates, label_hits, recall_report
-from pipelines.config import PROJECT_ROOT
+from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.covisitation import COVISITATION_TABLE, CovisitationConfig, build_covisitation
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, split_evaluation_sessions, training_events
 from pipelines.events import materialize_events_week
@@ -287,7 +289,8 @@ def prepare_next_week(spark, lake: Lake, raw_dir: Path, weeks: list[Week]) -> We
     started = time.perf_counter()
     next_week = weeks[-1].shift(1)
     materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), next_week)], next_week)
-    materialize_sessions_week(spark, lake, next_week, [*weeks, next_week], 500)
+    history_weeks = Settings.from_env().history_weeks
+    materialize_sessions_week(spark, lake, next_week, [*weeks, next_week][-(history_weeks + 1):], 500)
     eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, next_week), seed=42)
     lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, next_week)
     lake.write_partition(eval_labels, EVAL_LABELS_TABLE, next_week)
@@ -319,6 +322,8 @@ def main() -> int:
     parser.add_argument("--json", help="write total_seconds, python_peak_mb, jvm_peak_mb and stages to this file")
     args = parser.parse_args()
 
+    if args.forward and not {"ingest", "ranking"} <= set(args.stages.split(",")):
+        parser.error("--forward needs the ingest and ranking stages (the extra week's raw files and the bundle)")
     workdir = Path(args.workdir)
     raw_dir, lake_dir = workdir / "raw", workdir / "lake"
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}", flush=True)
@@ -350,15 +355,18 @@ def main() -> int:
     memory.stop()
     if args.forward:
         prepare_next_week(spark, lake, raw_dir, weeks)
+        release_driver_heap(spark)  # the stopped session's JVM lives on beside the forward run's two
     spark.stop()
     python_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"summary": results, "python_lifetime_peak_mb": round(python_peak)}, indent=2))
     report = bench_report(results, args.sessions)
+    if args.json:  # the retrain's numbers first: they stay written if the forward scoring fails
+        Path(args.json).write_text(json.dumps(report, indent=2))
     if args.forward:
         forward = forward_score(lake_dir, workdir, weeks[-1])
         report["forward"] = {key: forward[key] for key in ("week", "scored_week", "sessions", "forward", "forward_hand_rule", "gain")}
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 

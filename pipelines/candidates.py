@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.config import EVENT_TYPES
+from pipelines.covisitation import MATRICES
 from pipelines.metrics import K, candidate_recall, score_predictions
 from pipelines.popularity import POPULAR
 from pipelines.spark import broadcast_if_small
@@ -46,6 +47,8 @@ NEIGHBOUR_WEIGHTS = {
     "buy2buy": "covisitation_buy2buy_weight",
     ALS_LIST: "als_similarity",
 }
+if set(NEIGHBOUR_WEIGHTS) != {*MATRICES, ALS_LIST}:
+    raise ImportError(f"NEIGHBOUR_WEIGHTS names {sorted(NEIGHBOUR_WEIGHTS)}, the neighbour lists are {[*MATRICES, ALS_LIST]}")
 # buy2buy links bought items to bought items: only the session's own carts and orders lead to it.
 BUY_SOURCE_LISTS = ("buy2buy",)
 # Per (session, aid): the session's own events with the item and the neighbour weights summed from
@@ -116,7 +119,8 @@ def covisitation_neighbours(covisitation):
     """`list, aid, neighbour, weight` of every co-visitation matrix (the list is the matrix)."""
     from pyspark.sql import functions as F
 
-    return covisitation.select(F.col("matrix").alias("list"), "aid", "neighbour", "weight")
+    return covisitation.where(F.col("matrix").isin(*MATRICES)).select(
+        F.col("matrix").alias("list"), "aid", "neighbour", "weight")
 
 
 def similar_item_neighbours(similar_items):

@@ -101,6 +101,18 @@ def test_neighbour_weights_are_recency_weighted_and_normalised(features):
     assert features.loc[(2, "clicks", 40), "als_similarity"] == pytest.approx(1.0)
 
 
+def test_buy2buy_starts_from_the_latest_buy_of_an_item_not_its_latest_event(spark):
+    # Session 5 carts 11, then clicks it again, then clicks 12: 11's latest event is the click
+    # (recency 2^0.55 - 1), its latest buy the cart (2^0.1 - 1).
+    sessions = spark.createDataFrame(
+        [(5, [(WEEK_START + 1000, 11, "carts"), (WEEK_START + 2000, 11, "clicks"), (WEEK_START + 3000, 12, "clicks")])],
+        SESSION_SCHEMA)
+    frame = candidate_features(sessions, tables(spark), CandidateConfig(top_sellers=2)).toPandas()
+    frame = frame.set_index(["session", "type", "aid"]).sort_index()
+    assert frame.loc[(5, "carts", 33), "covisitation_buy2buy_weight"] == pytest.approx(2 ** 0.1 - 1)
+    assert frame.loc[(5, "carts", 32), "covisitation_carts_orders_weight"] == pytest.approx(2 ** 0.55 - 1)
+
+
 def test_typed_top_sellers_and_weights_below_a_sources_cut(spark):
     source = tables(spark)
     top_sellers = spark.createDataFrame(
