@@ -125,16 +125,28 @@ def stage(name: str, memory: PeakMemory, results: list):
     print(json.dumps(record), flush=True)
 
 
+def ingest_week(spark, lake: Lake, raw_dir: Path, week: Week):
+    """One week's raw files into the events table, as the `events` asset does."""
+    return materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), week)], week)
+
+
+def write_evaluation_split(spark, lake: Lake, week: Week) -> None:
+    """The week's evaluation prefixes and labels, as the `eval_split` asset writes them."""
+    eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, week), seed=42)
+    lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
+    lake.write_partition(eval_labels, EVAL_LABELS_TABLE, week)
+
+
 def run_ingest(spark, lake: Lake, raw_dir: Path, weeks: list[Week], memory: PeakMemory, results: list) -> None:
     """A weekly retrain's ingest: the earlier weeks' events are prepared first and not timed (a
     production week finds them in the lake), then the last week's events and sessions are timed."""
     started = time.perf_counter()
     for week in weeks[:-1]:
-        materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), week)], week)
+        ingest_week(spark, lake, raw_dir, week)
     print(json.dumps({"prepared": "events of the earlier weeks (not timed)", "weeks": len(weeks) - 1,
                       "seconds": round(time.perf_counter() - started, 1)}), flush=True)
     with stage("events", memory, results) as record:
-        summary = materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), weeks[-1])], weeks[-1])
+        summary = ingest_week(spark, lake, raw_dir, weeks[-1])
         record.update(rows=summary.events, quarantined=summary.quarantined)
     results[-1]["events_per_second"] = round(summary.events / results[-1]["seconds"])
 
@@ -154,9 +166,7 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
     missing = lambda table: not (reuse and lake.has_partition(table, week))  # noqa: E731
     if missing(EVAL_LABELS_TABLE):
         with stage("eval_split", memory, results) as record:
-            eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, week), seed=42)
-            lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
-            lake.write_partition(eval_labels, EVAL_LABELS_TABLE, week)
+            write_evaluation_split(spark, lake, week)
             record.update(rows=lake.read_partition(spark, EVAL_SESSIONS_TABLE, week).count())
     eval_sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week)
     train = training_events(spark, lake, before, eval_sessions)
@@ -288,12 +298,10 @@ def prepare_next_week(spark, lake: Lake, raw_dir: Path, weeks: list[Week]) -> We
     """W+1's events, sessions and evaluation split, as its own assets would write them (not timed)."""
     started = time.perf_counter()
     next_week = weeks[-1].shift(1)
-    materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), next_week)], next_week)
+    ingest_week(spark, lake, raw_dir, next_week)
     history_weeks = Settings.from_env().history_weeks
     materialize_sessions_week(spark, lake, next_week, [*weeks, next_week][-(history_weeks + 1):], 500)
-    eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, next_week), seed=42)
-    lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, next_week)
-    lake.write_partition(eval_labels, EVAL_LABELS_TABLE, next_week)
+    write_evaluation_split(spark, lake, next_week)
     print(json.dumps({"prepared": "W+1's events, sessions and evaluation split (not timed)", "week": next_week.key,
                       "seconds": round(time.perf_counter() - started, 1)}), flush=True)
     return next_week
