@@ -137,6 +137,26 @@ def test_typed_top_sellers_and_weights_below_a_sources_cut(spark):
     assert math.isnan(frame.loc[(2, "clicks", 31), "covisitation_clicks_weight"])  # no clicks link from 20 to 31
 
 
+def test_top_sellers_only_fill_lists_the_history_and_co_visitation_leave_short(spark):
+    def candidates(fill_below):
+        frame = candidate_features(sessions_frame(spark), tables(spark),
+                                   CandidateConfig(top_sellers=2, top_sellers_fill_below=fill_below)).toPandas()
+        return frame.set_index(["session", "type", "aid"]).sort_index()
+
+    everything, filled = candidates(1000), candidates(3)
+    # Session 1's clicks: history 10, 11 and co-visitation 30, 31 are four, so top seller 50 (proposed
+    # by nobody else) goes; 30 stays, co-visitation proposes it too. Session 2's clicks: 20 and 30 only.
+    assert (1, "clicks", 50) in everything.index and (1, "clicks", 50) not in filled.index
+    assert filled.loc[(1, "clicks", 30), "top_sellers_rank"] == 2
+    assert (2, "clicks", 50) in filled.index
+    # Its carts and orders: history 10, 11 and buy co-visitation 32, 33, 34; there 30 is a top seller only.
+    assert set(everything.index) - set(filled.index) == {
+        (1, "clicks", 50), (1, "carts", 50), (1, "orders", 50), (1, "carts", 30), (1, "orders", 30)}
+    # The hand rule's order of what is left does not change.
+    kept = everything.loc[filled.index]
+    assert kept["baseline_rank"].fillna(-1).equals(filled["baseline_rank"].fillna(-1))
+
+
 def test_hand_rule_rank_puts_history_first_then_neighbours_then_top_sellers(features):
     ranks = features.loc[1].loc["clicks"]["baseline_rank"].sort_values()
     assert ranks.index.tolist()[:2] == [11, 10]  # 11: recency 1 and a cart, 10: older click
