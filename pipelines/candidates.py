@@ -51,6 +51,10 @@ if set(NEIGHBOUR_WEIGHTS) != {*MATRICES, ALS_LIST}:
     raise ImportError(f"NEIGHBOUR_WEIGHTS names {sorted(NEIGHBOUR_WEIGHTS)}, the neighbour lists are {[*MATRICES, ALS_LIST]}")
 # buy2buy links bought items to bought items: only the session's own carts and orders lead to it.
 BUY_SOURCE_LISTS = ("buy2buy",)
+# The lists whose weights are also summed from the session's latest items alone (the events at most
+# this many from the end): what a shopper looks at now says more than the whole session.
+RECENT_ITEM_LISTS = ("clicks", "carts_orders")
+RECENT_ITEMS = {"last_item": 1, "last_3_items": 3}
 # Per (session, aid): the session's own events with the item and the neighbour weights summed from
 # its items; built with the candidates, from the same exploded history, and kept in their table.
 PAIR_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
@@ -60,6 +64,7 @@ PAIR_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
     "covisitation_carts_orders_weight",
     "covisitation_buy2buy_weight",
     "als_similarity",
+    *[f"{NEIGHBOUR_WEIGHTS[name]}_{suffix}" for name in RECENT_ITEM_LISTS for suffix in RECENT_ITEMS],
 ]
 
 
@@ -109,13 +114,15 @@ def last_elements(column: str, n: int):
 
 
 def neighbour_sources(history):
-    """One source row per (session, aid) of the history: its latest recency, and its latest recency
-    as a cart or order (`buy_recency`, null when the session never bought it)."""
+    """One source row per (session, aid) of the history: its latest recency, its latest recency
+    as a cart or order (`buy_recency`, null when the session never bought it) and how many events
+    from the end it last occurs (`position_from_end`, 0 for the last event's item)."""
     from pyspark.sql import functions as F
 
     return history.groupBy("session", "aid").agg(
         F.max("recency").alias("recency"),
         F.max(F.when(F.col("type").isin(*BUY_TYPES), F.col("recency"))).alias("buy_recency"),
+        F.min("position_from_end").alias("position_from_end"),
     )
 
 
@@ -139,6 +146,7 @@ def neighbour_scores(sources, neighbours):
     """Per (session, neighbour), one column per list of NEIGHBOUR_WEIGHTS: the sum over the session's
     source items of recency x (weight / strongest weight of that item in the list), null where none
     of its items lists it. The buy lists start from the items the session bought (`buy_recency`).
+    The RECENT_ITEM_LISTS also sum over the session's latest items alone (`{column}_{RECENT_ITEMS}`).
 
     Every list in one join and one aggregate: per list, a join and an aggregate of its own would
     explode the sessions' items again and leave a row per list for the merge to shuffle."""
@@ -150,11 +158,17 @@ def neighbour_scores(sources, neighbours):
     # A neighbour table is top-K per item: broadcast when it fits, so the session side keeps its
     # partitioning by session and the sum below needs no shuffle.
     contributions = sources.join(broadcast_if_small(relative), "aid").select(
-        "session", F.col("neighbour").alias("aid"), "list", (recency * F.col("relative")).alias("contribution"))
+        "session", F.col("neighbour").alias("aid"), "list", "position_from_end",
+        (recency * F.col("relative")).alias("contribution"))
+    recent = [
+        F.sum(F.when((F.col("list") == name) & (F.col("position_from_end") < n_events), F.col("contribution"))).alias(
+            f"{NEIGHBOUR_WEIGHTS[name]}_{suffix}")
+        for name in RECENT_ITEM_LISTS for suffix, n_events in RECENT_ITEMS.items()
+    ]
     return contributions.where(F.col("contribution").isNotNull()).groupBy("session", "aid").agg(*[
         F.sum(F.when(F.col("list") == name, F.col("contribution"))).alias(column)
         for name, column in NEIGHBOUR_WEIGHTS.items()
-    ])
+    ], *recent)
 
 
 def history_pairs(history, limit: int):

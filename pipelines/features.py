@@ -31,7 +31,8 @@ ITEM_STATS_TABLE = "item_stats"
 # Bumped when the candidate or feature rows change meaning: the `candidates` and `features` assets
 # carry it as their Dagster code version, so partitions written by older code show as stale.
 # 2: candidates carry the session x item features (PAIR_FEATURES).
-FEATURE_CODE_VERSION = "2"
+# 3: ALS proposes 10, top sellers only fill short lists; co-visitation weights of the latest items.
+FEATURE_CODE_VERSION = "3"
 KEY_COLUMNS = ("session", "type", "aid")
 DAY_MS = 24 * 3600 * 1000
 TREND_SMOOTHING = 5.0

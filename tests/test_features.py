@@ -101,6 +101,17 @@ def test_neighbour_weights_are_recency_weighted_and_normalised(features):
     assert features.loc[(2, "clicks", 40), "als_similarity"] == pytest.approx(1.0)
 
 
+def test_latest_items_weights_sum_over_the_last_events_items_only(features):
+    r10 = 2 ** 0.1 - 1
+    # Session 1's last event is 11's cart; 10's click is 2 events from the end, within the last 3.
+    assert features.loc[(1, "clicks", 30), "covisitation_clicks_weight_last_item"] == pytest.approx(1.0)
+    assert math.isnan(features.loc[(1, "clicks", 31), "covisitation_clicks_weight_last_item"])  # 10's only
+    assert features.loc[(1, "clicks", 30), "covisitation_clicks_weight_last_3_items"] == pytest.approx(r10 + 1.0)
+    assert features.loc[(1, "clicks", 31), "covisitation_clicks_weight_last_3_items"] == pytest.approx(r10 * 0.5)
+    assert features.loc[(1, "carts", 32), "covisitation_carts_orders_weight_last_item"] == pytest.approx(1.0)
+    assert features.loc[(2, "clicks", 30), "covisitation_clicks_weight_last_item"] == pytest.approx(1.0)
+
+
 def test_buy2buy_starts_from_the_latest_buy_of_an_item_not_its_latest_event(spark):
     # Session 5 carts 11, then clicks it again, then clicks 12: 11's latest event is the click
     # (recency 2^0.55 - 1), its latest buy the cart (2^0.1 - 1).
