@@ -19,7 +19,8 @@ from assets.quality_checks import check_result_from_report, markdown_table, week
 from assets.top_sellers import top_sellers
 from pipelines.als import SIMILAR_ITEMS_TABLE
 from pipelines.covisitation import COVISITATION_TABLE
-from pipelines.popularity import TOP_SELLERS_TABLE
+from pipelines.metrics import K, spark_score
+from pipelines.popularity import TOP_SELLERS_TABLE, popularity_predictions
 from pipelines.candidates import (
     CANDIDATES_TABLE,
     MAX_CANDIDATES_PER_QUERY,
@@ -87,6 +88,7 @@ def candidates(
     written = read(CANDIDATES_TABLE)
     labels = labels_long(read(EVAL_LABELS_TABLE))
     report = recall_report(label_hits(written, labels), labels.toPandas())
+    report["baseline_popularity"] = spark_score(popularity_predictions(labels, read(TOP_SELLERS_TABLE), K), labels)
     per_query = written.groupBy("session", "type").count().agg({"count": "avg"}).first()[0]
     seconds = time.perf_counter() - started
 

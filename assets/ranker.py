@@ -25,6 +25,7 @@ from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE
 from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv
 from pipelines.model import Bundle, log_recommender, save_bundle
+from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.plots import plot_feature_importance, plot_recall_curves
 from pipelines.quality import ranker_suite, validate
 from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_ranker
@@ -106,7 +107,8 @@ def ranker(
     labels = labels_long(lake.lake.read_partition(spark.session, EVAL_LABELS_TABLE, week))
     # The fits run in this process beside the JVM: it gives its idle heap back first.
     release_driver_heap(spark.session)
-    evaluation = evaluate_ranker(lake.lake.read_partition(spark.session, FEATURES_TABLE, week), labels, ranker_config)
+    evaluation = evaluate_ranker(lake.lake.read_partition(spark.session, FEATURES_TABLE, week), labels,
+                                 lake.lake.read_partition(spark.session, TOP_SELLERS_TABLE, week), ranker_config)
     fit_seconds = time.perf_counter() - started
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
     baselines = {name: metrics[name]["score"] for name in BASELINES}

@@ -37,7 +37,8 @@ from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.covisitation import COVISITATION_TABLE, CovisitationConfig, build_covisitation
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, split_evaluation_sessions, training_events
 from pipelines.events import materialize_events_week
-from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers
+from pipelines.metrics import K, spark_score
+from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, popularity_predictions
 from pipelines.generate import generate_raw
 from pipelines.lake import SESSIONS_TABLE, Lake
 from pipelines.raw import list_local_week_files
@@ -232,6 +233,7 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
             candidates_validation_frame(read("candidates")), "candidates_contract", candidates_suite(MAX_CANDIDATES_PER_QUERY)
         ).success
         report = recall_report(label_hits(read("candidates"), labels), labels.toPandas())
+        report["baseline_popularity"] = spark_score(popularity_predictions(labels, read(TOP_SELLERS_TABLE), K), labels)
         record.update(
             rows=read("candidates").count(),
             baseline_covisitation=round(report["baseline_covisitation"]["score"], 4),
@@ -251,7 +253,8 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
     with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
         record["jvm_rss_mb_before_heap_release"] = memory.jvm_rss_mb()
         release_driver_heap(spark)  # as the ranker asset does (G1 uncommits concurrently, within seconds)
-        evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), RankerConfig())
+        evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), read(TOP_SELLERS_TABLE),
+                                     RankerConfig())
         evaluation.release()
         record.update(
             sample_rows={t: r.sample_rows for t, r in evaluation.results.items()},

@@ -80,12 +80,14 @@ def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
     """Evaluate the ranker on W's features (as the `ranker` asset does) and save W's bundle."""
     from pipelines.features import FEATURES_TABLE, source_tables
     from pipelines.model import save_bundle
+    from pipelines.popularity import TOP_SELLERS_TABLE
     from pipelines.ranker import RankerConfig, evaluate_ranker
 
     read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
     release_driver_heap(spark)
     started = time.perf_counter()
-    evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), RankerConfig())
+    evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), read(TOP_SELLERS_TABLE),
+                                 RankerConfig())
     evaluation.release()
     seconds = time.perf_counter() - started
     tables_dir = lake.model_tables_dir(f"bench-forward-{week.key}")

@@ -342,7 +342,7 @@ def _as_predictions(hits, rank_column: str):
 
 
 def recall_report(hits, labels, k: int = K) -> dict[str, dict[str, float]]:
-    """Recall@k and candidate ceiling per source, the union ceiling, and both baselines' scores.
+    """Recall@k and candidate ceiling per source, the union ceiling, and the hand rule's score.
 
     `hits`: `label_hits(...)`; `labels`: the labels long frame in pandas.
     """
@@ -356,5 +356,4 @@ def recall_report(hits, labels, k: int = K) -> dict[str, dict[str, float]]:
         }
     report["combined"] = {f"ceiling_{name}": value for name, value in candidate_recall(hits, labels, k).items()}
     report["baseline_covisitation"] = score_predictions(_as_predictions(hits, "baseline_rank"), labels, k)
-    report["baseline_popularity"] = score_predictions(_as_predictions(hits, "top_sellers_rank"), labels, k)
     return report

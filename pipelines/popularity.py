@@ -63,6 +63,18 @@ def build_top_sellers(events, reference_ms: int, config: TopSellersConfig):
     )
 
 
+def popularity_predictions(labels, top_sellers, k: int):
+    """The popularity baseline: every labelled (session, type) of `labels` gets the type's top `k`
+    sellers, as Spark `session, type, aid, rank`. Ranked from the table, not from candidate rows,
+    which keep top sellers only where the other sources leave a list short."""
+    from pyspark.sql import functions as F
+
+    popular = top_sellers.where((F.col("list") == POPULAR) & (F.col("rank") <= k)).select(
+        "type", "aid", F.col("rank").cast("int").alias("rank"))
+    return labels.select("session", "type").distinct().join(F.broadcast(popular), "type").select(
+        "session", "type", "aid", "rank")
+
+
 def top_sellers_validation_frame(top_sellers):
     """Per (list, type) row counts and rank/score sanity, one row per list entry, for GE."""
     from pyspark.sql import Window

@@ -41,6 +41,7 @@ import pandas as pd
 from pipelines.config import EVENT_TYPES
 from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS
 from pipelines.metrics import K, spark_candidate_recall, spark_score
+from pipelines.popularity import popularity_predictions
 from pipelines.spark import broadcast_if_small
 
 LABEL_COLUMN = "label"
@@ -639,9 +640,10 @@ BASELINE_POPULARITY = "baseline_popularity"
 BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
 
 
-def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k: int = K) -> RankerEvaluation:
+def evaluate_ranker(features, labels, top_sellers, config: RankerConfig, types=EVENT_TYPES, k: int = K) -> RankerEvaluation:
     """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`), score
-    the out-of-fold predictions and both baselines on the same candidate rows."""
+    the out-of-fold predictions, the hand rule on the same candidate rows and the popularity
+    baseline (`top_sellers`' lists) on the same sessions."""
     from pyspark import StorageLevel
 
     labels = labels.select(*KEY_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
@@ -667,11 +669,11 @@ def evaluate_ranker(features, labels, config: RankerConfig, types=EVENT_TYPES, k
         boosters = {f"{t}/{fold}": text for t, r in results.items() for fold, text in r.fold_model_strings().items()}
         rounds = {f"{t}/{fold}": n for t, r in results.items() for fold, n in r.fold_rounds.items()}
         scored = score_lake_rows(features, boosters, rounds, folds=config.folds, seed=config.seed,
-                                 keep=("baseline_rank", "top_sellers_rank")).persist(StorageLevel.MEMORY_AND_DISK)
+                                 keep=("baseline_rank",)).persist(StorageLevel.MEMORY_AND_DISK)
         rankings = {
             RANKER: ranked_top_k(scored, k).select("session", "type", "aid", "rank"),
             BASELINE_COVISITATION: ranked_by(scored, "baseline_rank", k),
-            BASELINE_POPULARITY: ranked_by(scored, "top_sellers_rank", k),
+            BASELINE_POPULARITY: popularity_predictions(labels, top_sellers, k),
         }
         predictions = {name: frame.persist(StorageLevel.MEMORY_AND_DISK) for name, frame in rankings.items()}
         metrics = {name: spark_score(frame, labels, k) for name, frame in predictions.items()}

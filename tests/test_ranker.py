@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.features import FEATURE_COLUMNS
-from pipelines.metrics import spark_score
+from pipelines.metrics import score_predictions, spark_score
+from pipelines.popularity import popularity_predictions
 from pipelines.ranker import (
     BASELINE_COVISITATION,
     LABEL_COLUMN,
@@ -76,6 +77,15 @@ def spark_frames(spark, rows: pd.DataFrame, labels: pd.DataFrame | None = None):
     features.repartition(3).write.mode("overwrite").parquet(folder)
     labels = labels_of(rows) if labels is None else labels
     return spark.read.parquet(folder), spark.createDataFrame(labels[["session", "type", "aid"]].astype({"session": "int64", "aid": "int64"}))
+
+
+def top_sellers_of(spark, rows: pd.DataFrame):
+    """A `top_sellers` table for synthetic rows: each type's items by how many sessions propose them."""
+    counts = rows.groupby(["type", "aid"]).size().rename("events").reset_index()
+    counts = counts.sort_values(["type", "events", "aid"], ascending=[True, False, True], ignore_index=True)
+    counts["rank"] = counts.groupby("type").cumcount() + 1
+    return spark.createDataFrame(counts.assign(list="popular", score=counts["events"].astype(float))[
+        ["list", "type", "rank", "aid", "score", "events"]])
 
 
 def sample_of(spark, rows: pd.DataFrame, config: RankerConfig = FAST, event_type: str = "carts") -> pd.DataFrame:
@@ -155,14 +165,14 @@ def test_ranker_beats_the_noisy_baseline_and_falls_back_to_it_when_labels_are_sh
     # 80 candidates per session: the held-out top 20 is a real cut, so the folds choose to boost.
     rows = synthetic_rows(per_session=80)
     features, labels = spark_frames(spark, rows)
-    learned = evaluate_ranker(features, labels, FAST, types=("carts",))
+    learned = evaluate_ranker(features, labels, top_sellers_of(spark, rows), FAST, types=("carts",))
     recall_at_1 = lambda evaluation, name: spark_score(evaluation.predictions[name], labels, k=1)["recall_carts"]  # noqa: E731
 
     shuffled = rows.copy()
     # Each session gets another session's label slots: the features no longer say anything about them.
     slots = shuffled[LABEL_COLUMN].to_numpy().reshape(-1, 80)
     shuffled[LABEL_COLUMN] = np.random.default_rng(5).permutation(slots).reshape(-1)
-    blind = evaluate_ranker(features, spark_frames(spark, shuffled)[1], FAST, types=("carts",))
+    blind = evaluate_ranker(features, spark_frames(spark, shuffled)[1], top_sellers_of(spark, rows), FAST, types=("carts",))
 
     baseline_at_1 = recall_at_1(learned, BASELINE_COVISITATION)
     assert recall_at_1(learned, RANKER) > baseline_at_1 + 0.2
@@ -224,7 +234,7 @@ def test_rounds_are_chosen_on_held_out_training_sessions_and_zero_keeps_the_hand
     # keeps the prior (ties go to fewer rounds) and the ranking is exactly the hand rule's.
     rows["baseline_rank"] = np.where(rows[LABEL_COLUMN] > 0, 1.0, 2.0 + rows["aid"] % 20).astype(np.float32)
     features, labels = spark_frames(spark, rows)
-    evaluation = evaluate_ranker(features, labels, FAST, types=("carts",))
+    evaluation = evaluate_ranker(features, labels, top_sellers_of(spark, rows), FAST, types=("carts",))
     result = evaluation.results["carts"]
     assert [record.rounds for record in result.folds] == [0] * FAST.folds and result.rounds == 0
     assert all(set(record.validation_hits) >= {0, FAST.round_step} for record in result.folds)
@@ -299,7 +309,7 @@ def test_every_session_is_scored_once_by_its_folds_model(spark, folds):
     rows = synthetic_rows(120, 25)
     features, labels = spark_frames(spark, rows)
     config = RankerConfig(folds=folds, num_boost_round=10, min_data_in_leaf=5, num_threads=1)
-    evaluation = evaluate_ranker(features, labels, config, types=("carts",))
+    evaluation = evaluate_ranker(features, labels, top_sellers_of(spark, rows), config, types=("carts",))
     predictions = evaluation.predictions[RANKER].toPandas()
     evaluation.release()
     assert predictions.groupby("session").size().eq(20).all() and predictions["session"].nunique() == 120
@@ -345,3 +355,21 @@ def test_scoring_the_lake_files_by_type_equals_scoring_the_rows_in_the_plan(spar
         part = rows[rows["type"] == event_type]
         wanted.update(zip(zip(part["session"], part["aid"]), predict_scores(type_model, part, rounds=type_rounds)))
     assert all(score == wanted[(session, aid)] for session, _, aid, score in got)
+
+
+def test_popularity_baseline_gives_every_labelled_session_its_types_top_sellers(spark):
+    top_sellers = spark.createDataFrame(
+        [("popular", "carts", rank, 100 + rank, 1.0 / rank, 1) for rank in range(1, 31)]
+        + [("popular", "orders", rank, 200 + rank, 1.0 / rank, 1) for rank in range(1, 31)]
+        + [("trending", "carts", rank, 300 + rank, 1.0 / rank, 1) for rank in range(1, 31)],
+        "list string, type string, rank int, aid bigint, score double, events bigint")
+    # Session 1's carts are the 1st and the 25th seller, session 2's orders the 3rd and a non-seller.
+    labels = pd.DataFrame({"session": [1, 1, 2, 2], "type": ["carts", "carts", "orders", "orders"],
+                           "aid": [101, 125, 203, 999]})
+    predictions = popularity_predictions(spark.createDataFrame(labels), top_sellers, 20).toPandas()
+    assert sorted(predictions.groupby(["session", "type"]).groups) == [(1, "carts"), (2, "orders")]
+    carts = predictions[predictions["type"] == "carts"].sort_values("rank")
+    assert carts["aid"].tolist() == list(range(101, 121)) and carts["rank"].tolist() == list(range(1, 21))
+    score = spark_score(spark.createDataFrame(predictions), spark.createDataFrame(labels))
+    assert score == pytest.approx(score_predictions(predictions, labels))
+    assert score["recall_carts"] == 0.5 and score["recall_orders"] == 0.5

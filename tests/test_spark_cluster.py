@@ -359,7 +359,8 @@ def assert_replayed_ranker_and_lists(spark, cluster_lake: Path, cluster_mlflow: 
 
     lake, week = Lake(str(cluster_lake)), Week.parse(WEEK, TIMEZONE)
     evaluation = evaluate_ranker(lake.read_partition(spark, "features", week),
-                                 labels_long(lake.read_partition(spark, "eval_labels", week)), RankerConfig())
+                                 labels_long(lake.read_partition(spark, "eval_labels", week)),
+                                 lake.read_partition(spark, "top_sellers", week), RankerConfig())
     evaluation.release()
     assert math.isclose(evaluation.score, cluster_ranker["metrics"]["ranker"]["score"], abs_tol=1e-9)
 

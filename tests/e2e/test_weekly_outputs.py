@@ -244,6 +244,7 @@ def test_shuffled_labels_drop_the_ranker_to_the_baseline(two_weeks, spark):
     from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long
     from pipelines.features import FEATURES_TABLE
     from pipelines.metrics import spark_score
+    from pipelines.popularity import TOP_SELLERS_TABLE
     from pipelines.ranker import RANKER, RankerConfig, evaluate_ranker
     from pipelines.weeks import Week
 
@@ -253,7 +254,8 @@ def test_shuffled_labels_drop_the_ranker_to_the_baseline(two_weeks, spark):
     sessions = labels["session"].unique()
     permuted = dict(zip(sessions, np.random.default_rng(0).permutation(sessions)))
     shuffled = labels.assign(session=labels["session"].map(permuted))
-    blind = evaluate_ranker(lake.read_partition(spark, FEATURES_TABLE, week), spark.createDataFrame(shuffled), RankerConfig())
+    blind = evaluate_ranker(lake.read_partition(spark, FEATURES_TABLE, week), spark.createDataFrame(shuffled),
+                            lake.read_partition(spark, TOP_SELLERS_TABLE, week), RankerConfig())
     # Trained on the shuffled labels, scored against the real ones.
     blind_score = spark_score(blind.predictions[RANKER], spark.createDataFrame(labels))["score"]
     blind.release()
