@@ -9,6 +9,7 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
+    AssetObservation,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -29,7 +30,7 @@ from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.plots import plot_feature_importance, plot_recall_curves
 from pipelines.quality import ranker_suite, validate
 from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_ranker
-from pipelines.registry import gate_version
+from pipelines.registry import RUN_ID_TAG, WEEK_TAG, gate_version
 from pipelines.spark import release_driver_heap
 from pipelines.tracking import code_version, flatten_metrics
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
@@ -52,6 +53,9 @@ class RankerRunConfig(Config):
         return RankerConfig(**self.model_dump())
 
 
+FORWARD_PREDICTIONS_CSV = "forward_predictions.csv"
+
+
 def scores_table(metrics: dict) -> str:
     import pandas as pd
 
@@ -63,20 +67,50 @@ def scores_table(metrics: dict) -> str:
     return markdown_table(pd.DataFrame(rows))
 
 
-def champion_score_on(mlflow_tracking: MlflowResource, eval_sessions, labels, context) -> float | None:
-    """The current champion's OTTO score on this week's evaluation prefixes (None without a champion):
-    the new version is compared with what the champion would serve on the same sessions."""
+def registered_scores_on(registered, eval_sessions, labels, predictions_csv: Path | None = None) -> dict[str, float]:
+    """A registered version's OTTO scores (`spark_score`) on this week's evaluation prefixes: what it
+    would serve on the sessions the new version is scored on; its lists also go to `predictions_csv`."""
+    from pyspark import StorageLevel
+
     from pipelines.metrics import spark_score
     from pipelines.model import spark_recommendations_to_long
 
+    recommendations = registered.bundle.recommend(eval_sessions.select("session", "prefix"))
+    predictions = spark_recommendations_to_long(recommendations).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        champion = mlflow_tracking.load_champion()
-    except LookupError:
-        return None
-    recommendations = champion.bundle.recommend(eval_sessions.select("session", "prefix"))
-    score = spark_score(spark_recommendations_to_long(recommendations), labels)["score"]
-    context.log.info(f"champion v{champion.version} scores {score:.4f} on this week's evaluation sessions")
-    return score
+        if predictions_csv is not None:
+            spark_write_predictions_csv(predictions, predictions_csv)
+        return spark_score(predictions, labels)
+    finally:
+        predictions.unpersist()
+
+
+def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sessions, labels, context):
+    """(the week before's version and its scores on this week's sessions, the champion's score on
+    them): the first is that model's forward score, logged with its lists into the run that trained
+    it (the labels are this week's run's `evaluation/labels.jsonl`); the champion, often the same
+    version, is scored once."""
+    from pipelines.registry import current_champion, record_forward_score, version_of_week
+
+    client, name = mlflow_tracking.client, mlflow_tracking.registered_model_name
+    previous = version_of_week(client, name, week.shift(-1).key)
+    forward = None
+    if previous is not None:
+        with tempfile.TemporaryDirectory(prefix="forward-") as scratch:
+            lists = Path(scratch) / FORWARD_PREDICTIONS_CSV
+            forward = registered_scores_on(mlflow_tracking.load_version(previous.version), eval_sessions, labels, lists)
+            record_forward_score(client, name, previous, forward, week.key, artifacts=[lists])
+        context.log.info(f"v{previous.version} (week {week.shift(-1).key}) scores {forward['score']:.4f} forward "
+                         "on this week's evaluation sessions")
+    champion_version, _ = current_champion(client, name)
+    if champion_version is None:
+        champion_now = None
+    elif previous is not None and champion_version == str(previous.version):
+        champion_now = forward["score"]
+    else:
+        champion_now = registered_scores_on(mlflow_tracking.load_champion(), eval_sessions, labels)["score"]
+        context.log.info(f"champion v{champion_version} scores {champion_now:.4f} on this week's evaluation sessions")
+    return (None if previous is None else (str(previous.version), forward)), champion_now
 
 
 @asset(
@@ -155,14 +189,17 @@ def ranker(
         mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
-        champion_now = champion_score_on(mlflow_tracking, lake.lake.read_partition(
-            spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
+        previous_week, champion_now = forward_and_champion_scores(
+            mlflow_tracking, week, lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
         if champion_now is not None:
             mlflow.log_metric("champion.score_on_week", champion_now)
+        if previous_week is not None:
+            mlflow.log_metric("previous_week_model.forward_score", previous_week[1]["score"])
         decision = gate_version(
             mlflow_tracking.client, mlflow_tracking.registered_model_name, registered.version, score, baselines,
-            mlflow_tracking.champion_tolerance, extra_tags={"week": week.key, "mlflow_run_id": run.info.run_id},
+            mlflow_tracking.champion_tolerance, extra_tags={WEEK_TAG: week.key, RUN_ID_TAG: run.info.run_id},
             champion_score_now=champion_now,
+            previous_week_forward=None if previous_week is None else (previous_week[0], previous_week[1]["score"]),
         )
         mlflow.set_tags({"model.version": registered.version, "model.gate": "promoted" if decision.promoted else "rejected",
                          "model.gate_reason": decision.reason})
@@ -172,14 +209,26 @@ def ranker(
         "model_name": mlflow_tracking.registered_model_name, "model_version": registered.version,
         "mlflow_run_id": run.info.run_id, "train_rows": {t: r.train_rows for t, r in results.items()},
         "rounds": {t: {"final": r.rounds, "folds": [f.rounds for f in r.folds]} for t, r in results.items()},
+        "previous_week_forward": None if previous_week is None else {
+            "week": week.shift(-1).key, "model_version": previous_week[0], "metrics": previous_week[1]},
     }
     lake.lake.write_document(summary, RANKER_TABLE, week)
     context.log.info(f"ranker {score:.4f} vs baselines {baselines}; gate: {decision.reason}")
+    if previous_week is not None:
+        # The week before's partition gets its model's forward score once this week's sessions exist.
+        context.log_event(AssetObservation(asset_key=context.asset_key, partition=week.shift(-1).key, metadata={
+            "forward_score": previous_week[1]["score"], "forward_week": week.key,
+            "model": f"{mlflow_tracking.registered_model_name} v{previous_week[0]}",
+            "forward_scores": MetadataValue.md(scores_table({"forward": previous_week[1]})),
+        }))
     return MaterializeResult(
         metadata={
             "week": week.key,
             "score": score,
             **{f"{name}_score": value for name, value in baselines.items()},
+            **({} if previous_week is None else {
+                "previous_week_model_forward_score": previous_week[1]["score"],
+                "previous_week_model": f"{mlflow_tracking.registered_model_name} v{previous_week[0]}"}),
             "scores": MetadataValue.md(scores_table(metrics)),
             "candidate_ceiling": MetadataValue.json(evaluation.ceiling),
             "catalogue_coverage": coverage,

@@ -224,7 +224,6 @@ class Champion:
 
 def load_champion(tracking_uri: str, name: str, alias: str = "champion") -> Champion:
     """The registered version behind `alias`, with its bundle opened (downloaded from the artifact store)."""
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -236,8 +235,22 @@ def load_champion(tracking_uri: str, name: str, alias: str = "champion") -> Cham
             f"no '{alias}' version of registered model {name!r} at {tracking_uri}: no week has passed the champion "
             f"gate yet, so there is no model to recommend with ({error.message})"
         ) from None
+    return _opened(tracking_uri, name, version, f"models:/{name}@{alias}")
+
+
+def load_version(tracking_uri: str, name: str, version: str) -> Champion:
+    """Registered version `version` of `name`, with its bundle opened, whether or not it is the champion."""
+    from mlflow import MlflowClient
+
+    registered = MlflowClient(tracking_uri=tracking_uri).get_model_version(name, str(version))
+    return _opened(tracking_uri, name, registered, f"models:/{name}/{version}")
+
+
+def _opened(tracking_uri: str, name: str, version, model_uri: str) -> Champion:
+    import mlflow
+
     mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    model = mlflow.pyfunc.load_model(model_uri)
     return Champion(name=name, version=str(version.version), run_id=version.run_id,
                     bundle=model.unwrap_python_model().bundle)
 

@@ -17,6 +17,11 @@ CHAMPION_ALIAS = "champion"
 SCORE_TAG = "score"
 GATE_TAG = "gate"
 GATE_REASON_TAG = "gate_reason"
+WEEK_TAG = "week"
+RUN_ID_TAG = "mlflow_run_id"
+FORWARD_SCORE_TAG = "forward_score"
+FORWARD_WEEK_TAG = "forward_week"
+FORWARD_METRIC_PREFIX = "forward"
 PROMOTED = "promoted"
 REJECTED = "rejected"
 
@@ -30,6 +35,8 @@ class GateDecision:
     champion_before: str | None
     champion_score: float | None
     champion_after: str | None
+    previous_week_version: str | None = None
+    previous_week_forward_score: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +54,30 @@ def current_champion(client, name: str):
     return str(version.version), (float(score) if score is not None else None)
 
 
+def version_of_week(client, name: str, week_key: str):
+    """The latest version of `name` registered for week `week_key` (its `week` tag), or None."""
+    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get(WEEK_TAG) == week_key]
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def record_forward_score(client, name: str, version, scores: dict[str, float], week_key: str, artifacts=()) -> None:
+    """What `version` scored on the sessions of the week after its own (`week_key`): the backtest of
+    what it served. Tagged on the version and logged as `forward.*` metrics (and `artifacts`, under
+    `forward/`) into the MLflow run that trained it."""
+    import time
+
+    from mlflow.entities import Metric
+
+    client.set_model_version_tag(name, version.version, FORWARD_SCORE_TAG, f"{scores['score']:.6f}")
+    client.set_model_version_tag(name, version.version, FORWARD_WEEK_TAG, week_key)
+    run_id = version.tags.get(RUN_ID_TAG) or version.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"{FORWARD_METRIC_PREFIX}.{key}", float(value), now, 0)
+                                      for key, value in scores.items()])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path=FORWARD_METRIC_PREFIX)
+
+
 def decide(score: float, baselines: dict[str, float], champion_score: float | None, tolerance: float) -> tuple[bool, str]:
     """(promote?, reason) for a candidate version's score."""
     for name, baseline in sorted(baselines.items()):
@@ -60,12 +91,15 @@ def decide(score: float, baselines: dict[str, float], champion_score: float | No
 
 
 def gate_version(client, name: str, version: str, score: float, baselines: dict[str, float], tolerance: float,
-                 extra_tags: dict[str, str] | None = None, champion_score_now: float | None = None) -> GateDecision:
+                 extra_tags: dict[str, str] | None = None, champion_score_now: float | None = None,
+                 previous_week_forward: tuple[str, float] | None = None) -> GateDecision:
     """Tag `version` with its score and the gate's verdict; move `champion` to it if it passes.
 
     `champion_score_now`: the champion scored on the same sessions as `score` (this week's
     evaluation sessions). Without it the champion's own recorded score is used, which comes from
     another week's sessions and so moves with the data, not only with the model.
+    `previous_week_forward`: (version, score) of the week before's model on the same sessions, its
+    forward score, quoted in the reason.
     """
     champion_before, champion_score = current_champion(client, name)
     if champion_before is not None and champion_score_now is not None:
@@ -73,6 +107,9 @@ def gate_version(client, name: str, version: str, score: float, baselines: dict[
     promoted, reason = decide(score, baselines, champion_score, tolerance)
     if champion_before is not None and champion_score_now is not None:
         reason += f" (champion v{champion_before} scored on this week's evaluation sessions)"
+    if previous_week_forward is not None:
+        reason += (f"; the week before's model v{previous_week_forward[0]} scored {previous_week_forward[1]:.4f} "
+                   "forward on these sessions")
     tags = {SCORE_TAG: f"{score:.6f}", GATE_TAG: PROMOTED if promoted else REJECTED, GATE_REASON_TAG: reason,
             **{f"baseline.{k}": f"{v:.6f}" for k, v in baselines.items()}, **(extra_tags or {})}
     for key, value in tags.items():
@@ -87,4 +124,6 @@ def gate_version(client, name: str, version: str, score: float, baselines: dict[
         champion_before=champion_before,
         champion_score=champion_score,
         champion_after=str(version) if promoted else champion_before,
+        previous_week_version=previous_week_forward[0] if previous_week_forward else None,
+        previous_week_forward_score=previous_week_forward[1] if previous_week_forward else None,
     )

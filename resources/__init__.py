@@ -131,6 +131,11 @@ class MlflowResource(ConfigurableResource):
 
         return load_champion(self.tracking_uri, self.registered_model_name)
 
+    def load_version(self, version: str):
+        from pipelines.model import load_version
+
+        return load_version(self.tracking_uri, self.registered_model_name, version)
+
     def run_id_for(self, context) -> str:
         from pipelines.tracking import week_run_id
 

@@ -40,7 +40,19 @@ from pipelines.ranker import (
     training_sample,
     truths_in_top_k,
 )
-from pipelines.registry import CHAMPION_ALIAS, GATE_TAG, REJECTED, decide, gate_version
+from pipelines.registry import (
+    CHAMPION_ALIAS,
+    FORWARD_SCORE_TAG,
+    FORWARD_WEEK_TAG,
+    GATE_TAG,
+    REJECTED,
+    RUN_ID_TAG,
+    WEEK_TAG,
+    decide,
+    gate_version,
+    record_forward_score,
+    version_of_week,
+)
 
 FAST = RankerConfig(folds=3, num_boost_round=30, min_data_in_leaf=5, num_threads=1)
 
@@ -226,6 +238,40 @@ def test_gate_promotes_keeps_and_rejects_in_the_registry(tmp_path):
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == harder_week.version
     beaten_on_same_sessions = gate_version(client, name, new_version(), 0.45, baselines, 0.002, champion_score_now=0.46)
     assert not beaten_on_same_sessions.promoted
+
+
+def test_forward_score_goes_to_the_week_befores_version_and_its_training_run(tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    name = "forward-test"
+    client.create_registered_model(name)
+    experiment = client.create_experiment("forward", artifact_location=str(tmp_path / "artifacts"))
+    runs = {week: client.create_run(experiment).info.run_id for week in ("2022-08-01", "2022-08-08")}
+    for week in ("2022-08-01", "2022-08-01", "2022-08-08"):  # week 1 retrained once
+        version = client.create_model_version(name, source=str(tmp_path / "model")).version
+        client.set_model_version_tag(name, version, WEEK_TAG, week)
+        client.set_model_version_tag(name, version, RUN_ID_TAG, runs[week])
+    assert version_of_week(client, name, "2022-07-25") is None
+    retrained = version_of_week(client, name, "2022-08-01")
+    assert str(retrained.version) == "2"
+
+    lists = tmp_path / "forward_predictions.csv"
+    lists.write_text("session_type,labels\n1_clicks,5 6\n")
+    record_forward_score(client, name, retrained, {"score": 0.51, "recall_orders": 0.6}, "2022-08-08", artifacts=[lists])
+    run = client.get_run(runs["2022-08-01"])
+    assert run.data.metrics == {"forward.score": 0.51, "forward.recall_orders": 0.6}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "forward")] == ["forward/forward_predictions.csv"]
+    tags = client.get_model_version(name, "2").tags
+    assert tags[FORWARD_SCORE_TAG] == "0.510000" and tags[FORWARD_WEEK_TAG] == "2022-08-08"
+    assert FORWARD_SCORE_TAG not in client.get_model_version(name, "1").tags
+    assert not client.get_run(runs["2022-08-08"]).data.metrics
+    mlflow.set_tracking_uri(None)
+
+    decision = gate_version(client, name, "3", 0.55, {"hand": 0.40}, 0.002, previous_week_forward=("2", 0.51))
+    assert decision.previous_week_forward_score == 0.51 and "v2 scored 0.5100 forward" in decision.reason
 
 
 def test_rounds_are_chosen_on_held_out_training_sessions_and_zero_keeps_the_hand_rule(spark):

@@ -8,6 +8,7 @@ lake, MLflow server and S3 server are the stack's own.
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -180,6 +181,40 @@ def test_registry_holds_a_version_per_week_and_a_champion(two_weeks):
     assert sorted(v.tags["week"] for v in versions) == WEEKS
     champion = client.get_model_version_by_alias(resource.registered_model_name, "champion")
     assert champion.tags["gate"] == "promoted"
+
+
+def test_the_week_befores_model_is_scored_forward_and_rescores_from_its_logged_lists(two_weeks, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.metrics import evaluate_files
+
+    resource, runs = _week_runs(two_weeks)
+    runs = runs[runs["metrics.ranker.score"].notna()].set_index("tags.dagster.partition")
+    first, second = runs.loc[WEEKS[0]], runs.loc[WEEKS[1]]
+    assert "metrics.forward.score" not in second or math.isnan(second["metrics.forward.score"])
+    forward = first["metrics.forward.score"]
+    # What the first week's model serves on the second week's sessions, re-scored from the lists
+    # logged into its own run against the labels logged into the second week's run.
+    lists = mlflow.artifacts.download_artifacts(run_id=first["run_id"], artifact_path="forward/forward_predictions.csv",
+                                                dst_path=str(tmp_path / "forward"))
+    labels = mlflow.artifacts.download_artifacts(run_id=second["run_id"], artifact_path="evaluation/labels.jsonl",
+                                                 dst_path=str(tmp_path / "labels"))
+    rescored = evaluate_files(labels, lists)
+    assert rescored["score"] == pytest.approx(forward, abs=1e-9)
+    assert first["metrics.forward.recall_orders"] == pytest.approx(rescored["recall_orders"], abs=1e-9)
+    assert second["metrics.previous_week_model.forward_score"] == pytest.approx(forward, abs=1e-12)
+
+    client = MlflowClient(resource.tracking_uri)
+    version = next(v for v in client.search_model_versions(f"name = '{resource.registered_model_name}'")
+                   if v.tags["week"] == WEEKS[0])
+    assert float(version.tags["forward_score"]) == pytest.approx(forward, abs=1e-6) and version.tags["forward_week"] == WEEKS[1]
+    metadata = _metadata(two_weeks, "ranker", WEEKS[1])
+    assert metadata["previous_week_model_forward_score"] == pytest.approx(forward, abs=1e-12)
+    assert f"v{version.version} scored {forward:.4f} forward" in metadata["champion_gate"]["reason"]
+    observed = [r.asset_observation for r in two_weeks["instance"].fetch_observations(AssetKey("ranker"), limit=100).records
+                if r.asset_observation.partition == WEEKS[0]]
+    assert observed and observed[0].metadata["forward_score"].value == pytest.approx(forward, abs=1e-12)
 
 
 @pytest.fixture(scope="module")
