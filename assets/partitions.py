@@ -7,6 +7,7 @@ import warnings
 from dagster import BetaWarning, PreviewWarning, TimeWindowPartitionMapping, WeeklyPartitionsDefinition
 
 from pipelines.config import Settings
+from pipelines.ranker import RankerConfig
 from pipelines.weeks import Week
 
 # Checks are partitioned like their assets so the UI shows a result per week; Dagster still
@@ -33,4 +34,9 @@ history_window = TimeWindowPartitionMapping(
 # through the visible prefixes of its evaluation sessions).
 training_weeks_before = TimeWindowPartitionMapping(
     start_offset=-SETTINGS.training_weeks, end_offset=-1, allow_nonexistent_upstream_partitions=True
+)
+
+# The ranker of week W trains on the labelled sessions of W and the weeks before it.
+labelled_weeks = TimeWindowPartitionMapping(
+    start_offset=-(RankerConfig.label_weeks - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
 )

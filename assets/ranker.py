@@ -8,6 +8,7 @@ from pathlib import Path
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetDep,
     AssetExecutionContext,
     AssetObservation,
     Config,
@@ -19,7 +20,7 @@ from dagster import (
 from assets.candidates import CANDIDATE_CONFIG
 from assets.features import features
 from pipelines.features import source_tables
-from assets.partitions import weekly_partitions
+from assets.partitions import labelled_weeks, weekly_partitions
 from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
 from pipelines.config import EVENT_TYPES
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
@@ -29,7 +30,7 @@ from pipelines.model import Bundle, log_recommender, save_bundle
 from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.plots import plot_feature_importance, plot_recall_curves
 from pipelines.quality import ranker_suite, validate
-from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_ranker
+from pipelines.ranker import BASELINES, RANKER, RankerConfig, earlier_labelled_weeks, evaluate_ranker
 from pipelines.registry import RUN_ID_TAG, WEEK_TAG, gate_version
 from pipelines.spark import release_driver_heap
 from pipelines.tracking import code_version, flatten_metrics
@@ -48,6 +49,7 @@ class RankerRunConfig(Config):
     learning_rate: float = RankerConfig.learning_rate
     num_leaves: int = RankerConfig.num_leaves
     min_data_in_leaf: int = RankerConfig.min_data_in_leaf
+    label_weeks: int = RankerConfig.label_weeks
 
     def to_ranker_config(self) -> RankerConfig:
         return RankerConfig(**self.model_dump())
@@ -114,7 +116,7 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
 
 
 @asset(
-    deps=[features],
+    deps=[AssetDep(features, partition_mapping=labelled_weeks)],
     partitions_def=weekly_partitions,
     group_name="ranking",
     kinds={"lightgbm", "mlflow"},
@@ -141,8 +143,12 @@ def ranker(
     labels = labels_long(lake.lake.read_partition(spark.session, EVAL_LABELS_TABLE, week))
     # The fits run in this process beside the JVM: it gives its idle heap back first.
     release_driver_heap(spark.session)
+    earlier, skipped_weeks = earlier_labelled_weeks(spark.session, lake.lake, week, ranker_config)
+    for skipped_week, why in skipped_weeks.items():
+        context.log.info(f"ranker: week {skipped_week} not trained on: {why}")
     evaluation = evaluate_ranker(lake.lake.read_partition(spark.session, FEATURES_TABLE, week), labels,
-                                 lake.lake.read_partition(spark.session, TOP_SELLERS_TABLE, week), ranker_config)
+                                 lake.lake.read_partition(spark.session, TOP_SELLERS_TABLE, week), ranker_config,
+                                 earlier_weeks=list(earlier.values()))
     fit_seconds = time.perf_counter() - started
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
     baselines = {name: metrics[name]["score"] for name in BASELINES}
@@ -167,6 +173,7 @@ def ranker(
             **flatten_metrics("ceiling", evaluation.ceiling),
             "catalogue_coverage": coverage,
             "ranker.seconds": fit_seconds,
+            "ranker.label_weeks_used": 1 + len(earlier),
             **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
             **{f"ranker.sample_rows.{t}": r.sample_rows for t, r in results.items()},
             **{f"ranker.rounds.{t}": r.rounds for t, r in results.items()},
@@ -208,6 +215,7 @@ def ranker(
         "week": week.key, "metrics": metrics, "ceiling": evaluation.ceiling, "coverage": coverage, "gate": decision.as_dict(),
         "model_name": mlflow_tracking.registered_model_name, "model_version": registered.version,
         "mlflow_run_id": run.info.run_id, "train_rows": {t: r.train_rows for t, r in results.items()},
+        "label_weeks": [week.key, *earlier], "label_weeks_skipped": skipped_weeks,
         "rounds": {t: {"final": r.rounds, "folds": [f.rounds for f in r.folds]} for t, r in results.items()},
         "previous_week_forward": None if previous_week is None else {
             "week": week.shift(-1).key, "model_version": previous_week[0], "metrics": previous_week[1]},
@@ -237,6 +245,8 @@ def ranker(
             "mlflow_run_id": run.info.run_id,
             "model_uri": f"models:/{mlflow_tracking.registered_model_name}/{registered.version}",
             "fit_seconds": round(fit_seconds, 1),
+            # The weeks whose labelled sessions the ranker trained on; only this week's are scored.
+            "label_weeks": MetadataValue.json({"used": [week.key, *earlier], "skipped": skipped_weeks}),
             # The model in MLflow holds the rankers; the tables it reads stay in the lake.
             "bundle_bytes": bundle_size["bundle"],
             "bundle_table_bytes": bundle_size["tables"],

@@ -32,7 +32,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.als import SIMILAR_ITEMS_TABLE, AlsConfig, fit_als, similar_items
-from pipelines.candidates import MAX_CANDIDATES_PER_QUERY, CandidateConfig, build_candidates, label_hits, recall_report
+from pipelines.candidates import (
+    CANDIDATES_TABLE,
+    MAX_CANDIDATES_PER_QUERY,
+    CandidateConfig,
+    build_candidates,
+    label_hits,
+    recall_report,
+)
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.covisitation import COVISITATION_TABLE, CovisitationConfig, build_covisitation
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, split_evaluation_sessions, training_events
@@ -115,11 +122,14 @@ def ensure_raw(raw_dir: Path, sessions: int, weeks: int, seed: int) -> dict:
 
 
 @contextmanager
-def stage(name: str, memory: PeakMemory, results: list):
+def stage(name: str, memory: PeakMemory, results: list | None):
+    """Times and records the block into `results`; `None`: untimed preparation, not recorded."""
     memory.reset()
     started = time.perf_counter()
     record: dict = {"stage": name}
     yield record
+    if results is None:
+        return
     record["seconds"] = round(time.perf_counter() - started, 1)
     record.update(memory.read())
     results.append(record)
@@ -157,7 +167,7 @@ def run_ingest(spark, lake: Lake, raw_dir: Path, weeks: list[Week], memory: Peak
     results[-1]["events_per_second"] = round(summary.history_events / results[-1]["seconds"])
 
 
-def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list,
+def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list | None,
                 reuse: bool = False) -> None:
     """The candidate stages for the last week, as the assets run them (defaults: K=20, AlsConfig).
 
@@ -200,52 +210,80 @@ def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
         record.update(rows=lake.read_partition(spark, SIMILAR_ITEMS_TABLE, week).count())
 
 
+def write_candidates(spark, lake: Lake, week: Week) -> None:
+    """The week's candidates, as the `candidates` asset writes them (defaults: K=20)."""
+    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    lake.write_partition(build_candidates(read(EVAL_SESSIONS_TABLE), read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE),
+                                          read(TOP_SELLERS_TABLE), CandidateConfig()), CANDIDATES_TABLE, week)
+
+
+def write_features(spark, lake: Lake, weeks: list[Week]) -> None:
+    """The last week's item statistics and features, as the `features` asset writes them."""
+    from pipelines.features import FEATURES_TABLE, ITEM_STATS_TABLE, add_features, build_item_stats
+
+    week, before = weeks[-1], weeks[:-1]
+    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    eval_sessions = read(EVAL_SESSIONS_TABLE)
+    lake.write_partition(build_item_stats(training_events(spark, lake, before, eval_sessions), week.start_ms),
+                         ITEM_STATS_TABLE, week)
+    lake.write_partition(add_features(read(CANDIDATES_TABLE), eval_sessions.select("session", "prefix"), read(ITEM_STATS_TABLE)),
+                         FEATURES_TABLE, week)
+
+
+def prepare_labelled_weeks(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory) -> None:
+    """The weeks before the timed one whose labelled sessions the ranker also trains on
+    (`RankerConfig.label_weeks`): their sessions, evaluation split, sources, candidates and
+    features, as their own weekly runs leave them in the lake (not timed)."""
+    from pipelines.ranker import RankerConfig
+
+    started = time.perf_counter()
+    history_weeks = Settings.from_env().history_weeks
+    prepared = []
+    for end in range(max(1, len(weeks) - RankerConfig().label_weeks + 1), len(weeks)):
+        window = weeks[:end]
+        materialize_sessions_week(spark, lake, window[-1], window[-(history_weeks + 1):], 500)
+        run_sources(spark, lake, workdir, window, memory, None)
+        write_candidates(spark, lake, window[-1])
+        write_features(spark, lake, window)
+        prepared.append(window[-1].key)
+    print(json.dumps({"prepared": "the earlier labelled weeks' sessions, sources, candidates and features (not timed)",
+                      "weeks": prepared, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+
+
 def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list,
                 predict_sessions: int) -> None:
     """candidates, features (with their contracts), ranker, the recommendation tables and their
     publication for the last week (needs `sources`), then `recsys predict` throughput."""
     import pandas as pd
 
-    from pipelines.features import (
-        FEATURES_TABLE,
-        ITEM_STATS_TABLE,
-        add_features,
-        build_item_stats,
-        features_validation_frame,
-        source_tables,
-    )
+    from pipelines.features import FEATURES_TABLE, features_validation_frame, source_tables
     from pipelines.lake import EVENTS_TABLE
     from pipelines.model import Bundle, otto_sessions_to_long, prefixes_from_events, save_bundle
     from pipelines.publish import PUBLISHED_TABLES, ModelInfo, failed_gates, publish_week, run_publish_gates
     from pipelines.quality import candidates_suite, candidates_validation_frame, features_suite, validate
-    from pipelines.ranker import RankerConfig, evaluate_ranker
+    from pipelines.ranker import RankerConfig, earlier_labelled_weeks, evaluate_ranker
     from pipelines.recommendations import catalogue, lake_table, write_recommendation_tables
 
-    week, before = weeks[-1], weeks[:-1]
+    week = weeks[-1]
     read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
     eval_sessions = read(EVAL_SESSIONS_TABLE)
-    config = CandidateConfig()
     with stage("candidates + recall report", memory, results) as record:
-        table = build_candidates(eval_sessions, read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE), config)
-        lake.write_partition(table, "candidates", week)
+        write_candidates(spark, lake, week)
         labels = labels_long(read(EVAL_LABELS_TABLE))
         record["contract_passed"] = validate(
-            candidates_validation_frame(read("candidates")), "candidates_contract", candidates_suite(MAX_CANDIDATES_PER_QUERY)
+            candidates_validation_frame(read(CANDIDATES_TABLE)), "candidates_contract", candidates_suite(MAX_CANDIDATES_PER_QUERY)
         ).success
-        report = recall_report(label_hits(read("candidates"), labels), labels.toPandas())
+        report = recall_report(label_hits(read(CANDIDATES_TABLE), labels), labels.toPandas())
         report["baseline_popularity"] = spark_score(popularity_predictions(labels, read(TOP_SELLERS_TABLE), K), labels)
         record.update(
-            rows=read("candidates").count(),
+            rows=read(CANDIDATES_TABLE).count(),
             baseline_covisitation=round(report["baseline_covisitation"]["score"], 4),
             baseline_popularity=round(report["baseline_popularity"]["score"], 4),
             combined_ceiling={k: round(v, 4) for k, v in report["combined"].items()},
         )
 
     with stage("features (item stats + all feature groups)", memory, results) as record:
-        train = training_events(spark, lake, before, eval_sessions)
-        lake.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
-        lake.write_partition(add_features(read("candidates"), eval_sessions.select("session", "prefix"), read(ITEM_STATS_TABLE)),
-                             FEATURES_TABLE, week)
+        write_features(spark, lake, weeks)
         record.update(rows=read(FEATURES_TABLE).count())
         record["contract_passed"] = validate(
             features_validation_frame(read(FEATURES_TABLE)), "features_contract", features_suite(record["rows"])).success
@@ -253,10 +291,12 @@ def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: Pea
     with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
         record["jvm_rss_mb_before_heap_release"] = memory.jvm_rss_mb()
         release_driver_heap(spark)  # as the ranker asset does (G1 uncommits concurrently, within seconds)
+        earlier, _ = earlier_labelled_weeks(spark, lake, week, RankerConfig())
         evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), read(TOP_SELLERS_TABLE),
-                                     RankerConfig())
+                                     RankerConfig(), earlier_weeks=list(earlier.values()))
         evaluation.release()
         record.update(
+            label_weeks=[week.key, *earlier],
             sample_rows={t: r.sample_rows for t, r in evaluation.results.items()},
             train_rows={t: r.train_rows for t, r in evaluation.results.items()},
             seconds_by_phase=evaluation.timings,
@@ -358,6 +398,7 @@ def main() -> int:
 
     if "ingest" in stages:
         run_ingest(spark, lake, raw_dir, weeks, memory, results)
+        prepare_labelled_weeks(spark, lake, workdir, weeks, memory)
     if "sources" in stages:
         run_sources(spark, lake, workdir, weeks, memory, results, reuse=args.reuse)
     if "ranking" in stages:

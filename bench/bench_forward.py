@@ -81,13 +81,14 @@ def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
     from pipelines.features import FEATURES_TABLE, source_tables
     from pipelines.model import save_bundle
     from pipelines.popularity import TOP_SELLERS_TABLE
-    from pipelines.ranker import RankerConfig, evaluate_ranker
+    from pipelines.ranker import RankerConfig, earlier_labelled_weeks, evaluate_ranker
 
     read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
     release_driver_heap(spark)
     started = time.perf_counter()
+    earlier, _ = earlier_labelled_weeks(spark, lake, week, RankerConfig())
     evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), read(TOP_SELLERS_TABLE),
-                                 RankerConfig())
+                                 RankerConfig(), earlier_weeks=list(earlier.values()))
     evaluation.release()
     seconds = time.perf_counter() - started
     tables_dir = lake.model_tables_dir(f"bench-forward-{week.key}")

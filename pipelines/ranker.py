@@ -25,6 +25,12 @@ The final model of a type is fitted like a fold's (at most `max_train_sessions` 
 sample, the same size the rounds were chosen at) with the median of the folds' rounds, and serves
 in production.
 
+Several weeks of labels: the labelled sessions of up to `label_weeks - 1` earlier weeks join
+the training sample (`labelled_rows_of_weeks`), each week's rows as its own `features` partition
+holds them, built with that week's sources and visible prefixes, so no week's hidden events reach
+its features. The folds, by session hash, cut across every week; only week W's rows are scored and
+measured, each by the fold model that never saw the session.
+
 LightGBM and OpenMP do not survive a fork: nothing here forks, and callers must not fork after
 training (no multiprocessing start method "fork" once this ran).
 """
@@ -84,6 +90,9 @@ class RankerConfig:
     # 63 histogram bins instead of LightGBM's 255: fits about half as long on these features.
     max_bin: int = 63
     num_threads: int = 0
+    # Weeks of labelled sessions a ranker trains on: W and the weeks before it whose features are
+    # in the lake (`earlier_labelled_weeks`).
+    label_weeks: int = 4
 
     def lightgbm_params(self) -> dict:
         return {
@@ -235,6 +244,41 @@ def labelled_rows(features, graded, config: RankerConfig):
         .fillna(0, subset=[LABEL_COLUMN])
         .withColumn("fold", fold_column(config.folds, config.seed))
     )
+
+
+def labelled_rows_of_weeks(features, labels, config: RankerConfig, earlier_weeks=()):
+    """`labelled_rows` of week W (`features`, long `labels`) and of `earlier_weeks` ((features,
+    labels) pairs, newest first), each week labelled by its own truth. A session whose events run
+    into a later week is that week's: its earlier rows are left out, so no session is two queries."""
+    rows = labelled_rows(features, graded_labels(labels), config)
+    later_sessions = features.select("session")
+    for week_features, week_labels in earlier_weeks:
+        week_rows = labelled_rows(week_features, graded_labels(week_labels), config)
+        rows = rows.unionByName(week_rows.join(later_sessions.distinct(), "session", "left_anti"))
+        later_sessions = later_sessions.unionByName(week_features.select("session"))
+    return rows
+
+
+def earlier_labelled_weeks(spark, lake, week, config: RankerConfig) -> tuple[dict, dict[str, str]]:
+    """{week key: (features, long labels)} of the `label_weeks - 1` weeks before `week`, newest
+    first, that the lake holds with every feature column, and why any other of those weeks is left
+    out: `evaluate_ranker(..., earlier_weeks=list(weeks.values()))`."""
+    from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long
+    from pipelines.features import FEATURES_TABLE
+
+    weeks, skipped = {}, {}
+    for back in range(1, config.label_weeks):
+        earlier = week.shift(-back)
+        if not (lake.has_partition(FEATURES_TABLE, earlier) and lake.has_partition(EVAL_LABELS_TABLE, earlier)):
+            skipped[earlier.key] = "no features or evaluation labels in the lake"
+            continue
+        week_features = lake.read_partition(spark, FEATURES_TABLE, earlier)
+        missing = sorted(set(FEATURE_COLUMNS) - set(week_features.columns))
+        if missing:
+            skipped[earlier.key] = f"features of older code: no {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            continue
+        weeks[earlier.key] = (week_features, labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, earlier)))
+    return weeks, skipped
 
 
 def sampled_sessions_per_type(config: RankerConfig) -> int:
@@ -640,20 +684,21 @@ BASELINE_POPULARITY = "baseline_popularity"
 BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
 
 
-def evaluate_ranker(features, labels, top_sellers, config: RankerConfig, types=EVENT_TYPES, k: int = K) -> RankerEvaluation:
-    """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`), score
-    the out-of-fold predictions, the hand rule on the same candidate rows and the popularity
-    baseline (`top_sellers`' lists) on the same sessions."""
+def evaluate_ranker(features, labels, top_sellers, config: RankerConfig, types=EVENT_TYPES, k: int = K,
+                    earlier_weeks=()) -> RankerEvaluation:
+    """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`) and
+    those of `earlier_weeks` ((features, labels), newest first), score W's out-of-fold
+    predictions, the hand rule on the same candidate rows and the popularity baseline
+    (`top_sellers`' lists) on the same sessions."""
     from pyspark import StorageLevel
 
     labels = labels.select(*KEY_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
-    graded = graded_labels(labels)
     results: dict[str, TargetResult] = {}
     predictions: dict = {}
     scored = positives = None
     timings: dict[str, float] = {}
     try:
-        rows = labelled_rows(features, graded, config)
+        rows = labelled_rows_of_weeks(features, labels, config, earlier_weeks)
         positives = sessions_with_a_positive(rows).persist(StorageLevel.MEMORY_AND_DISK)
         for event_type in types:
             clock = time.perf_counter()

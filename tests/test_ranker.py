@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import functions as F
 
 from pipelines.features import FEATURE_COLUMNS
 from pipelines.metrics import score_predictions, spark_score
@@ -24,12 +25,14 @@ from pipelines.ranker import (
     TARGET_LABEL,
     RankerConfig,
     choose_rounds,
+    earlier_labelled_weeks,
     evaluate_ranker,
     fit_target,
     fold_array,
     fold_column,
     graded_labels,
     labelled_rows,
+    labelled_rows_of_weeks,
     predict_scores,
     ranked_top_k,
     score_lake_rows,
@@ -419,3 +422,58 @@ def test_popularity_baseline_gives_every_labelled_session_its_types_top_sellers(
     score = spark_score(spark.createDataFrame(predictions), spark.createDataFrame(labels))
     assert score == pytest.approx(score_predictions(predictions, labels))
     assert score["recall_carts"] == 0.5 and score["recall_orders"] == 0.5
+
+
+def test_earlier_weeks_join_the_training_sample_and_only_this_weeks_sessions_are_scored(spark):
+    this_week = synthetic_rows(200, 25, seed=1)
+    earlier = synthetic_rows(300, 25, seed=2)
+    earlier["session"] += 1000
+    # Sessions 1000-1009 ran on into this week: this week's rows (other items, other labels) are theirs.
+    ran_on = synthetic_rows(10, 25, seed=3)
+    ran_on["session"] += 1000
+    ran_on["aid"] += 5
+    this_week = pd.concat([this_week, ran_on], ignore_index=True)
+    features, labels = spark_frames(spark, this_week)
+    earlier_features, earlier_labels = spark_frames(spark, earlier)
+
+    rows = labelled_rows_of_weeks(features, labels, FAST, [(earlier_features, earlier_labels)]).toPandas()
+    assert len(rows) == len(this_week) + len(earlier) - 10 * 25
+    expected = pd.concat([this_week, earlier[earlier["session"] >= 1010]])
+    merged = rows.merge(expected[["session", "aid", LABEL_COLUMN]], on=["session", "aid"], suffixes=("", "_truth"))
+    assert len(merged) == len(rows) and (merged[LABEL_COLUMN] == merged[f"{LABEL_COLUMN}_truth"]).all()
+
+    evaluation = evaluate_ranker(features, labels, top_sellers_of(spark, this_week), FAST, types=("carts",),
+                                 earlier_weeks=[(earlier_features, earlier_labels)])
+    scored = evaluation.predictions[RANKER].toPandas()
+    evaluation.release()
+    assert set(scored["session"]) == set(this_week["session"])
+    assert evaluation.metrics[RANKER]["sessions_carts"] == 210
+    folds = evaluation.results["carts"].folds
+    trained_on = set().union(*(record.train_sessions for record in folds))
+    assert trained_on & set(range(1010, 1300)) and trained_on & set(range(200))
+    # Fold k's model never saw a session of fold k, of either week.
+    for record in folds:
+        assert not {s for s in record.train_sessions if fold_array(np.array([s]), FAST.folds, FAST.seed)[0] == record.fold}
+
+
+def test_earlier_labelled_weeks_reads_the_weeks_the_lake_holds_with_every_feature_column(spark, tmp_path):
+    from pipelines.evaluation import EVAL_LABELS_TABLE
+    from pipelines.features import FEATURES_TABLE
+    from pipelines.lake import Lake
+    from pipelines.weeks import Week
+
+    lake = Lake(str(tmp_path / "lake"))
+    week = Week.parse("2022-08-29", "UTC")
+    rows = synthetic_rows(20, 5)
+    features, labels = spark_frames(spark, rows)
+    wide_labels = labels.groupBy("session").agg(
+        *[F.collect_list(F.when(F.col("type") == t, F.col("aid"))).alias(t) for t in ("carts", "orders")],
+    ).withColumn("clicks", F.lit(None).cast("bigint"))
+    for back, table in [(1, features), (2, features.drop(FEATURE_COLUMNS[0])), (4, features)]:
+        lake.write_partition(table, FEATURES_TABLE, week.shift(-back))
+        lake.write_partition(wide_labels, EVAL_LABELS_TABLE, week.shift(-back))
+    weeks, skipped = earlier_labelled_weeks(spark, lake, week, FAST)
+    assert list(weeks) == ["2022-08-22"] and weeks["2022-08-22"][1].count() == labels.count()
+    assert skipped["2022-08-15"].startswith("features of older code: no " + FEATURE_COLUMNS[0])
+    assert skipped["2022-08-08"] == "no features or evaluation labels in the lake"
+    assert "2022-08-01" not in skipped  # beyond label_weeks
