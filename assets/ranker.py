@@ -121,10 +121,11 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
     group_name="ranking",
     kinds={"lightgbm", "mlflow"},
     description=(
-        "One LightGBM LambdaRank model per target (clicks, carts, orders), session-grouped K-fold on W's evaluation "
-        "sessions. The OTTO score of the out-of-fold predictions is the week's result, beside the popularity and "
-        "hand-rule baselines on the same sessions. Logs the week's MLflow run (metrics, plots, OOF predictions and "
-        "labels), registers the pyfunc recommender and moves `champion` only through the gate."
+        "One LightGBM LambdaRank model per target (clicks, carts, orders), session-grouped K-fold on the evaluation "
+        "sessions of W and up to three weeks before it (each week's rows from its own features), scoring W's. The "
+        "OTTO score of W's out-of-fold predictions is the week's result, beside the popularity and hand-rule "
+        "baselines on the same sessions; the week before's model is scored forward on W's sessions. Logs the "
+        "week's MLflow run (metrics, plots, OOF predictions and labels), registers the pyfunc recommender and moves `champion` only through the gate."
     ),
 )
 def ranker(
