@@ -69,8 +69,8 @@ def test_shuffle_partitions_follow_the_cores():
 
 
 def _neighbour_scores_plan_and_rows(spark, neighbours_dir):
-    sources = spark.createDataFrame([(1, 10, 1.0, None), (1, 11, 0.5, None), (2, 10, 0.25, None)],
-                                    "session BIGINT, aid BIGINT, recency DOUBLE, buy_recency DOUBLE")
+    sources = spark.createDataFrame([(1, 10, 1.0, None, 0), (1, 11, 0.5, None, 1), (2, 10, 0.25, None, 0)],
+                                    "session BIGINT, aid BIGINT, recency DOUBLE, buy_recency DOUBLE, position_from_end INT")
     # Read from Parquet, as the lake's tables are: Spark estimates a file's size, not an in-memory frame's.
     scores = neighbour_scores(sources, spark.read.parquet(str(neighbours_dir)))
     rows = scores.select("session", "aid", "covisitation_clicks_weight").collect()
