@@ -77,11 +77,13 @@ def registered_scores_on(registered, eval_sessions, labels, predictions_csv: Pat
     from pipelines.metrics import spark_score
     from pipelines.model import spark_recommendations_to_long
 
-    recommendations = registered.bundle.recommend(eval_sessions.select("session", "prefix"))
-    predictions = spark_recommendations_to_long(recommendations).persist(StorageLevel.MEMORY_AND_DISK)
+    predictions = spark_recommendations_to_long(registered.bundle.recommend(eval_sessions.select("session", "prefix")))
+    if predictions_csv is None:
+        return spark_score(predictions, labels)
+    # Two actions over the served lists: they are computed once.
+    predictions = predictions.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        if predictions_csv is not None:
-            spark_write_predictions_csv(predictions, predictions_csv)
+        spark_write_predictions_csv(predictions, predictions_csv)
         return spark_score(predictions, labels)
     finally:
         predictions.unpersist()
