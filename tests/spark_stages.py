@@ -22,6 +22,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
 
 INGEST_ASSETS = ["events", "sessions"]
+# What a later week's ranker reads of an earlier week (its labelled rows): events through features.
+FEATURE_ASSETS = ["events", "sessions", "eval_split", "top_sellers", "covisitation", "als", "candidates", "features"]
 # Every asset of the graph, from events to the published tables.
 GRAPH_ASSETS = [
     "events", "sessions", "eval_split", "top_sellers", "covisitation", "als", "candidates", "features", "ranker",
@@ -69,6 +71,7 @@ def materialize(definitions, plan: list[tuple[str, list[str]]], run_config: dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ingest-weeks", nargs="*", default=[], help="weeks to materialize events and sessions for")
+    parser.add_argument("--feature-weeks", nargs="*", default=[], help="weeks to materialize events through features for")
     parser.add_argument("--graph-weeks", nargs="*", default=[], help="weeks to materialize every asset for")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                         help="Spark setting, passed as run config of the `spark` resource")
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     # Only `conf`, as an operator would set it in the launchpad: the master comes from SPARK_MASTER.
     spark_config = {"conf": dict(item.split("=", 1) for item in args.spark_conf)}
     run_config = {"ops": {"als": {"config": FAST_ALS}}, "resources": {"spark": {"config": spark_config}}}
-    plan = [(week, INGEST_ASSETS) for week in args.ingest_weeks] + [(week, GRAPH_ASSETS) for week in args.graph_weeks]
+    plan = ([(week, INGEST_ASSETS) for week in args.ingest_weeks] + [(week, FEATURE_ASSETS) for week in args.feature_weeks]
+            + [(week, GRAPH_ASSETS) for week in args.graph_weeks])
     runs = materialize(definitions, plan, run_config)
     for run in runs:
         print(json.dumps(run), flush=True)
