@@ -20,7 +20,6 @@ from pipelines.weeks import Week
 
 EVAL_SESSIONS_TABLE = "eval_sessions"
 EVAL_LABELS_TABLE = "eval_labels"
-EVENT_STRUCT_FIELDS = ("ts", "aid", "type")
 
 
 @dataclass(frozen=True)

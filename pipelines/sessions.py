@@ -14,10 +14,6 @@ from pipelines.lake import EVENTS_TABLE, SESSIONS_TABLE, Lake
 from pipelines.weeks import Week
 
 TYPE_ORDER = {"clicks": 0, "carts": 1, "orders": 2}
-SESSION_COLUMNS = (
-    "session", "history", "n_events", "n_clicks", "n_carts", "n_orders", "n_unique_aids",
-    "n_events_in_week", "n_trimmed", "first_ts", "last_ts", "duration_s", "started_in_week",
-)
 
 
 @dataclass(frozen=True)
