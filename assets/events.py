@@ -21,7 +21,7 @@ from assets.quality_checks import check_result_from_report, weekly_blocking_chec
 from pipelines.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE
 from pipelines.quality import drift_frame, drift_suite, events_suite, quarantine_suite, validate
-from pipelines.raw import RawWeekMissingError, is_s3_uri, resolve_raw_week
+from pipelines.raw import RawWeekMissingError, is_s3_uri, stage_raw_week
 from resources import LakeResource, PipelineConfigResource, SparkResource
 
 EVENTS_CONTRACT_CHECK = "events_contract"
@@ -30,7 +30,10 @@ EVENTS_DRIFT_CHECK = "events_drift"
 
 raw_jsonl = AssetSpec(
     "raw_jsonl",
-    description="OTTO-format session JSONL in the landing zone: <RECSYS_RAW_URI>/week=YYYY-MM-DD/*.jsonl[.gz].",
+    description=(
+        "OTTO-format session JSONL in the landing zone: <RECSYS_RAW_URI>/week=YYYY-MM-DD/**/*.{jsonl,json,ndjson}"
+        "[.gz|.bz2], any letter case; other files are listed in the `events` metadata as skipped."
+    ),
     partitions_def=weekly_partitions,
     group_name="landing",
     kinds={"json"},
@@ -58,18 +61,26 @@ def events(
     raw_uri = pipeline_config.raw_uri
     s3_client = s3.get_client() if is_s3_uri(raw_uri) else None
     try:
-        raw_paths = resolve_raw_week(raw_uri, week, Path(lake.root) / "_raw_staging", s3_client=s3_client)
+        raw = stage_raw_week(raw_uri, week, Path(lake.root) / "_raw_staging", s3_client=s3_client)
     except RawWeekMissingError as missing:
         raise Failure(description=str(missing), metadata={"raw_uri": raw_uri, "week": week.key}, allow_retries=False)
-    summary = materialize_events_week(spark.session, lake.lake, raw_paths, week)
+    for unreadable in raw.unreadable:
+        context.log.warning(f"unreadable raw file {unreadable.source} ({unreadable.bytes} bytes) quarantined: {unreadable.error}")
+    for skipped in raw.skipped:
+        context.log.warning(f"raw file {skipped.source} skipped: {skipped.reason}")
+    summary = materialize_events_week(spark.session, lake.lake, raw, pipeline_config.max_line_bytes)
     context.log.info(
         f"week {week.key}: {summary.events} events, {summary.quarantined} quarantined "
         f"({summary.quarantine_rate:.4%}), {summary.duplicates_removed} duplicates removed"
     )
+    raw_metadata = raw.as_metadata()
     return MaterializeResult(
         metadata={
             "week": week.key,
-            "raw_files": len(raw_paths),
+            "raw_files": raw_metadata["raw_files"],
+            "raw_bytes": raw_metadata["raw_bytes"],
+            "unreadable_files": MetadataValue.json(raw_metadata["unreadable_files"]),
+            "skipped_files": MetadataValue.json(raw_metadata["skipped_files"]),
             "raw_lines": summary.raw_lines,
             "dagster/row_count": summary.events,
             "events_by_type": MetadataValue.json(summary.events_by_type),

@@ -48,7 +48,7 @@ from pipelines.metrics import K, spark_score
 from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, popularity_predictions
 from pipelines.generate import generate_raw
 from pipelines.lake import SESSIONS_TABLE, Lake
-from pipelines.raw import list_local_week_files
+from pipelines.raw import stage_raw_week
 from pipelines.sessions import materialize_sessions_week
 from pipelines.spark import build_spark_session, release_driver_heap
 from pipelines.weeks import Week
@@ -138,7 +138,7 @@ def stage(name: str, memory: PeakMemory, results: list | None):
 
 def ingest_week(spark, lake: Lake, raw_dir: Path, week: Week):
     """One week's raw files into the events table, as the `events` asset does."""
-    return materialize_events_week(spark, lake, [str(p) for p in list_local_week_files(str(raw_dir), week)], week)
+    return materialize_events_week(spark, lake, stage_raw_week(str(raw_dir), week, Path(lake.root) / "_raw_staging"))
 
 
 def write_evaluation_split(spark, lake: Lake, week: Week) -> None:

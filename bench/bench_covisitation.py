@@ -73,13 +73,14 @@ def generated_events(spark, workdir: Path, weeks: list[Week], sessions: int, see
     """Generate raw JSONL for `weeks` and parse it into Parquet events under `workdir`."""
     from pipelines.events import parse_raw_week
     from pipelines.generate import generate_raw
+    from pipelines.raw import stage_raw_week
 
     raw_dir, events_dir = workdir / "raw", workdir / "events"
     summary = generate_raw(raw_dir, n_sessions=sessions, n_weeks=len(weeks), start=weeks[0].key, seed=seed,
                            timezone=TIMEZONE)
     print(json.dumps({"stage": "generate", **{k: summary[k] for k in ("sessions", "events", "seconds")}}), flush=True)
     for week in weeks:
-        parsed = parse_raw_week(spark, [str(p) for p in sorted((raw_dir / week.folder).glob("*.jsonl"))], week)
+        parsed = parse_raw_week(spark, stage_raw_week(str(raw_dir), week, workdir / "raw_staging"))
         try:
             parsed.events.write.mode("overwrite").parquet(str(events_dir / week.folder))
         finally:

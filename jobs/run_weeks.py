@@ -14,19 +14,16 @@ from dagster import DagsterInstance
 
 from assets.partitions import weekly_partitions
 from pipelines.config import Settings
-from pipelines.raw import is_s3_uri, list_local_week_files, list_s3_week_keys
+from pipelines.raw import is_s3_uri, raw_week_exists
 from pipelines.weeks import Week
 
 
 def landed_weeks(settings: Settings, s3_client=None) -> list[str]:
     """Partition keys with raw data, in order."""
-    valid_keys = weekly_partitions.get_partition_keys()
-    if is_s3_uri(settings.raw_uri):
-        return [
-            key for key in valid_keys
-            if list_s3_week_keys(s3_client, settings.raw_uri, Week.parse(key, settings.timezone))
-        ]
-    return [key for key in valid_keys if list_local_week_files(settings.raw_uri, Week.parse(key, settings.timezone))]
+    return [
+        key for key in weekly_partitions.get_partition_keys()
+        if raw_week_exists(settings.raw_uri, Week.parse(key, settings.timezone), s3_client=s3_client)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,8 @@ class Settings:
     history_weeks: int = 4
     training_weeks: int = 4
     max_session_events: int = 500
+    # A raw line longer than this is quarantined `line_too_long` without being parsed.
+    max_line_bytes: int = 1 << 20
     eval_seed: int = 42
     experiment_name: str = "session-recommender"
     registered_model_name: str = "session-recommender"
@@ -106,6 +108,7 @@ class Settings:
             history_weeks=_env_int("RECSYS_HISTORY_WEEKS", 4),
             training_weeks=_env_int("RECSYS_TRAINING_WEEKS", 4),
             max_session_events=_env_int("RECSYS_MAX_SESSION_EVENTS", 500),
+            max_line_bytes=_env_int("RECSYS_MAX_LINE_BYTES", cls.max_line_bytes),
             eval_seed=_env_int("RECSYS_EVAL_SEED", 42),
             experiment_name=_env("RECSYS_MLFLOW_EXPERIMENT", "session-recommender"),
             registered_model_name=_env("RECSYS_MODEL_NAME", "session-recommender"),

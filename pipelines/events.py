@@ -13,29 +13,36 @@ from dataclasses import dataclass, field
 
 from pipelines.config import EVENT_TYPES
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
+from pipelines.raw import RawWeek
 from pipelines.weeks import Week
 
 LINE_SCHEMA = "session STRING, events ARRAY<STRING>, _corrupt STRING"
 EVENT_SCHEMA = "aid STRING, ts STRING, type STRING, _corrupt STRING"
 EVENT_COLUMNS = ("session", "aid", "ts", "type")
 EVENTS_SPARK_SCHEMA = "session BIGINT, aid BIGINT, ts BIGINT, type STRING"
-QUARANTINE_COLUMNS = ("reason", "source_file", "session", "event_index", "record")
+# `records`: how many records a quarantined row stands for (the events a rejected line held where
+# its `events` array could be read, else 1), so the quarantine rate weighs a lost line by its events.
+QUARANTINE_COLUMNS = ("reason", "source_file", "session", "event_index", "record", "records")
 NON_NEGATIVE_INTEGER = r"^[0-9]+$"
 MAX_RECORD_CHARS = 4000
+MAX_LINE_BYTES = 1 << 20
 
-# Line-level reasons: the whole line is quarantined as one record.
-BLANK_LINE = "blank_line"
-MALFORMED_JSON = "malformed_json"
+# File-level reason: a raw file that cannot be decompressed is quarantined as one row naming its size.
+UNREADABLE_FILE = "unreadable_file"
+# Line-level reasons: the whole line is quarantined as one row.
+BLANK_LINE = "blank_line"  # empty or whitespace only
+LINE_TOO_LONG = "line_too_long"  # over `max_line_bytes`: never parsed
+MALFORMED_JSON = "malformed_json"  # not a JSON object, or a key repeated at the top level
 INVALID_SESSION = "invalid_session"
 EMPTY_EVENTS = "empty_events"
 # Event-level reasons: only that event is quarantined.
-MALFORMED_EVENT = "malformed_event"
+MALFORMED_EVENT = "malformed_event"  # not a JSON object, or a key repeated
 INVALID_AID = "invalid_aid"
 INVALID_TS = "invalid_ts"
 UNKNOWN_TYPE = "unknown_type"
 TS_OUTSIDE_WEEK = "ts_outside_week"
 QUARANTINE_REASONS = (
-    BLANK_LINE, MALFORMED_JSON, INVALID_SESSION, EMPTY_EVENTS,
+    UNREADABLE_FILE, BLANK_LINE, LINE_TOO_LONG, MALFORMED_JSON, INVALID_SESSION, EMPTY_EVENTS,
     MALFORMED_EVENT, INVALID_AID, INVALID_TS, UNKNOWN_TYPE, TS_OUTSIDE_WEEK,
 )
 
@@ -99,33 +106,65 @@ def _strict_long(column):
     return F.when(column.rlike(NON_NEGATIVE_INTEGER), column.try_cast("bigint"))
 
 
-def parse_raw_week(spark, paths: list[str], week: Week) -> ParsedWeek:
-    """Lazy parse of a week's raw files; call `release` on the result when done with it."""
+def _has_repeated_key(json_text):
+    """True when the object's top level names a key twice (JSON parsers silently keep the last)."""
+    from pyspark.sql import functions as F
+
+    keys = F.json_object_keys(json_text)
+    return F.coalesce(F.size(keys) != F.size(F.array_distinct(keys)), F.lit(False))
+
+
+def _raw_text(column):
+    """Raw text as the quarantine keeps it: bounded, and valid UTF-8 (bad bytes become U+FFFD)."""
+    from pyspark.sql import functions as F
+
+    return F.make_valid_utf8(F.substring(column, 1, MAX_RECORD_CHARS))
+
+
+def _raw_lines(spark, raw: RawWeek):
+    """`line, source_file` of the staged files, `source_file` naming the original file."""
+    from pyspark.sql import functions as F
+
+    if not raw.files:
+        return spark.createDataFrame([], "line STRING, source_file STRING")
+    sources = F.create_map(*[F.lit(v) for pair in raw.source_of().items() for v in pair])
+    staged_name = F.regexp_extract(F.col("_metadata.file_path"), r"([^/]+)$", 1)
+    return spark.read.text([f.path for f in raw.files]).select(
+        F.col("value").alias("line"), F.coalesce(sources[staged_name], F.col("_metadata.file_path")).alias("source_file")
+    )
+
+
+def parse_raw_week(spark, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) -> ParsedWeek:
+    """Lazy parse of a week's staged raw files; call `release` on the result when done with it."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    lines = spark.read.text(paths).select(
-        F.col("value").alias("line"), F.col("_metadata.file_path").alias("source_file")
-    )
+    week = raw.week
+    lines = _raw_lines(spark, raw)
+    within_limit = F.octet_length("line") <= max_line_bytes
     parsed_lines = lines.withColumn(
-        "parsed", F.from_json("line", LINE_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+        "parsed",
+        F.when(within_limit, F.from_json("line", LINE_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})),
     ).withColumn("session_id", _strict_long(F.col("parsed.session")))
 
     line_reason = (
-        F.when(F.trim("line") == "", F.lit(BLANK_LINE))
-        .when(F.col("parsed").isNull() | F.col("parsed._corrupt").isNotNull(), F.lit(MALFORMED_JSON))
+        F.when(F.col("line").rlike(r"^\s*$"), F.lit(BLANK_LINE))
+        .when(~within_limit, F.lit(LINE_TOO_LONG))
+        .when(F.col("parsed").isNull() | F.col("parsed._corrupt").isNotNull() | _has_repeated_key("line"), F.lit(MALFORMED_JSON))
         .when(F.col("session_id").isNull(), F.lit(INVALID_SESSION))
         .when(F.coalesce(F.size("parsed.events"), F.lit(0)) <= 0, F.lit(EMPTY_EVENTS))
     )
     parsed_lines = parsed_lines.withColumn("line_reason", line_reason)
 
+    held_events = F.size("parsed.events")
     rejected_lines = parsed_lines.where(F.col("line_reason").isNotNull()).select(
         F.col("line_reason").alias("reason"),
         "source_file",
-        F.col("parsed.session").alias("session"),
+        F.make_valid_utf8(F.col("parsed.session")).alias("session"),
         "session_id",
         F.lit(None).cast("int").alias("event_index"),
-        F.substring("line", 1, MAX_RECORD_CHARS).alias("record"),
+        _raw_text("line").alias("record"),
+        F.when(held_events > 0, held_events).otherwise(1).alias("records"),
         F.lit(None).cast("bigint").alias("aid"),
         F.lit(None).cast("bigint").alias("ts"),
         F.lit(None).cast("string").alias("type"),
@@ -151,7 +190,7 @@ def parse_raw_week(spark, paths: list[str], week: Week) -> ParsedWeek:
         F.col("event.type").alias("type"),
     )
     event_reason = (
-        F.when(F.col("event").isNull() | F.col("event._corrupt").isNotNull(), F.lit(MALFORMED_EVENT))
+        F.when(F.col("event").isNull() | F.col("event._corrupt").isNotNull() | _has_repeated_key("record"), F.lit(MALFORMED_EVENT))
         .when(F.col("aid").isNull(), F.lit(INVALID_AID))
         .when(F.col("ts").isNull(), F.lit(INVALID_TS))
         .when(~F.coalesce(F.col("type").isin(*EVENT_TYPES), F.lit(False)), F.lit(UNKNOWN_TYPE))
@@ -163,16 +202,19 @@ def parse_raw_week(spark, paths: list[str], week: Week) -> ParsedWeek:
         checked_events.select(
             "reason",
             "source_file",
-            "session",
+            F.make_valid_utf8(F.col("session")).alias("session"),
             "session_id",
             "event_index",
             # Valid events need no raw text; dropping it keeps the persisted frame small.
-            F.when(F.col("reason").isNotNull(), F.substring("record", 1, MAX_RECORD_CHARS)).alias("record"),
+            F.when(F.col("reason").isNotNull(), _raw_text("record")).alias("record"),
+            F.lit(1).alias("records"),
             "aid",
             "ts",
             "type",
         )
     )
+    if raw.unreadable:
+        records = records.unionByName(_unreadable_file_rows(spark, raw))
     # Three actions read this frame (quarantine, events, counts): parse the JSON only once.
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
 
@@ -186,18 +228,33 @@ def parse_raw_week(spark, paths: list[str], week: Week) -> ParsedWeek:
     return ParsedWeek(week=week, events=events, quarantine=quarantine, _records=records)
 
 
+def _unreadable_file_rows(spark, raw: RawWeek):
+    rows = [
+        (UNREADABLE_FILE, f.source, None, None, None, f"{f.error} ({f.bytes} bytes)", 1, None, None, None)
+        for f in raw.unreadable
+    ]
+    return spark.createDataFrame(
+        rows,
+        "reason STRING, source_file STRING, session STRING, session_id BIGINT, event_index INT, record STRING, "
+        "records INT, aid BIGINT, ts BIGINT, type STRING",
+    )
+
+
 def summarize_parsed_week(parsed: ParsedWeek, written_events) -> EventsSummary:
     """Counts for metadata and drift checks; `written_events` is the deduplicated table as stored."""
     from pyspark.sql import functions as F
 
     reason_counts = {
-        row["reason"]: row["count"]
-        for row in parsed._records.groupBy(F.coalesce("reason", F.lit("valid")).alias("reason")).count().collect()
+        row["reason"]: row["records"]
+        for row in parsed._records.groupBy(F.coalesce("reason", F.lit("valid")).alias("reason"))
+        .agg(F.sum("records").alias("records"))
+        .collect()
     }
     valid_events = reason_counts.pop("valid", 0)
     raw_lines = (
-        parsed._records.where(F.col("event_index").isNull() | (F.col("event_index") == 0))
-        .count()
+        parsed._records.where(
+            (F.col("event_index").isNull() & (F.col("reason") != UNREADABLE_FILE)) | (F.col("event_index") == 0)
+        ).count()
     )
     type_counts = {row["type"]: row["count"] for row in written_events.groupBy("type").count().collect()}
     totals = written_events.agg(
@@ -218,14 +275,15 @@ def summarize_parsed_week(parsed: ParsedWeek, written_events) -> EventsSummary:
     )
 
 
-def materialize_events_week(spark, lake: Lake, raw_paths: list[str], week: Week) -> EventsSummary:
-    """Parse the week's raw files and replace the week in the `events` and quarantine tables."""
-    parsed = parse_raw_week(spark, raw_paths, week)
+def materialize_events_week(spark, lake: Lake, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) -> EventsSummary:
+    """Parse the week's staged raw files and replace the week in the `events` and quarantine tables."""
+    week = raw.week
+    parsed = parse_raw_week(spark, raw, max_line_bytes)
     summaries: list[EventsSummary] = []
 
     def summarize(written_events) -> dict:
         summaries.append(summarize_parsed_week(parsed, written_events))
-        return {"week": week.key, "raw_files": len(raw_paths), **summaries[-1].as_dict()}
+        return {"week": week.key, **raw.as_metadata(), **summaries[-1].as_dict()}
 
     try:
         lake.write_partition(parsed.quarantine, QUARANTINE_TABLE, week, num_files=1)

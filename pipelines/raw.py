@@ -1,18 +1,32 @@
-"""The raw landing zone: `<RECSYS_RAW_URI>/week=YYYY-MM-DD/*.jsonl[.gz]`, local or on S3.
+"""The raw landing zone: `<RECSYS_RAW_URI>/week=YYYY-MM-DD/…`, local or on S3.
 
-Spark reads local paths only (the pyspark wheel ships no s3a connector), so objects of an
-S3 landing zone are staged to a local folder with boto3 first.
+One listing rule for a local folder and an S3 prefix: every file under the week's folder, at any
+depth, is either read or reported as skipped with its reason, so nothing is left out silently.
+Names are data, never patterns: each file is staged under a generated name (a hard link or copy
+locally, a download from S3) and Spark reads only those, so `[`, `*`, `{`, `:` in a raw name mean
+nothing to Hadoop. A compressed file that cannot be decompressed to its end is reported as
+unreadable (and quarantined by `pipelines.events`) instead of failing the week's Spark job.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import os
 import shutil
-from pathlib import Path
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from pipelines.weeks import Week
 
-RAW_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+JSON_LINE_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSION_SUFFIXES = (".gz", ".bz2")
+# Why a file under a week folder is not read.
+SKIPPED_HIDDEN = "hidden"  # a name (or a folder above it) starting with `_` or `.`: markers, temp files
+SKIPPED_UNSUPPORTED = "unsupported_extension"
+_DECOMPRESS_CHUNK = 1 << 20
 
 
 class RawWeekMissingError(FileNotFoundError):
@@ -28,54 +42,154 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/").rstrip("/")
 
 
-def _is_raw_file(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(("_", ".")) and base.endswith(RAW_SUFFIXES)
+@dataclass(frozen=True)
+class RawEntry:
+    """One file under a week folder: `source` is what an operator recognises (path or s3:// URI)."""
+
+    source: str
+    relative: str
+    bytes: int
+
+    @property
+    def compression(self) -> str:
+        """'' , '.gz' or '.bz2': the codec Spark picks from the staged name."""
+        lower = self.relative.lower()
+        return next((suffix for suffix in COMPRESSION_SUFFIXES if lower.endswith(suffix)), "")
+
+    @property
+    def skip_reason(self) -> str | None:
+        parts = PurePosixPath(self.relative).parts
+        if any(part.startswith(("_", ".")) for part in parts):
+            return SKIPPED_HIDDEN
+        stem = self.relative.lower()[: len(self.relative) - len(self.compression)]
+        return None if stem.endswith(JSON_LINE_SUFFIXES) else SKIPPED_UNSUPPORTED
 
 
-def list_local_week_files(raw_root: str, week: Week) -> list[Path]:
-    folder = Path(raw_root) / week.folder
+@dataclass(frozen=True)
+class RawFile:
+    source: str
+    path: str  # the staged local copy Spark reads
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SkippedRawFile:
+    source: str
+    reason: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class UnreadableRawFile:
+    source: str
+    bytes: int
+    error: str
+
+
+@dataclass(frozen=True)
+class RawWeek:
+    """A week's raw files, staged for Spark, with everything that will not be parsed and why."""
+
+    week: Week
+    files: tuple[RawFile, ...]
+    unreadable: tuple[UnreadableRawFile, ...] = ()
+    skipped: tuple[SkippedRawFile, ...] = field(default=())
+
+    @classmethod
+    def of_local_files(cls, week: Week, paths: list[str]) -> "RawWeek":
+        """Already-safe local files read as they are (tests and benches that write their own files)."""
+        return cls(week, tuple(RawFile(str(p), str(p), os.path.getsize(p)) for p in paths))
+
+    def source_of(self) -> dict[str, str]:
+        """Staged file name -> source, to name the original file in the quarantine."""
+        return {Path(f.path).name: f.source for f in self.files}
+
+    def as_metadata(self) -> dict:
+        return {
+            "raw_files": len(self.files),
+            "raw_bytes": sum(f.bytes for f in self.files),
+            "unreadable_files": [{"source": f.source, "bytes": f.bytes, "error": f.error} for f in self.unreadable],
+            "skipped_files": [{"source": f.source, "reason": f.reason, "bytes": f.bytes} for f in self.skipped],
+        }
+
+
+def list_week_entries(raw_uri: str, week: Week, s3_client=None) -> list[RawEntry]:
+    """Every file under the week's folder or prefix, recursively, in name order."""
+    if is_s3_uri(raw_uri):
+        if s3_client is None:
+            raise ValueError(f"raw URI {raw_uri} is on S3 but no S3 client was given")
+        bucket, prefix = split_s3_uri(raw_uri)
+        week_prefix = f"{prefix}/{week.folder}/" if prefix else f"{week.folder}/"
+        entries = []
+        for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=week_prefix):
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):  # folder placeholders some tools create
+                    entries.append(RawEntry(f"s3://{bucket}/{obj['Key']}", obj["Key"][len(week_prefix):], obj["Size"]))
+        return sorted(entries, key=lambda e: e.relative)
+    folder = Path(raw_uri) / week.folder
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.iterdir() if path.is_file() and _is_raw_file(path.name))
+    entries = []
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = Path(directory) / name
+            if path.is_file():
+                entries.append(RawEntry(str(path), path.relative_to(folder).as_posix(), path.stat().st_size))
+    return sorted(entries, key=lambda e: e.relative)
 
 
-def list_s3_week_keys(s3_client, raw_uri: str, week: Week) -> list[str]:
-    bucket, prefix = split_s3_uri(raw_uri)
-    week_prefix = f"{prefix}/{week.folder}/" if prefix else f"{week.folder}/"
-    keys: list[str] = []
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=week_prefix):
-        keys.extend(obj["Key"] for obj in page.get("Contents", []) if _is_raw_file(obj["Key"]))
-    return sorted(keys)
+def list_readable_entries(raw_uri: str, week: Week, s3_client=None) -> list[RawEntry]:
+    return [entry for entry in list_week_entries(raw_uri, week, s3_client) if entry.skip_reason is None]
 
 
 def raw_week_exists(raw_uri: str, week: Week, s3_client=None) -> bool:
-    if is_s3_uri(raw_uri):
-        return bool(list_s3_week_keys(s3_client, raw_uri, week))
-    return bool(list_local_week_files(raw_uri, week))
+    return bool(list_readable_entries(raw_uri, week, s3_client))
 
 
-def resolve_raw_week(raw_uri: str, week: Week, staging_dir: str | Path, s3_client=None) -> list[str]:
-    """Local paths of the week's raw files; S3 objects are downloaded into `staging_dir` first."""
-    if not is_s3_uri(raw_uri):
-        files = list_local_week_files(raw_uri, week)
-        if not files:
-            raise RawWeekMissingError(f"no raw files for week {week.key} under {Path(raw_uri) / week.folder}")
-        return [str(path) for path in files]
+def decompression_error(path: Path, compression: str) -> str | None:
+    """None when the whole file decompresses, else the decoder's complaint."""
+    opener = {".gz": gzip.open, ".bz2": bz2.open}[compression]
+    try:
+        with opener(path, "rb") as stream:
+            while stream.read(_DECOMPRESS_CHUNK):
+                pass
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
-    if s3_client is None:
-        raise ValueError(f"raw URI {raw_uri} is on S3 but no S3 client was given")
-    keys = list_s3_week_keys(s3_client, raw_uri, week)
-    bucket, _ = split_s3_uri(raw_uri)
-    if not keys:
-        raise RawWeekMissingError(f"no raw objects for week {week.key} under {raw_uri.rstrip('/')}/{week.folder}/")
+
+def _stage_local(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copyfile(source, target)
+
+
+def stage_raw_week(raw_uri: str, week: Week, staging_dir: str | Path, s3_client=None) -> RawWeek:
+    """List, classify and stage the week's raw files under generated names in `staging_dir`."""
+    entries = list_week_entries(raw_uri, week, s3_client)
+    skipped = tuple(SkippedRawFile(e.source, e.skip_reason, e.bytes) for e in entries if e.skip_reason)
+    readable = [entry for entry in entries if entry.skip_reason is None]
+    location = f"{raw_uri.rstrip('/')}/{week.folder}/"
+    if not readable:
+        detail = f" ({len(skipped)} files skipped: {', '.join(f'{s.source} ({s.reason})' for s in skipped[:5])})" if skipped else ""
+        raise RawWeekMissingError(f"no raw files for week {week.key} under {location}{detail}")
+
     target = Path(staging_dir) / week.folder
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    local_paths = []
-    for index, key in enumerate(keys):
-        # Index prefix keeps distinct objects with the same base name apart.
-        local = target / f"{index:05d}-{key.rsplit('/', 1)[-1]}"
-        s3_client.download_file(bucket, key, str(local))
-        local_paths.append(str(local))
-    return local_paths
+    bucket = split_s3_uri(raw_uri)[0] if is_s3_uri(raw_uri) else None
+    files, unreadable = [], []
+    for index, entry in enumerate(readable):
+        staged = target / f"{index:06d}.jsonl{entry.compression}"
+        if bucket is not None:
+            s3_client.download_file(bucket, split_s3_uri(entry.source)[1], str(staged))
+        else:
+            _stage_local(Path(entry.source), staged)
+        error = decompression_error(staged, entry.compression) if entry.compression else None
+        if error is not None:
+            staged.unlink()
+            unreadable.append(UnreadableRawFile(entry.source, entry.bytes, error))
+        else:
+            files.append(RawFile(entry.source, str(staged), entry.bytes))
+    return RawWeek(week, tuple(files), tuple(unreadable), skipped)

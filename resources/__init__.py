@@ -73,6 +73,7 @@ class PipelineConfigResource(ConfigurableResource):
     history_weeks: int = 4
     training_weeks: int = 4
     max_session_events: int = 500
+    max_line_bytes: int = Settings.max_line_bytes
     eval_seed: int = 42
     max_quarantine_rate: float = QualityThresholds.max_quarantine_rate
     drift_min_volume_ratio: float = QualityThresholds.min_volume_ratio
@@ -186,6 +187,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
             history_weeks=settings.history_weeks,
             training_weeks=settings.training_weeks,
             max_session_events=settings.max_session_events,
+            max_line_bytes=settings.max_line_bytes,
             eval_seed=settings.eval_seed,
             max_quarantine_rate=quality.max_quarantine_rate,
             drift_min_volume_ratio=quality.min_volume_ratio,

@@ -9,6 +9,7 @@ import pytest
 from pipelines import events as ev
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
 from pipelines.quality import events_suite, validate
+from pipelines.raw import RawWeek
 from pipelines.weeks import Week
 
 WEEK = Week.parse("2022-08-01", "Europe/Berlin")
@@ -44,7 +45,7 @@ def corrupted_week(tmp_path):
 
 
 def test_each_bad_record_is_quarantined_with_its_reason(spark, corrupted_week):
-    parsed = ev.parse_raw_week(spark, [corrupted_week], WEEK)
+    parsed = ev.parse_raw_week(spark, RawWeek.of_local_files(WEEK, [corrupted_week]))
     try:
         reasons = sorted(row["reason"] for row in parsed.quarantine.collect())
         rows = sorted((r.session, r.aid, r.ts, r.type) for r in parsed.events.collect())
@@ -73,7 +74,7 @@ def test_each_bad_record_is_quarantined_with_its_reason(spark, corrupted_week):
 
 
 def test_quarantine_keeps_the_raw_record_and_source(spark, corrupted_week):
-    parsed = ev.parse_raw_week(spark, [corrupted_week], WEEK)
+    parsed = ev.parse_raw_week(spark, RawWeek.of_local_files(WEEK, [corrupted_week]))
     try:
         by_reason = {row["reason"]: row for row in parsed.quarantine.collect()}
     finally:
@@ -92,7 +93,7 @@ def test_gzip_input_reads_like_plain(spark, tmp_path, corrupted_week):
     gz_path = tmp_path / "part-0.jsonl.gz"
     with open(corrupted_week, "rb") as src, gzip.open(gz_path, "wb") as dst:
         shutil.copyfileobj(src, dst)
-    parsed = ev.parse_raw_week(spark, [str(gz_path)], WEEK)
+    parsed = ev.parse_raw_week(spark, RawWeek.of_local_files(WEEK, [str(gz_path)]))
     try:
         assert parsed.events.count() == 4
         assert parsed.quarantine.count() == 13
@@ -102,8 +103,8 @@ def test_gzip_input_reads_like_plain(spark, tmp_path, corrupted_week):
 
 def test_materialize_twice_replaces_the_week(spark, tmp_path, corrupted_week):
     lake = Lake(str(tmp_path / "lake"))
-    first = ev.materialize_events_week(spark, lake, [corrupted_week], WEEK)
-    second = ev.materialize_events_week(spark, lake, [corrupted_week], WEEK)
+    first = ev.materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
+    second = ev.materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
     assert first == second
     assert lake.read_partition(spark, EVENTS_TABLE, WEEK).count() == 4
     assert lake.read_partition(spark, QUARANTINE_TABLE, WEEK).count() == 13
@@ -114,12 +115,12 @@ def test_materialize_twice_replaces_the_week(spark, tmp_path, corrupted_week):
 
 def test_failed_write_keeps_the_previous_week(spark, tmp_path, corrupted_week):
     lake = Lake(str(tmp_path / "lake"))
-    ev.materialize_events_week(spark, lake, [corrupted_week], WEEK)
+    ev.materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
 
     def explode(_frame):
         raise RuntimeError("disk full")
 
-    parsed = ev.parse_raw_week(spark, [corrupted_week], WEEK)
+    parsed = ev.parse_raw_week(spark, RawWeek.of_local_files(WEEK, [corrupted_week]))
     try:
         with pytest.raises(RuntimeError, match="disk full"):
             lake.write_partition(parsed.events.limit(1), EVENTS_TABLE, WEEK, stats=explode)
@@ -158,7 +159,7 @@ def test_events_suite_passes_clean_events(spark):
 def test_validation_sees_a_rewritten_partition_not_a_cached_one(spark, tmp_path, corrupted_week):
     """GE must not leave validated frames cached: Spark would serve the old files' rows to the next check."""
     lake = Lake(str(tmp_path / "lake"))
-    ev.materialize_events_week(spark, lake, [corrupted_week], WEEK)
+    ev.materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
     assert validate(lake.read_partition(spark, EVENTS_TABLE, WEEK), "events_contract", events_suite(WEEK)).success
 
     bad = spark.createDataFrame([(1, 2, WEEK.end_ms + 5, "views")], ev.EVENTS_SPARK_SCHEMA)

@@ -16,7 +16,7 @@ from definitions import build_definitions
 from jobs import INGEST_JOB_NAME
 from pipelines.land import land_otto_file
 from pipelines.lake import EVENTS_TABLE, Lake
-from pipelines.raw import list_s3_week_keys, raw_week_exists
+from pipelines.raw import list_readable_entries, list_week_entries, raw_week_exists
 from pipelines.weeks import Week
 from tests.conftest import TIMEZONE, make_resources
 from tests.processes import free_port
@@ -63,7 +63,9 @@ def test_ingest_job_reads_an_s3_landing_zone(spark, tmp_path, otto_sample, moto_
     s3.put_object(Bucket="landing", Key="raw/week=2022-08-01/_SUCCESS", Body=b"")
     s3.put_object(Bucket="landing", Key="raw-old/week=2022-08-01/part-0.jsonl", Body=b"{broken\n")
     weeks = {key: Week.parse(key, TIMEZONE) for key in FIXTURE_WEEKS}
-    assert sum(len(list_s3_week_keys(s3, "s3://landing/raw", w)) for w in weeks.values()) == uploaded
+    assert sum(len(list_readable_entries("s3://landing/raw", w, s3)) for w in weeks.values()) == uploaded
+    marker = next(e for e in list_week_entries("s3://landing/raw", weeks["2022-08-01"], s3) if e.relative == "_SUCCESS")
+    assert marker.skip_reason == "hidden"
     assert not raw_week_exists("s3://landing/raw", Week.parse("2022-08-29", TIMEZONE), s3_client=s3)
 
     definitions = build_definitions(resources)
@@ -83,7 +85,10 @@ def test_ingest_job_reads_an_s3_landing_zone(spark, tmp_path, otto_sample, moto_
         events_metadata = next(
             e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "events"
         ).materialization.metadata
-        assert events_metadata["raw_files"].value == len(list_s3_week_keys(s3, "s3://landing/raw", weeks[key]))
+        assert events_metadata["raw_files"].value == len(list_readable_entries("s3://landing/raw", weeks[key], s3))
+        assert [f["source"] for f in events_metadata["skipped_files"].value] == (
+            ["s3://landing/raw/week=2022-08-01/_SUCCESS"] if key == "2022-08-01" else []
+        )
     assert sum(totals.values()) == 862
     assert dict(totals) == {"clicks": 800, "carts": 52, "orders": 10}
 
@@ -97,4 +102,4 @@ def test_missing_s3_week_fails_with_the_uri(spark, tmp_path, moto_env):
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "no raw objects for week 2022-08-01 under s3://empty-landing/raw/week=2022-08-01/" in str(failure.event_specific_data.error)
+    assert "no raw files for week 2022-08-01 under s3://empty-landing/raw/week=2022-08-01/" in str(failure.event_specific_data.error)
