@@ -26,6 +26,7 @@ QUARANTINE_COLUMNS = ("reason", "source_file", "session", "event_index", "record
 NON_NEGATIVE_INTEGER = r"^[0-9]+$"
 MAX_RECORD_CHARS = 4000
 MAX_LINE_BYTES = 1 << 20
+WHITESPACE = " \t\r\n\f\v"
 
 # File-level reason: a raw file that cannot be decompressed is quarantined as one row naming its size.
 UNREADABLE_FILE = "unreadable_file"
@@ -106,12 +107,22 @@ def _strict_long(column):
     return F.when(column.rlike(NON_NEGATIVE_INTEGER), column.try_cast("bigint"))
 
 
-def _has_repeated_key(json_text):
-    """True when the object's top level names a key twice (JSON parsers silently keep the last)."""
+def _has_repeated_key(json_text: str, keys: tuple[str, ...]):
+    """True when the object's top level names a key twice (JSON parsers silently keep the last).
+
+    Only text that holds one of `keys` twice is parsed for its key list: a substring search
+    is far cheaper than a second JSON parse of every line.
+    """
     from pyspark.sql import functions as F
 
-    keys = F.json_object_keys(json_text)
-    return F.coalesce(F.size(keys) != F.size(F.array_distinct(keys)), F.lit(False))
+    may_repeat = F.lit(False)
+    for key in keys:
+        quoted = f"'\"{key}\"'"
+        may_repeat = may_repeat | F.expr(
+            f"instr({json_text}, {quoted}) > 0 AND locate({quoted}, {json_text}, instr({json_text}, {quoted}) + 1) > 0"
+        )
+    parsed_keys = F.json_object_keys(json_text)
+    return F.when(may_repeat, F.coalesce(F.size(parsed_keys) != F.size(F.array_distinct(parsed_keys)), F.lit(False))).otherwise(False)
 
 
 def _raw_text(column):
@@ -122,16 +133,24 @@ def _raw_text(column):
 
 
 def _raw_lines(spark, raw: RawWeek):
-    """`line, source_file` of the staged files, `source_file` naming the original file."""
+    """`line, source_file` of the staged files (`source_file` is the staged file's URI)."""
     from pyspark.sql import functions as F
 
     if not raw.files:
         return spark.createDataFrame([], "line STRING, source_file STRING")
-    sources = F.create_map(*[F.lit(v) for pair in raw.source_of().items() for v in pair])
-    staged_name = F.regexp_extract(F.col("_metadata.file_path"), r"([^/]+)$", 1)
     return spark.read.text([f.path for f in raw.files]).select(
-        F.col("value").alias("line"), F.coalesce(sources[staged_name], F.col("_metadata.file_path")).alias("source_file")
+        F.col("value").alias("line"), F.col("_metadata.file_path").alias("source_file")
     )
+
+
+def _original_source(raw: RawWeek, staged_uri):
+    """The raw file a staged file came from, as the operator named it (only for quarantined rows)."""
+    from pyspark.sql import functions as F
+
+    if not raw.files:
+        return staged_uri
+    sources = F.create_map(*[F.lit(v) for pair in raw.source_of().items() for v in pair])
+    return F.coalesce(sources[F.regexp_extract(staged_uri, r"([^/]+)$", 1)], staged_uri)
 
 
 def parse_raw_week(spark, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) -> ParsedWeek:
@@ -148,9 +167,9 @@ def parse_raw_week(spark, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) ->
     ).withColumn("session_id", _strict_long(F.col("parsed.session")))
 
     line_reason = (
-        F.when(F.col("line").rlike(r"^\s*$"), F.lit(BLANK_LINE))
+        F.when(F.trim("line", F.lit(WHITESPACE)) == "", F.lit(BLANK_LINE))
         .when(~within_limit, F.lit(LINE_TOO_LONG))
-        .when(F.col("parsed").isNull() | F.col("parsed._corrupt").isNotNull() | _has_repeated_key("line"), F.lit(MALFORMED_JSON))
+        .when(F.col("parsed").isNull() | F.col("parsed._corrupt").isNotNull() | _has_repeated_key("line", ("session", "events")), F.lit(MALFORMED_JSON))
         .when(F.col("session_id").isNull(), F.lit(INVALID_SESSION))
         .when(F.coalesce(F.size("parsed.events"), F.lit(0)) <= 0, F.lit(EMPTY_EVENTS))
     )
@@ -190,7 +209,7 @@ def parse_raw_week(spark, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) ->
         F.col("event.type").alias("type"),
     )
     event_reason = (
-        F.when(F.col("event").isNull() | F.col("event._corrupt").isNotNull() | _has_repeated_key("record"), F.lit(MALFORMED_EVENT))
+        F.when(F.col("event").isNull() | F.col("event._corrupt").isNotNull() | _has_repeated_key("record", ("aid", "ts", "type")), F.lit(MALFORMED_EVENT))
         .when(F.col("aid").isNull(), F.lit(INVALID_AID))
         .when(F.col("ts").isNull(), F.lit(INVALID_TS))
         .when(~F.coalesce(F.col("type").isin(*EVENT_TYPES), F.lit(False)), F.lit(UNKNOWN_TYPE))
@@ -218,7 +237,14 @@ def parse_raw_week(spark, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) ->
     # Three actions read this frame (quarantine, events, counts): parse the JSON only once.
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
 
-    quarantine = records.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS)
+    quarantine = (
+        records.where(F.col("reason").isNotNull())
+        .withColumn(
+            "source_file",
+            F.when(F.col("reason") == UNREADABLE_FILE, F.col("source_file")).otherwise(_original_source(raw, F.col("source_file"))),
+        )
+        .select(*QUARANTINE_COLUMNS)
+    )
     events = (
         records.where(F.col("reason").isNull())
         .select(F.col("session_id").alias("session"), "aid", "ts", "type")
