@@ -8,7 +8,6 @@ in the fit).
 from pathlib import Path
 
 from dagster import (
-    AssetCheckExecutionContext,
     Config,
     AssetCheckResult,
     AssetDep,
@@ -21,7 +20,7 @@ from dagster import (
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
-from assets.quality_checks import check_result_from_report, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.als import (
     ALS_ITEM_FACTORS_TABLE,
     ALS_SESSION_FACTORS_TABLE,
@@ -45,6 +44,11 @@ from resources import LakeResource, MlflowResource, PipelineConfigResource, Spar
 ALS_FACTORS_CHECK = "als_factors"
 SIMILAR_ITEMS_CHECK = "similar_items_contract"
 ALS_COVERAGE_CHECK = "als_coverage"
+ALS_CHECKS = AuditedChecks("als", {
+    ALS_FACTORS_CHECK: "GE: item and session factors finite, of the configured rank, norms within RECSYS_MIN/MAX_FACTOR_NORM.",
+    SIMILAR_ITEMS_CHECK: "GE: similar items have no self pairs or duplicates, at most K per item, cosine in [-1, 1].",
+    ALS_COVERAGE_CHECK: "GE: ALS has factors for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items.",
+})
 ACTIVE_ITEM_MIN_EVENTS = 5
 
 
@@ -69,6 +73,7 @@ class AlsRunConfig(Config):
     partitions_def=weekly_partitions,
     group_name="candidate_sources",
     kinds={"spark", "parquet"},
+    check_specs=ALS_CHECKS.specs,
     description=(
         "Spark MLlib implicit ALS (default rank 32, 6 iterations) on session x item confidences (clicks 1, carts 6, "
         "orders 3) of the training window: item and session factors, and the top-K similar items per item "
@@ -86,27 +91,28 @@ def als(
     import mlflow
 
     week = pipeline_config.week(context.partition_key)
+    audited = lake.lake.audited(week)
     weeks_before = pipeline_config.training_weeks_before(context.partition_key)
-    eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
-    train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
+    eval_sessions = audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
+    train = training_events(spark.session, audited, weeks_before, eval_sessions)
 
     als_config = config.to_als_config()
     result = fit_als(train, als_config, checkpoint_dir=str(Path(lake.root) / "_checkpoints" / "als"))
     try:
-        lake.lake.write_partition(result.item_factors, ALS_ITEM_FACTORS_TABLE, week)
-        lake.lake.write_partition(result.session_factors, ALS_SESSION_FACTORS_TABLE, week)
+        audited.write_partition(result.item_factors, ALS_ITEM_FACTORS_TABLE, week)
+        audited.write_partition(result.session_factors, ALS_SESSION_FACTORS_TABLE, week)
     finally:
         result.release()
     # Similar items come from the stored factors, so what was checked is what is used.
-    item_factors = lake.lake.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, week)
+    item_factors = audited.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, week)
     coverage = item_coverage(item_factors, active_items(train, ACTIVE_ITEM_MIN_EVENTS))
-    lake.lake.write_partition(
+    audited.write_partition(
         similar_items(item_factors, als_config),
         SIMILAR_ITEMS_TABLE,
         week,
         stats=lambda written: {**result.stats, "coverage": {"als_items": coverage}, "similar_items_rows": written.count()},
     )
-    stats = lake.lake.read_stats(SIMILAR_ITEMS_TABLE, week)
+    stats = audited.read_stats(SIMILAR_ITEMS_TABLE, week)
 
     with mlflow_tracking.week_run(context):
         mlflow.log_params({f"als.{k}": v for k, v in stats["params"].items()})
@@ -119,7 +125,8 @@ def als(
             "n_ratings": stats["n_ratings"],
             "coverage": coverage,
         }))
-    return MaterializeResult(
+    return ALS_CHECKS.audit(
+        context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
@@ -133,17 +140,13 @@ def als(
             "linear_algebra": MetadataValue.json(stats.get("linear_algebra", {})),
             "similar_items_rows": stats["similar_items_rows"],
             "similar_items_path": MetadataValue.path(str(lake.lake.partition_dir(SIMILAR_ITEMS_TABLE, week))),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=als,
-    name=ALS_FACTORS_CHECK,
-    description="GE: item and session factors finite, of the configured rank, norms within RECSYS_MIN/MAX_FACTOR_NORM.",
-)
+@ALS_CHECKS.implements(ALS_FACTORS_CHECK)
 def als_factors(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     quality = pipeline_config.quality
@@ -158,13 +161,9 @@ def als_factors(
                                     suites_passed=MetadataValue.json({r.suite: r.success for r in reports}))
 
 
-@weekly_blocking_check(
-    asset=als,
-    name=SIMILAR_ITEMS_CHECK,
-    description="GE: similar items have no self pairs or duplicates, at most K per item, cosine in [-1, 1].",
-)
+@ALS_CHECKS.implements(SIMILAR_ITEMS_CHECK)
 def similar_items_contract(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     top_k = lake.lake.read_stats(SIMILAR_ITEMS_TABLE, week)["params"]["top_k"]
@@ -172,13 +171,9 @@ def similar_items_contract(
     return check_result_from_report(validate(frame, SIMILAR_ITEMS_CHECK, similar_items_suite(top_k)), week=week.key)
 
 
-@weekly_blocking_check(
-    asset=als,
-    name=ALS_COVERAGE_CHECK,
-    description="GE: ALS has factors for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items.",
-)
+@ALS_CHECKS.implements(ALS_COVERAGE_CHECK)
 def als_coverage(
-    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     import pandas as pd
 

@@ -3,7 +3,6 @@
 import time
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
     MaterializeResult,
@@ -15,7 +14,7 @@ from assets.als import als
 from assets.covisitation import covisitation
 from assets.eval_split import eval_split
 from assets.partitions import weekly_partitions
-from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from assets.top_sellers import top_sellers
 from pipelines.als import SIMILAR_ITEMS_TABLE
 from pipelines.covisitation import COVISITATION_TABLE
@@ -36,6 +35,9 @@ from pipelines.tracking import flatten_metrics
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
 CANDIDATES_CONTRACT_CHECK = "candidates_contract"
+CANDIDATES_CHECKS = AuditedChecks("candidates", {
+    CANDIDATES_CONTRACT_CHECK: "GE: one row per (session, type, aid), known types, every row from a source, < 10,000 per query.",
+})
 CANDIDATE_CONFIG = CandidateConfig()
 
 
@@ -61,6 +63,7 @@ def report_table(report: dict) -> str:
     partitions_def=weekly_partitions,
     group_name="candidates",
     kinds={"spark", "parquet"},
+    check_specs=CANDIDATES_CHECKS.specs,
     description=(
         "Per (evaluation session, type): the union of history, co-visitation, ALS similar-item and top-seller candidates with "
         "each source's score and rank, the hand-rule baseline rank and the session x item features (interactions, "
@@ -78,13 +81,14 @@ def candidates(
     import mlflow
 
     week = pipeline_config.week(context.partition_key)
-    read = lambda table: lake.lake.read_partition(spark.session, table, week)  # noqa: E731
+    audited = lake.lake.audited(week)
+    read = lambda table: audited.read_partition(spark.session, table, week)  # noqa: E731
     started = time.perf_counter()
     table = build_candidates(
         read(EVAL_SESSIONS_TABLE), read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE),
         CANDIDATE_CONFIG,
     )
-    lake.lake.write_partition(table, CANDIDATES_TABLE, week)
+    audited.write_partition(table, CANDIDATES_TABLE, week)
     written = read(CANDIDATES_TABLE)
     labels = labels_long(read(EVAL_LABELS_TABLE))
     report = recall_report(label_hits(written, labels), labels.toPandas())
@@ -101,7 +105,8 @@ def candidates(
             "candidates.seconds": seconds,
             "candidates.per_query": per_query,
         })
-    return MaterializeResult(
+    return CANDIDATES_CHECKS.audit(
+        context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "dagster/row_count": written.count(),
@@ -112,17 +117,13 @@ def candidates(
             "baseline_popularity_score": report["baseline_popularity"]["score"],
             "seconds": round(seconds, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(CANDIDATES_TABLE, week))),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=candidates,
-    name=CANDIDATES_CONTRACT_CHECK,
-    description="GE: one row per (session, type, aid), known types, every row from a source, < 10,000 per query.",
-)
+@CANDIDATES_CHECKS.implements(CANDIDATES_CONTRACT_CHECK)
 def candidates_contract(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     summary = candidates_validation_frame(lake.lake.read_partition(spark.session, CANDIDATES_TABLE, week))

@@ -3,7 +3,6 @@
 import time
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetDep,
     AssetExecutionContext,
@@ -15,7 +14,7 @@ from dagster import (
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
-from assets.quality_checks import check_result_from_report, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.covisitation import COVISITATION_TABLE, MATRICES, CovisitationConfig, build_covisitation, validation_frame
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
 from pipelines.quality import coverage_suite, covisitation_suite, validate
@@ -23,6 +22,13 @@ from resources import LakeResource, MlflowResource, PipelineConfigResource, Spar
 
 COVISITATION_CONTRACT_CHECK = "covisitation_contract"
 COVISITATION_COVERAGE_CHECK = "covisitation_coverage"
+COVISITATION_CHECKS = AuditedChecks("covisitation", {
+    COVISITATION_CONTRACT_CHECK: "GE: no self pairs, no duplicate neighbours, at most K per item, ranks 1..n, positive finite weights.",
+    COVISITATION_COVERAGE_CHECK: (
+        "GE: each matrix has neighbours for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items "
+        "(>= 5 events; for buy2buy, >= 5 carts/orders)."
+    ),
+})
 COVISITATION_CONFIG = CovisitationConfig()
 ACTIVE_ITEM_MIN_EVENTS = 5
 
@@ -41,6 +47,7 @@ def _training_window(context, spark, lake, pipeline_config):
     partitions_def=weekly_partitions,
     group_name="candidate_sources",
     kinds={"spark", "parquet"},
+    check_specs=COVISITATION_CHECKS.specs,
     description=(
         "Top-K neighbours per item from three co-visitation matrices over the training window (weeks before W "
         "plus W's visible prefixes): clicks (time-weighted, 24 h), carts-orders (type-weighted, 24 h) and "
@@ -57,6 +64,7 @@ def covisitation(
     import mlflow
 
     week, weeks_before, train, window_start, window_end = _training_window(context, spark, lake, pipeline_config)
+    audited = lake.lake.audited(week)
     started = time.perf_counter()
     table = build_covisitation(train, COVISITATION_CONFIG, window_start, window_end)
 
@@ -77,14 +85,15 @@ def covisitation(
             "coverage": coverage,
         }
 
-    lake.lake.write_partition(table, COVISITATION_TABLE, week, stats=summarize)
+    audited.write_partition(table, COVISITATION_TABLE, week, stats=summarize)
     seconds = time.perf_counter() - started
-    stats = lake.lake.read_stats(COVISITATION_TABLE, week)
+    stats = audited.read_stats(COVISITATION_TABLE, week)
     with mlflow_tracking.week_run(context):
         mlflow.log_params({f"covisitation.{k}": v for k, v in COVISITATION_CONFIG.__dict__.items()})
         mlflow.log_metrics({"covisitation.seconds": seconds, **{f"covisitation.rows.{m}": v for m, v in stats["rows"].items()},
                             **{f"covisitation.coverage.{m}": v for m, v in stats["coverage"].items()}})
-    return MaterializeResult(
+    return COVISITATION_CHECKS.audit(
+        context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
@@ -94,17 +103,13 @@ def covisitation(
             "coverage_of_active_items": MetadataValue.json(stats["coverage"]),
             "seconds": round(seconds, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(COVISITATION_TABLE, week))),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=covisitation,
-    name=COVISITATION_CONTRACT_CHECK,
-    description="GE: no self pairs, no duplicate neighbours, at most K per item, ranks 1..n, positive finite weights.",
-)
+@COVISITATION_CHECKS.implements(COVISITATION_CONTRACT_CHECK)
 def covisitation_contract(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     frame = validation_frame(lake.lake.read_partition(spark.session, COVISITATION_TABLE, week))
@@ -112,16 +117,9 @@ def covisitation_contract(
     return check_result_from_report(report, week=week.key)
 
 
-@weekly_blocking_check(
-    asset=covisitation,
-    name=COVISITATION_COVERAGE_CHECK,
-    description=(
-        "GE: each matrix has neighbours for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items "
-        "(>= 5 events; for buy2buy, >= 5 carts/orders)."
-    ),
-)
+@COVISITATION_CHECKS.implements(COVISITATION_COVERAGE_CHECK)
 def covisitation_coverage(
-    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     import pandas as pd
 

@@ -1,7 +1,6 @@
 """`eval_split`: week W's evaluation sessions cut into visible prefixes and hidden labels."""
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
     MaterializeResult,
@@ -10,7 +9,7 @@ from dagster import (
 )
 
 from assets.partitions import weekly_partitions
-from assets.quality_checks import check_result_from_report, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from assets.sessions import sessions
 from pipelines.evaluation import (
     EVAL_LABELS_TABLE,
@@ -23,6 +22,9 @@ from pipelines.quality import eval_split_suite, eval_split_validation_frame, val
 from resources import LakeResource, PipelineConfigResource, SparkResource
 
 EVAL_SPLIT_CONTRACT_CHECK = "eval_split_contract"
+EVAL_SPLIT_CHECKS = AuditedChecks("eval_split", {
+    EVAL_SPLIT_CONTRACT_CHECK: "GE: one row per evaluation session, non-empty prefix and hidden part, every session has labels.",
+})
 
 
 @asset(
@@ -30,6 +32,7 @@ EVAL_SPLIT_CONTRACT_CHECK = "eval_split_contract"
     partitions_def=weekly_partitions,
     group_name="evaluation",
     kinds={"spark", "parquet"},
+    check_specs=EVAL_SPLIT_CHECKS.specs,
     description=(
         "Sessions whose first event is in week W, each cut at a seeded random position as the official "
         "OTTO test set does: `eval_sessions` (visible prefixes) and `eval_labels` (next click, later carts and orders)."
@@ -39,19 +42,21 @@ def eval_split(
     context: AssetExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
-    week_sessions = lake.lake.read_partition(spark.session, SESSIONS_TABLE, week)
+    audited = lake.lake.audited(week)
+    week_sessions = audited.read_partition(spark.session, SESSIONS_TABLE, week)
     eval_sessions, eval_labels = split_evaluation_sessions(week_sessions, seed=pipeline_config.eval_seed)
-    lake.lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
-    lake.lake.write_partition(
+    audited.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
+    audited.write_partition(
         eval_labels,
         EVAL_LABELS_TABLE,
         week,
         stats=lambda written_labels: summarize_split(
-            lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), written_labels
+            audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), written_labels
         ).as_dict(),
     )
-    summary = lake.lake.read_stats(EVAL_LABELS_TABLE, week)
-    return MaterializeResult(
+    summary = audited.read_stats(EVAL_LABELS_TABLE, week)
+    return EVAL_SPLIT_CHECKS.audit(
+        context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "seed": pipeline_config.eval_seed,
@@ -59,17 +64,13 @@ def eval_split(
             "split": MetadataValue.json(summary),
             "eval_sessions_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_SESSIONS_TABLE, week))),
             "eval_labels_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_LABELS_TABLE, week))),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=eval_split,
-    name=EVAL_SPLIT_CONTRACT_CHECK,
-    description="GE: one row per evaluation session, non-empty prefix and hidden part, every session has labels.",
-)
+@EVAL_SPLIT_CHECKS.implements(EVAL_SPLIT_CONTRACT_CHECK)
 def eval_split_contract(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     frame = eval_split_validation_frame(

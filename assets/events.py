@@ -4,7 +4,6 @@
 from pathlib import Path
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
@@ -17,7 +16,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from assets.partitions import weekly_partitions
-from assets.quality_checks import check_result_from_report, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE
 from pipelines.quality import drift_frame, drift_suite, events_suite, quarantine_suite, validate
@@ -27,6 +26,11 @@ from resources import LakeResource, PipelineConfigResource, SparkResource
 EVENTS_CONTRACT_CHECK = "events_contract"
 EVENTS_QUARANTINE_RATE_CHECK = "events_quarantine_rate"
 EVENTS_DRIFT_CHECK = "events_drift"
+EVENTS_CHECKS = AuditedChecks("events", {
+    EVENTS_CONTRACT_CHECK: "GE: schema and types, type domain, ts inside the week, non-negative ids, no duplicates, rows > 0.",
+    EVENTS_QUARANTINE_RATE_CHECK: "GE: share of quarantined records at most RECSYS_MAX_QUARANTINE_RATE (default 1%).",
+    EVENTS_DRIFT_CHECK: "GE: event volume and type mix within the configured bounds of the previous week's.",
+})
 
 raw_jsonl = AssetSpec(
     "raw_jsonl",
@@ -45,6 +49,7 @@ raw_jsonl = AssetSpec(
     partitions_def=weekly_partitions,
     group_name="ingest",
     kinds={"spark", "parquet"},
+    check_specs=EVENTS_CHECKS.specs,
     description=(
         "Clean `session, aid, ts, type` events of the week (explicit schema, exact duplicates removed); "
         "rejected lines and events go to the `events_quarantine` table with a reason each."
@@ -68,13 +73,15 @@ def events(
         context.log.warning(f"unreadable raw file {unreadable.source} ({unreadable.bytes} bytes) quarantined: {unreadable.error}")
     for skipped in raw.skipped:
         context.log.warning(f"raw file {skipped.source} skipped: {skipped.reason}")
-    summary = materialize_events_week(spark.session, lake.lake, raw, pipeline_config.max_line_bytes)
+    audited = lake.lake.audited(week)
+    summary = materialize_events_week(spark.session, audited, raw, pipeline_config.max_line_bytes)
     context.log.info(
         f"week {week.key}: {summary.events} events, {summary.quarantined} quarantined "
         f"({summary.quarantine_rate:.4%}), {summary.duplicates_removed} duplicates removed"
     )
     raw_metadata = raw.as_metadata()
-    return MaterializeResult(
+    return EVENTS_CHECKS.audit(
+        context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "raw_files": raw_metadata["raw_files"],
@@ -92,30 +99,22 @@ def events(
             "quarantine_by_reason": MetadataValue.json(summary.quarantine_by_reason),
             "path": MetadataValue.path(str(lake.lake.partition_dir(EVENTS_TABLE, week))),
             "quarantine_path": MetadataValue.path(str(lake.lake.partition_dir(QUARANTINE_TABLE, week))),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=events,
-    name=EVENTS_CONTRACT_CHECK,
-    description="GE: schema and types, type domain, ts inside the week, non-negative ids, no duplicates, rows > 0.",
-)
+@EVENTS_CHECKS.implements(EVENTS_CONTRACT_CHECK)
 def events_contract(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     frame = lake.lake.read_partition(spark.session, EVENTS_TABLE, week)
     return check_result_from_report(validate(frame, EVENTS_CONTRACT_CHECK, events_suite(week)), week=week.key)
 
 
-@weekly_blocking_check(
-    asset=events,
-    name=EVENTS_QUARANTINE_RATE_CHECK,
-    description="GE: share of quarantined records at most RECSYS_MAX_QUARANTINE_RATE (default 1%).",
-)
+@EVENTS_CHECKS.implements(EVENTS_QUARANTINE_RATE_CHECK)
 def events_quarantine_rate(
-    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     import pandas as pd
 
@@ -132,13 +131,9 @@ def events_quarantine_rate(
     )
 
 
-@weekly_blocking_check(
-    asset=events,
-    name=EVENTS_DRIFT_CHECK,
-    description="GE: event volume and type mix within the configured bounds of the previous week's.",
-)
+@EVENTS_CHECKS.implements(EVENTS_DRIFT_CHECK)
 def events_drift(
-    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     current = lake.lake.read_stats(EVENTS_TABLE, week)

@@ -3,7 +3,6 @@
 import time
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetDep,
     AssetExecutionContext,
@@ -15,7 +14,7 @@ from dagster import (
 from assets.candidates import candidates
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
-from assets.quality_checks import check_result_from_report, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.candidates import CANDIDATES_TABLE
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
 from pipelines.features import (
@@ -31,6 +30,9 @@ from pipelines.quality import features_suite, validate
 from resources import LakeResource, PipelineConfigResource, SparkResource
 
 FEATURES_CONTRACT_CHECK = "features_contract"
+FEATURES_CHECKS = AuditedChecks("features", {
+    FEATURES_CONTRACT_CHECK: "GE: exactly one feature row per candidate, every feature finite or missing, session features present.",
+})
 
 
 @asset(
@@ -39,6 +41,7 @@ FEATURES_CONTRACT_CHECK = "features_contract"
     partitions_def=weekly_partitions,
     group_name="ranking",
     kinds={"spark", "parquet"},
+    check_specs=FEATURES_CHECKS.specs,
     description=(
         "Per candidate row: candidate (source scores and ranks, hand-rule rank), session (length, duration, counts), "
         "item (popularity by type over the window and its last week, trend, conversion) and session x item "
@@ -50,22 +53,24 @@ def features(
     context: AssetExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
+    audited = lake.lake.audited(week)
     weeks_before = pipeline_config.training_weeks_before(context.partition_key)
     started = time.perf_counter()
-    eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
-    train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
-    lake.lake.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
+    eval_sessions = audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
+    train = training_events(spark.session, audited, weeks_before, eval_sessions)
+    audited.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
 
-    candidate_rows = lake.lake.read_partition(spark.session, CANDIDATES_TABLE, week)
+    candidate_rows = audited.read_partition(spark.session, CANDIDATES_TABLE, week)
     table = add_features(candidate_rows, eval_sessions.select("session", "prefix"),
-                         lake.lake.read_partition(spark.session, ITEM_STATS_TABLE, week))
-    lake.lake.write_partition(
+                         audited.read_partition(spark.session, ITEM_STATS_TABLE, week))
+    audited.write_partition(
         table, FEATURES_TABLE, week,
         stats=lambda written: {"rows": written.count(), "candidate_rows": candidate_rows.count(),
                                "rows_per_type": {r["type"]: r["count"] for r in written.groupBy("type").count().collect()}},
     )
-    stats = lake.lake.read_stats(FEATURES_TABLE, week)
-    return MaterializeResult(
+    stats = audited.read_stats(FEATURES_TABLE, week)
+    return FEATURES_CHECKS.audit(
+        context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "dagster/row_count": stats["rows"],
@@ -74,17 +79,13 @@ def features(
             "n_features": len(FEATURE_COLUMNS),
             "seconds": round(time.perf_counter() - started, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(FEATURES_TABLE, week))),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=features,
-    name=FEATURES_CONTRACT_CHECK,
-    description="GE: exactly one feature row per candidate, every feature finite or missing, session features present.",
-)
+@FEATURES_CHECKS.implements(FEATURES_CONTRACT_CHECK)
 def features_contract(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     stats = lake.lake.read_stats(FEATURES_TABLE, week)

@@ -1,17 +1,90 @@
-"""Turning Great Expectations reports into Dagster asset-check results."""
+"""Blocking checks run inside their asset on its staged week (write-audit-publish), and Great
+Expectations reports turned into Dagster asset-check results."""
 
 from __future__ import annotations
 
-from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MaterializeResult, MetadataValue
 
 from assets.partitions import weekly_partitions
-
+from pipelines.lake import AuditedWeek
 from pipelines.quality import ValidationReport
 
 
-def weekly_blocking_check(*, asset, name: str, description: str):
-    """A check per weekly partition that blocks: on failure nothing downstream runs in that run."""
-    return asset_check(asset=asset, name=name, description=description, blocking=True, partitions_def=weekly_partitions)
+@dataclass(frozen=True)
+class StagedLake:
+    """What a check receives as `lake`: `.lake` reads the asset's staged week (and the live rest)."""
+
+    lake: AuditedWeek
+
+    @property
+    def root(self) -> str:
+        return self.lake.root
+
+
+class AuditedChecks:
+    """The blocking checks of one asset. Declared before the asset (its `check_specs`), implemented
+    below it with `@CHECKS.implements(NAME)`, and run by the asset with `audit`: the staged week
+    becomes live only when none failed at ERROR severity, and downstream assets of a failed check
+    do not run (`blocking`).
+
+    A check function takes `context` and any of the asset's resources by name (`spark`, `lake`,
+    `pipeline_config`, `s3`, ...); its `lake` is a `StagedLake`.
+    """
+
+    def __init__(self, asset_name: str, descriptions: Mapping[str, str]):
+        self.asset_name = asset_name
+        self.specs = [
+            AssetCheckSpec(name, asset=asset_name, blocking=True, description=description, partitions_def=weekly_partitions)
+            for name, description in descriptions.items()
+        ]
+        self._functions: dict[str, Callable[..., AssetCheckResult]] = {}
+
+    def implements(self, name: str):
+        if name not in {spec.name for spec in self.specs}:
+            raise ValueError(f"{self.asset_name} declares no check {name!r}")
+
+        def register(function):
+            self._functions[name] = function
+            return function
+
+        return register
+
+    def run_checks(self, context, audited: AuditedWeek, **resources) -> list[AssetCheckResult]:
+        staged_lake = StagedLake(audited)
+        results = []
+        for spec in self.specs:
+            function = self._functions[spec.name]
+            available = {"context": context, **resources, "lake": staged_lake}
+            arguments = {name: available[name] for name in inspect.signature(function).parameters}
+            results.append(function(**arguments)._replace(check_name=spec.name))
+        return results
+
+    def audit(self, context, audited: AuditedWeek, metadata: Mapping[str, object], **resources) -> MaterializeResult:
+        """Run every check on the staged week; publish it when none failed, else keep it staged."""
+        results = self.run_checks(context, audited, **resources)
+        failed = [r for r in results if not r.passed and r.severity == AssetCheckSeverity.ERROR]
+        staged = audited.staged_paths
+        if failed:
+            names = ", ".join(r.check_name for r in failed)
+            context.log.error(
+                f"{self.asset_name} {audited.week.key}: {names} failed; the previous version stays live, "
+                f"the new one is kept for inspection at {sorted(staged.values())}"
+            )
+            results = [
+                r if r.passed else r._replace(metadata={**r.metadata, "staged_version": MetadataValue.json(staged)})
+                for r in results
+            ]
+            audit = {"published": False, "failed_checks": [r.check_name for r in failed], "staged": staged}
+        else:
+            audit = {"published": True, "live": audited.publish()}
+        return MaterializeResult(
+            metadata={**metadata, "audit": MetadataValue.json(audit), "published_to_lake": not failed},
+            check_results=results,
+        )
 
 
 def check_result_from_report(report: ValidationReport, **extra_metadata) -> AssetCheckResult:

@@ -6,7 +6,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetDep,
     AssetExecutionContext,
@@ -21,7 +20,7 @@ from assets.candidates import CANDIDATE_CONFIG
 from assets.features import features
 from pipelines.features import source_tables
 from assets.partitions import labelled_weeks, weekly_partitions
-from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from pipelines.config import EVENT_TYPES
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE
@@ -38,6 +37,9 @@ from resources import LakeResource, MlflowResource, PipelineConfigResource, Spar
 
 RANKER_TABLE = "ranker"
 RANKER_BEATS_BASELINES_CHECK = "ranker_beats_baselines"
+RANKER_CHECKS = AuditedChecks("ranker", {
+    RANKER_BEATS_BASELINES_CHECK: "GE: the ranker's out-of-fold OTTO score is above the hand-rule and popularity baselines on the same sessions.",
+})
 
 
 class RankerRunConfig(Config):
@@ -122,6 +124,7 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
     partitions_def=weekly_partitions,
     group_name="ranking",
     kinds={"lightgbm", "mlflow"},
+    check_specs=RANKER_CHECKS.specs,
     description=(
         "One LightGBM LambdaRank model per target (clicks, carts, orders), session-grouped K-fold on the evaluation "
         "sessions of W and up to three weeks before it (each week's rows from its own features), scoring W's. The "
@@ -141,16 +144,17 @@ def ranker(
     import mlflow
 
     week = pipeline_config.week(context.partition_key)
+    audited = lake.lake.audited(week)
     ranker_config = config.to_ranker_config()
     started = time.perf_counter()
-    labels = labels_long(lake.lake.read_partition(spark.session, EVAL_LABELS_TABLE, week))
+    labels = labels_long(audited.read_partition(spark.session, EVAL_LABELS_TABLE, week))
     # The fits run in this process beside the JVM: it gives its idle heap back first.
     release_driver_heap(spark.session)
-    earlier, skipped_weeks = earlier_labelled_weeks(spark.session, lake.lake, week, ranker_config)
+    earlier, skipped_weeks = earlier_labelled_weeks(spark.session, audited, week, ranker_config)
     for skipped_week, why in skipped_weeks.items():
         context.log.info(f"ranker: week {skipped_week} not trained on: {why}")
-    evaluation = evaluate_ranker(lake.lake.read_partition(spark.session, FEATURES_TABLE, week), labels,
-                                 lake.lake.read_partition(spark.session, TOP_SELLERS_TABLE, week), ranker_config,
+    evaluation = evaluate_ranker(audited.read_partition(spark.session, FEATURES_TABLE, week), labels,
+                                 audited.read_partition(spark.session, TOP_SELLERS_TABLE, week), ranker_config,
                                  earlier_weeks=list(earlier.values()))
     fit_seconds = time.perf_counter() - started
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
@@ -159,7 +163,7 @@ def ranker(
     with tempfile.TemporaryDirectory(prefix="ranker-") as scratch, mlflow_tracking.week_run(context) as run:
         scratch = Path(scratch)
         try:
-            item_count = lake.lake.read_partition(spark.session, ITEM_STATS_TABLE, week).count()
+            item_count = audited.read_partition(spark.session, ITEM_STATS_TABLE, week).count()
             coverage = evaluation.predictions[RANKER].select("aid").distinct().count() / max(item_count, 1)
             spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
             spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
@@ -186,12 +190,12 @@ def ranker(
 
         bundle = save_bundle(
             scratch / "bundle",
-            source_tables(spark.session, lake.lake, week),
+            source_tables(spark.session, audited, week),
             {t: r.model for t, r in results.items()},
             {"week": week.key, "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
              "ranker_rounds": {t: r.rounds for t, r in results.items()},
              "mlflow_run_id": run.info.run_id, "code_version": code_version()},
-            lake.lake.model_tables_dir(run.info.run_id),
+            audited.model_tables_dir(run.info.run_id),
         )
         saved = Bundle(bundle)
         bundle_size = saved.size_bytes()
@@ -200,7 +204,7 @@ def ranker(
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
         previous_week, champion_now = forward_and_champion_scores(
-            mlflow_tracking, week, lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
+            mlflow_tracking, week, audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
         if champion_now is not None:
             mlflow.log_metric("champion.score_on_week", champion_now)
         if previous_week is not None:
@@ -223,7 +227,7 @@ def ranker(
         "previous_week_forward": None if previous_week is None else {
             "week": week.shift(-1).key, "model_version": previous_week[0], "metrics": previous_week[1]},
     }
-    lake.lake.write_document(summary, RANKER_TABLE, week)
+    audited.write_document(summary, RANKER_TABLE, week)
     context.log.info(f"ranker {score:.4f} vs baselines {baselines}; gate: {decision.reason}")
     if previous_week is not None:
         # The week before's partition gets its model's forward score once this week's sessions exist.
@@ -232,7 +236,8 @@ def ranker(
             "model": f"{mlflow_tracking.registered_model_name} v{previous_week[0]}",
             "forward_scores": MetadataValue.md(scores_table({"forward": previous_week[1]})),
         }))
-    return MaterializeResult(
+    return RANKER_CHECKS.audit(
+        context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "score": score,
@@ -256,17 +261,13 @@ def ranker(
             "seconds_by_phase": MetadataValue.json(evaluation.timings),
             # 0 for a type means held-out sessions preferred the hand rule's order to any boosting.
             "boosting_rounds": MetadataValue.json({t: r.rounds for t, r in results.items()}),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=ranker,
-    name=RANKER_BEATS_BASELINES_CHECK,
-    description="GE: the ranker's out-of-fold OTTO score is above the hand-rule and popularity baselines on the same sessions.",
-)
+@RANKER_CHECKS.implements(RANKER_BEATS_BASELINES_CHECK)
 def ranker_beats_baselines(
-    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     import pandas as pd
 

@@ -14,13 +14,14 @@ from dagster import (
     MetadataValue,
     RetryPolicy,
     asset,
+    asset_check,
 )
 from dagster_aws.s3 import S3Resource
 
 from assets.als import als
 from assets.covisitation import covisitation
 from assets.partitions import weekly_partitions
-from assets.quality_checks import markdown_table, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, markdown_table
 from assets.ranker import ranker
 from assets.sessions import sessions
 from assets.top_sellers import top_sellers
@@ -45,6 +46,13 @@ from resources import LakeResource, MlflowResource, PipelineConfigResource, Spar
 
 PUBLISH_GATES_CHECK = "publish_gates"
 MANIFEST_VERIFIED_CHECK = "published_manifest_verified"
+RECOMMENDATION_TABLES_CHECKS = AuditedChecks("recommendation_tables", {
+    PUBLISH_GATES_CHECK: (
+        "GE gates before upload: 1..20 distinct known aids per list with as many scores, descending; top sellers "
+        "ranked 1..n per type; every active session has all three lists; rows per table within "
+        "RECSYS_PUBLISH_MIN/MAX_ROW_RATIO of the previous published week."
+    ),
+})
 
 
 def _s3_client(uri: str, s3: S3Resource):
@@ -56,6 +64,7 @@ def _s3_client(uri: str, s3: S3Resource):
     partitions_def=weekly_partitions,
     group_name="publishing",
     kinds={"spark", "parquet"},
+    check_specs=RECOMMENDATION_TABLES_CHECKS.specs,
     description=(
         "The four published tables of week W, staged in the lake: top sellers per type, frequently bought together "
         "(buy2buy), similar items (ALS), and the champion model's top 20 per type for every session active in W."
@@ -65,25 +74,28 @@ def recommendation_tables(
     context: AssetExecutionContext,
     spark: SparkResource,
     lake: LakeResource,
+    s3: S3Resource,
     mlflow_tracking: MlflowResource,
     pipeline_config: PipelineConfigResource,
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
-    read = lambda table: lake.lake.read_partition(spark.session, table, week)  # noqa: E731
+    audited = lake.lake.audited(week)
+    read = lambda table: audited.read_partition(spark.session, table, week)  # noqa: E731
     champion = mlflow_tracking.load_champion()
     context.log.info(f"session recommendations from {champion.name} v{champion.version} (run {champion.run_id})")
     model = {"name": champion.name, "version": str(champion.version), "mlflow_run_id": champion.run_id,
              "trained_for_week": champion.bundle.info.get("week")}
-    row_counts = write_recommendation_tables(spark.session, lake.lake, week, champion.bundle, model)
+    row_counts = write_recommendation_tables(spark.session, audited, week, champion.bundle, model)
     previews = {name: markdown_table(read(lake_table(name)).limit(5).toPandas()) for name in PUBLISHED_TABLES}
-    return MaterializeResult(
+    return RECOMMENDATION_TABLES_CHECKS.audit(
+        context, audited, spark=spark, s3=s3, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "dagster/row_count": row_counts[SESSION_RECOMMENDATIONS],
             "row_counts": MetadataValue.json(row_counts),
             "model": MetadataValue.json(model),
             **{f"preview_{name}": MetadataValue.md(text) for name, text in previews.items()},
-        }
+        },
     )
 
 
@@ -102,19 +114,11 @@ def warm_up_reason(pipeline_config: PipelineConfigResource, week: str, previous_
         f"week {key} learned from {n} of {pipeline_config.training_weeks} weeks" for key, n in sorted(partial.items())) + ")"
 
 
-@weekly_blocking_check(
-    asset=recommendation_tables,
-    name=PUBLISH_GATES_CHECK,
-    description=(
-        "GE gates before upload: 1..20 distinct known aids per list with as many scores, descending; top sellers "
-        "ranked 1..n per type; every active session has all three lists; rows per table within "
-        "RECSYS_PUBLISH_MIN/MAX_ROW_RATIO of the previous published week."
-    ),
-)
+@RECOMMENDATION_TABLES_CHECKS.implements(PUBLISH_GATES_CHECK)
 def publish_gates(
-    context: AssetCheckExecutionContext,
+    context: AssetExecutionContext,
     spark: SparkResource,
-    lake: LakeResource,
+    lake: StagedLake,
     s3: S3Resource,
     pipeline_config: PipelineConfigResource,
 ) -> AssetCheckResult:
@@ -190,9 +194,11 @@ def published_recommendations(
     )
 
 
-@weekly_blocking_check(
+@asset_check(
     asset=published_recommendations,
     name=MANIFEST_VERIFIED_CHECK,
+    blocking=True,
+    partitions_def=weekly_partitions,
     description="Re-reads W's manifest from the publish target and checks every file's size and sha256.",
 )
 def published_manifest_verified(

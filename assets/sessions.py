@@ -2,7 +2,6 @@
 
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetDep,
@@ -14,7 +13,7 @@ from dagster import (
 
 from assets.events import events
 from assets.partitions import history_window, weekly_partitions
-from assets.quality_checks import check_result_from_report, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.lake import SESSIONS_TABLE
 from pipelines.quality import drift_frame, drift_suite, sessions_suite, sessions_validation_frame, validate
 from pipelines.sessions import materialize_sessions_week
@@ -22,6 +21,13 @@ from resources import LakeResource, PipelineConfigResource, SparkResource
 
 SESSIONS_CONTRACT_CHECK = "sessions_contract"
 SESSIONS_DRIFT_CHECK = "sessions_drift"
+SESSIONS_CHECKS = AuditedChecks("sessions", {
+    SESSIONS_CONTRACT_CHECK: (
+        "GE: one row per session, non-negative ids, history sorted and within the cap, "
+        "type counts consistent, at least one event and the last event inside the week."
+    ),
+    SESSIONS_DRIFT_CHECK: "GE: number of active sessions within the configured volume bounds of the previous week's.",
+})
 
 
 @asset(
@@ -29,6 +35,7 @@ SESSIONS_DRIFT_CHECK = "sessions_drift"
     partitions_def=weekly_partitions,
     group_name="ingest",
     kinds={"spark", "parquet"},
+    check_specs=SESSIONS_CHECKS.specs,
     description=(
         "Every session active in the week: its time-ordered history over the history window "
         "(the week and RECSYS_HISTORY_WEEKS weeks before it), capped to the most recent "
@@ -39,14 +46,16 @@ def sessions(
     context: AssetExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
+    audited = lake.lake.audited(week)
     window = pipeline_config.history_window(context.partition_key)
-    summary = materialize_sessions_week(spark.session, lake.lake, week, window, pipeline_config.max_session_events)
+    summary = materialize_sessions_week(spark.session, audited, week, window, pipeline_config.max_session_events)
     if summary.trimmed_events:
         context.log.warning(
             f"{summary.trimmed_sessions} sessions longer than {pipeline_config.max_session_events} events "
             f"lost {summary.trimmed_events} oldest events to the cap"
         )
-    return MaterializeResult(
+    return SESSIONS_CHECKS.audit(
+        context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "history_window": MetadataValue.json([w.key for w in window]),
@@ -57,20 +66,13 @@ def sessions(
             "trimmed_sessions": summary.trimmed_sessions,
             "max_history_length": summary.max_history,
             "path": MetadataValue.path(str(lake.lake.partition_dir(SESSIONS_TABLE, week))),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=sessions,
-    name=SESSIONS_CONTRACT_CHECK,
-    description=(
-        "GE: one row per session, non-negative ids, history sorted and within the cap, "
-        "type counts consistent, at least one event and the last event inside the week."
-    ),
-)
+@SESSIONS_CHECKS.implements(SESSIONS_CONTRACT_CHECK)
 def sessions_contract(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     frame = sessions_validation_frame(lake.lake.read_partition(spark.session, SESSIONS_TABLE, week))
@@ -78,13 +80,9 @@ def sessions_contract(
     return check_result_from_report(report, week=week.key)
 
 
-@weekly_blocking_check(
-    asset=sessions,
-    name=SESSIONS_DRIFT_CHECK,
-    description="GE: number of active sessions within the configured volume bounds of the previous week's.",
-)
+@SESSIONS_CHECKS.implements(SESSIONS_DRIFT_CHECK)
 def sessions_drift(
-    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     previous_week = week.shift(-1)

@@ -3,7 +3,6 @@
 import time
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetDep,
     AssetExecutionContext,
@@ -15,7 +14,7 @@ from dagster import (
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
-from assets.quality_checks import check_result_from_report, markdown_table, weekly_blocking_check
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
 from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
 from pipelines.quality import per_type_counts_suite, top_sellers_suite, validate
@@ -23,6 +22,10 @@ from resources import LakeResource, MlflowResource, PipelineConfigResource, Spar
 
 TOP_SELLERS_CONTRACT_CHECK = "top_sellers_contract"
 TOP_SELLERS_PER_TYPE_CHECK = "top_sellers_every_type"
+TOP_SELLERS_CHECKS = AuditedChecks("top_sellers", {
+    TOP_SELLERS_CONTRACT_CHECK: "GE: known types and lists, ranks within top-N, positive finite scores, no duplicate aid in a list.",
+    TOP_SELLERS_PER_TYPE_CHECK: "GE: the popular list is non-empty for clicks, carts and orders (it is every list's fallback).",
+})
 TOP_SELLERS_CONFIG = TopSellersConfig()
 
 
@@ -31,6 +34,7 @@ TOP_SELLERS_CONFIG = TopSellersConfig()
     partitions_def=weekly_partitions,
     group_name="candidate_sources",
     kinds={"spark", "parquet"},
+    check_specs=TOP_SELLERS_CHECKS.specs,
     description=(
         "Recency-weighted popularity per event type (half-life 7 days) and trending items (last week against the "
         "one before) over the training window: the weeks before W plus W's visible prefixes. Cold-start fallback."
@@ -44,16 +48,17 @@ def top_sellers(
     pipeline_config: PipelineConfigResource,
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
+    audited = lake.lake.audited(week)
     weeks_before = pipeline_config.training_weeks_before(context.partition_key)
     started = time.perf_counter()
-    eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
-    train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
+    eval_sessions = audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
+    train = training_events(spark.session, audited, weeks_before, eval_sessions)
     table = build_top_sellers(train, reference_ms=week.start_ms, config=TOP_SELLERS_CONFIG)
-    lake.lake.write_partition(table, TOP_SELLERS_TABLE, week, num_files=1, stats=lambda written: {"popular_per_type": types_present(written)})
+    audited.write_partition(table, TOP_SELLERS_TABLE, week, num_files=1, stats=lambda written: {"popular_per_type": types_present(written)})
     seconds = time.perf_counter() - started
-    per_type = lake.lake.read_stats(TOP_SELLERS_TABLE, week)["popular_per_type"]
+    per_type = audited.read_stats(TOP_SELLERS_TABLE, week)["popular_per_type"]
     preview = (
-        lake.lake.read_partition(spark.session, TOP_SELLERS_TABLE, week)
+        audited.read_partition(spark.session, TOP_SELLERS_TABLE, week)
         .where("list = 'popular' and rank <= 5")
         .orderBy("type", "rank")
         .toPandas()
@@ -64,7 +69,8 @@ def top_sellers(
         mlflow.log_params({f"top_sellers.{k}": v for k, v in TOP_SELLERS_CONFIG.__dict__.items()})
         mlflow.log_params({"training.weeks_before": ",".join(w.key for w in weeks_before) or "none"})
         mlflow.log_metric("top_sellers.seconds", seconds)
-    return MaterializeResult(
+    return TOP_SELLERS_CHECKS.audit(
+        context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
@@ -72,17 +78,13 @@ def top_sellers(
             "top5": MetadataValue.md(markdown_table(preview)),
             "seconds": round(seconds, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(TOP_SELLERS_TABLE, week))),
-        }
+        },
     )
 
 
-@weekly_blocking_check(
-    asset=top_sellers,
-    name=TOP_SELLERS_CONTRACT_CHECK,
-    description="GE: known types and lists, ranks within top-N, positive finite scores, no duplicate aid in a list.",
-)
+@TOP_SELLERS_CHECKS.implements(TOP_SELLERS_CONTRACT_CHECK)
 def top_sellers_contract(
-    context: AssetCheckExecutionContext, spark: SparkResource, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
     frame = top_sellers_validation_frame(lake.lake.read_partition(spark.session, TOP_SELLERS_TABLE, week))
@@ -90,13 +92,9 @@ def top_sellers_contract(
     return check_result_from_report(report, week=week.key)
 
 
-@weekly_blocking_check(
-    asset=top_sellers,
-    name=TOP_SELLERS_PER_TYPE_CHECK,
-    description="GE: the popular list is non-empty for clicks, carts and orders (it is every list's fallback).",
-)
+@TOP_SELLERS_CHECKS.implements(TOP_SELLERS_PER_TYPE_CHECK)
 def top_sellers_every_type(
-    context: AssetCheckExecutionContext, lake: LakeResource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     import pandas as pd
 

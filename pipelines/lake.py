@@ -4,6 +4,13 @@ A partition write replaces exactly its own week and is atomic on a local or shar
 filesystem: Spark writes to a hidden staging folder which is swapped into place only after
 the write succeeded, so a failed run leaves the previous version of the week intact and a
 rerun or backfill never duplicates rows.
+
+Write-audit-publish: an asset writes its week through `Lake.audited(week)`. Those writes land in
+`<table>/_audit/week=…` (invisible to every reader of the live lake, Spark included: `_` folders
+are hidden), the asset's blocking checks read them through the same object, and `publish` swaps
+them into place only when every check passed. A failed audit leaves the previous live version
+untouched and the staged one where it is for inspection; the next audited write of the week
+replaces it.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +28,7 @@ EVENTS_TABLE = "events"
 QUARANTINE_TABLE = "events_quarantine"
 SESSIONS_TABLE = "sessions"
 STAGING_PREFIX = "_staging-"
+AUDIT_DIR = "_audit"
 SIDECAR_NAME = "_stats.json"
 MODEL_TABLES = "model_tables"
 
@@ -43,6 +51,13 @@ class Lake:
         """Where a model's source tables are snapshot (`pipelines.model.save_bundle`): one folder per
         model (its MLflow run id), written once and read by every process that serves the model."""
         return Path(self.root) / MODEL_TABLES / f"run={model_id}"
+
+    def audit_dir(self, table: str, week: Week) -> Path:
+        return self.table_dir(table) / AUDIT_DIR / week.folder
+
+    def audited(self, week: Week) -> "AuditedWeek":
+        """A view of the lake whose writes of `week` are staged for audit (see the module docstring)."""
+        return AuditedWeek(self.root, week)
 
     def has_partition(self, table: str, week: Week) -> bool:
         return (self.partition_dir(table, week) / "_SUCCESS").exists()
@@ -119,3 +134,47 @@ class Lake:
         """The summary written with the partition (drift checks compare it across weeks)."""
         path = self.partition_dir(table, week) / SIDECAR_NAME
         return json.loads(path.read_text()) if path.exists() else None
+
+
+@dataclass(frozen=True, eq=False)
+class AuditedWeek(Lake):
+    """The lake as one asset run sees it: its own writes of `week` staged, everything else live."""
+
+    week: Week | None = None
+    _staged: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    def partition_dir(self, table: str, week: Week) -> Path:
+        if week == self.week and table in self._staged:
+            return self._staged[table]
+        return super().partition_dir(table, week)
+
+    def _stage(self, table: str, week: Week) -> None:
+        if week != self.week:
+            raise ValueError(f"an audited write of week {self.week.key} cannot write {table} for week {week.key}")
+        self._staged[table] = self.audit_dir(table, week)
+
+    def write_partition(self, df, table: str, week: Week, num_files: int | None = None, stats=None) -> Path:
+        self._stage(table, week)
+        return super().write_partition(df, table, week, num_files=num_files, stats=stats)
+
+    def write_document(self, payload: dict[str, Any], table: str, week: Week) -> Path:
+        self._stage(table, week)
+        return super().write_document(payload, table, week)
+
+    @property
+    def staged_paths(self) -> dict[str, str]:
+        return {table: str(path) for table, path in self._staged.items()}
+
+    def publish(self) -> dict[str, str]:
+        """Make every staged table of the week live; returns the live paths."""
+        live = {}
+        for table, staged in list(self._staged.items()):
+            target = Lake.partition_dir(self, table, self.week)
+            self._swap_into_place(staged, target)
+            try:
+                staged.parent.rmdir()  # the `_audit` folder, once it holds no other week
+            except OSError:
+                pass
+            live[table] = str(target)
+            del self._staged[table]
+        return live

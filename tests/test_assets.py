@@ -122,7 +122,11 @@ def test_quarantine_above_threshold_blocks_sessions(tmp_path):
     assert SESSIONS_CONTRACT_CHECK not in checks
     lake = Lake(str(lake_dir))
     assert not lake.has_partition(SESSIONS_TABLE, week)
-    assert lake.has_partition(QUARANTINE_TABLE, week)
+    # The blocked week never went live; what it would have been is kept, and the check says where.
+    assert not lake.has_partition(EVENTS_TABLE, week) and not lake.has_partition(QUARANTINE_TABLE, week)
+    staged = checks[EVENTS_QUARANTINE_RATE_CHECK].metadata["staged_version"].value
+    assert staged[QUARANTINE_TABLE] == str(lake.audit_dir(QUARANTINE_TABLE, week))
+    assert (lake.audit_dir(QUARANTINE_TABLE, week) / "_SUCCESS").exists()
 
 
 def test_volume_drift_blocks_sessions(tmp_path):
@@ -148,3 +152,48 @@ def test_missing_raw_week_fails_with_a_clear_message(tmp_path):
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "no raw files for week 2022-08-01" in failure.step_failure_data.user_failure_data.description
+
+
+def _tree_digest(folder) -> dict[str, str]:
+    import hashlib
+
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_blocked_rerun_leaves_the_live_week_and_downstream_untouched(spark, tmp_path):
+    """Write-audit-publish: a rerun whose checks fail changes nothing a reader of the lake sees."""
+    first, second = Week.parse("2022-08-01", TIMEZONE), Week.parse("2022-08-08", TIMEZONE)
+    raw_dir, lake_dir = tmp_path / "raw", tmp_path / "lake"
+    _write_raw_week(raw_dir, first, _good_lines(first, 40))
+    definitions = build_definitions(make_resources(str(raw_dir), str(lake_dir), **LOOSE_DRIFT))
+    instance = DagsterInstance.ephemeral()
+    assert run_week(definitions, first.key, instance).success
+    lake = Lake(str(lake_dir))
+    live_before = {table: _tree_digest(lake.partition_dir(table, first)) for table in (EVENTS_TABLE, QUARANTINE_TABLE, SESSIONS_TABLE)}
+
+    # The same week again, now with a tenth of its lines corrupt: the quarantine-rate check fails.
+    _write_raw_week(raw_dir, first, _good_lines(first, 40)[:36] + ["{broken"] * 4)
+    blocked = run_week(definitions, first.key, instance)
+    checks = checks_by_name(blocked)
+    assert not checks[EVENTS_QUARANTINE_RATE_CHECK].passed
+    assert materialized(blocked) == {"events"}
+    assert {table: _tree_digest(lake.partition_dir(table, first)) for table in live_before} == live_before
+    staged_events = lake.audit_dir(EVENTS_TABLE, first)
+    assert checks[EVENTS_QUARANTINE_RATE_CHECK].metadata["staged_version"].value[EVENTS_TABLE] == str(staged_events)
+    assert spark.read.parquet(str(staged_events)).count() == 36 * 5
+    events_metadata = next(e for e in blocked.get_asset_materialization_events()).materialization.metadata
+    assert events_metadata["published_to_lake"].value is False
+
+    # The next week reads the live (audited) first week in its history, not the blocked rerun.
+    _write_raw_week(raw_dir, second, _good_lines(second, 40))
+    assert run_week(definitions, second.key, instance).success
+    history_events = sum(len(row.history) for row in lake.read_partition(spark, SESSIONS_TABLE, second).collect())
+    assert history_events == 40 * 5 + 40 * 5
+
+    # A passing rerun goes live and clears what the failed audit left.
+    _write_raw_week(raw_dir, first, _good_lines(first, 30))
+    assert run_week(definitions, first.key, instance).success
+    assert lake.read_stats(EVENTS_TABLE, first)["events"] == 30 * 5
+    assert not (lake.table_dir(EVENTS_TABLE) / "_audit").exists()
+    assert sorted(p.name for p in lake.table_dir(EVENTS_TABLE).iterdir()) == [first.folder, second.folder]
