@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from pipelines.config import DEFAULT_TIMEZONE
+from pipelines.config import DEFAULT_TIMEZONE, Settings
 
 
 def _print_json(payload: dict) -> None:
@@ -33,10 +33,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _land(args: argparse.Namespace) -> int:
     from pipelines.land import land_otto_file
 
-    summary = land_otto_file(args.input, args.out, timezone=args.timezone)
+    summary = land_otto_file(args.input, args.out, timezone=args.timezone, max_line_bytes=args.max_line_bytes)
     _print_json(summary)
     if summary.get("rejected"):
-        print(f"rejected lines were kept in {args.out}/_rejected/ with the counts above", file=sys.stderr)
+        print(f"rejected lines, each with its reason, are in {args.out}/_rejected/{summary['part_file']}", file=sys.stderr)
     return 0
 
 
@@ -53,7 +53,6 @@ def _predict(args: argparse.Namespace) -> int:
     import mlflow
     import pandas as pd
 
-    from pipelines.config import Settings
     from pipelines.metrics import write_predictions_csv
     from pipelines.model import recommendations_to_long
 
@@ -100,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     land.add_argument("--input", required=True)
     land.add_argument("--out", required=True)
     land.add_argument("--timezone", default=DEFAULT_TIMEZONE)
+    land.add_argument("--max-line-bytes", type=int, default=Settings.max_line_bytes,
+                      help="longer lines are rejected as line_too_long without being parsed")
     land.set_defaults(handler=_land)
 
     predict = commands.add_parser(

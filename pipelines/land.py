@@ -1,20 +1,28 @@
 """Split an OTTO session file into the weekly raw layout (`recsys land`).
 
 The OTTO train file is one JSON object per session covering four weeks. The pipeline's
-landing zone holds one folder per week instead (`week=YYYY-MM-DD/part-00000.jsonl`) with,
+landing zone holds one folder per week instead (`week=YYYY-MM-DD/part-<input>.jsonl`) with,
 for each session, only that week's events, so a weekly partition reads only its folder.
 
-The file is streamed line by line (11 GB, 12.9M lines for the real train file), so memory
-stays constant apart from one open output file per week. `land` only rejects what it cannot
-place in a week; everything else (types, aids, duplicates) is validated by the Spark
-`events` stage, which quarantines bad records with reasons of its own.
+The file is streamed line by line (11 GB, 12.9M lines for the real train file) with a bound
+on a line's length, so memory stays constant, and at most `MAX_OPEN_FILES` outputs are open
+at once. `land` only rejects what it cannot place in a week; everything else (types, aids,
+duplicates) is validated by the Spark `events` stage, which quarantines bad records with
+reasons of its own.
+
+Landing merges: each input writes one file per week named after the input
+(`part-<name>-<hash of its path>.jsonl`), so landing another file into the same `--out` adds
+to its weeks and never deletes them, and landing the same input again replaces only its own
+files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,47 +32,82 @@ from typing import IO, Any
 from pipelines.config import DEFAULT_TIMEZONE
 from pipelines.weeks import WEEK_FOLDER_PREFIX, Week
 
-PART_FILE_NAME = "part-00000.jsonl"
 REJECTED_FOLDER = "_rejected"
+MAX_LINE_BYTES = 1 << 20
+MAX_OPEN_FILES = 64
+MAX_REJECTED_TEXT_CHARS = 4000
+# Millisecond timestamps outside [2000-01-01, 2100-01-01) UTC are seconds, negative or garbage.
+MIN_PLAUSIBLE_TS_MS = 946_684_800_000
+MAX_PLAUSIBLE_TS_MS = 4_102_444_800_000
 
 # Rejection reasons, the keys of the summary's "rejected" count.
 INVALID_JSON = "invalid_json"
+TOO_DEEP = "too_deep"  # nesting beyond what the JSON parser recurses into
+LINE_TOO_LONG = "line_too_long"
 NO_EVENTS = "no_events"
-BAD_TS = "bad_ts"
+BAD_TS = "bad_ts"  # not an integer
+IMPLAUSIBLE_TS = "implausible_ts"
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _IO_BUFFER_BYTES = 1 << 20
 
 
-def land_otto_file(input_path: str | Path, out_dir: str | Path, timezone: str = DEFAULT_TIMEZONE) -> dict:
+def part_file_name(input_path: str | Path) -> str:
+    """The file an input lands as in each week folder: stable for the same input path."""
+    resolved = str(Path(input_path).resolve())
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(input_path).name.split(".")[0]).strip("-")[:40] or "input"
+    return f"part-{stem}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}.jsonl"
+
+
+def land_otto_file(
+    input_path: str | Path,
+    out_dir: str | Path,
+    timezone: str = DEFAULT_TIMEZONE,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> dict:
     """Write every session of an OTTO JSONL file (plain or gzip) into its week folders.
 
     Each (session, week) becomes one line holding the session's top-level fields and the
     events of that week, in their original order and with their original fields. A line
-    is rejected as a whole, and copied unchanged to `_rejected/part-00000.jsonl`, when it
-    is not JSON (`invalid_json`), has no non-empty `events` list (`no_events`), or has an
-    event without an integer millisecond `ts` that maps to a date (`bad_ts`): dropping
-    only the bad event would silently change the session.
+    is rejected as a whole when it is longer than `max_line_bytes` (`line_too_long`, never
+    parsed), is not JSON (`invalid_json`) or nested too deep to parse (`too_deep`), has no
+    non-empty `events` list (`no_events`), or has an event whose `ts` is not an integer
+    (`bad_ts`) or not a plausible millisecond time (`implausible_ts`): dropping only the bad
+    event would silently change the session. Rejected lines go to
+    `_rejected/<part file>` as JSON objects `{"line", "reason", "bytes", "text"}` (`text` is
+    the line as valid UTF-8, cut to 4,000 characters only when the line was too long).
 
-    The previous `week=*` and `_rejected` folders of `out_dir` are replaced, not appended
-    to: output is written to a hidden staging folder first and swapped in at the end.
+    Output is written to a hidden staging folder first and moved into place at the end;
+    this input's files from an earlier landing are replaced, other files are never touched.
 
     Returns {"lines", "sessions_landed" (input lines placed in at least one week),
-    "events", "weeks": {week key: events}, "rejected": {reason: lines}}.
+    "events", "weeks": {week key: events}, "rejected": {reason: lines}, "part_file"}.
     """
     locate_week = _WeekLocator(timezone)
     lines = sessions_landed = events_landed = 0
     week_events: dict[str, int] = {}
     rejected: dict[str, int] = {}
+    part_name = part_file_name(input_path)
 
-    with staged_layout(out_dir) as staging, _open_jsonl(input_path) as source, _PartWriters(staging) as writers:
-        for raw_line in source:
+    def reject(reason: str, line_number: int, line: bytes, size: int) -> None:
+        rejected[reason] = rejected.get(reason, 0) + 1
+        text = line.decode("utf-8", errors="replace")
+        if reason == LINE_TOO_LONG:
+            text = text[:MAX_REJECTED_TEXT_CHARS]
+        record = {"line": line_number, "reason": reason, "bytes": size, "text": text}
+        writers.write(REJECTED_FOLDER, json.dumps(record, ensure_ascii=False).encode())
+
+    with merged_layout(out_dir, part_name) as staging, _open_jsonl(input_path) as source, \
+            _PartWriters(staging, part_name) as writers:
+        for raw_line, size in _bounded_lines(source, max_line_bytes):
             lines += 1
+            if raw_line is None:
+                reject(LINE_TOO_LONG, lines, source.last_prefix, size)
+                continue
             line = raw_line.rstrip(b"\r\n")
             record, events_by_week, reason = _split_by_week(line, locate_week)
             if reason is not None:
-                rejected[reason] = rejected.get(reason, 0) + 1
-                writers.write(REJECTED_FOLDER, line)
+                reject(reason, lines, line, size)
                 continue
             sessions_landed += 1
             if len(events_by_week) == 1:
@@ -87,16 +130,55 @@ def land_otto_file(input_path: str | Path, out_dir: str | Path, timezone: str = 
         "events": events_landed,
         "weeks": dict(sorted(week_events.items())),
         "rejected": dict(sorted(rejected.items())),
+        "part_file": part_name,
     }
+
+
+class _PrefixKeepingReader:
+    """Wraps a binary stream; remembers the first bytes of the last over-long line."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.last_prefix = b""
+
+    def readline(self, limit: int) -> bytes:
+        return self._stream.readline(limit)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stream.close()
+
+
+def _bounded_lines(source: "_PrefixKeepingReader", max_line_bytes: int):
+    """(line, size) per input line; line is None when longer than `max_line_bytes` (its first
+    bytes are in `source.last_prefix`, the rest is skipped without being held in memory)."""
+    while True:
+        line = source.readline(max_line_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_line_bytes or line.endswith(b"\n") and len(line) == max_line_bytes + 1:
+            yield line, len(line.rstrip(b"\r\n"))
+            continue
+        source.last_prefix = line[: MAX_REJECTED_TEXT_CHARS * 4]
+        size = len(line)
+        while not line.endswith(b"\n"):
+            line = source.readline(_IO_BUFFER_BYTES)
+            if not line:
+                break
+            size += len(line)
+        yield None, size
 
 
 @contextlib.contextmanager
 def staged_layout(out_dir: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder inside `out_dir`; on success it replaces the old output.
 
-    Only folders this module owns (`week=*` and `_rejected`) are replaced, so pointing
-    `out_dir` at a folder with other content never deletes that content. The staging folder
-    starts with a dot, which Spark and Hadoop skip, so a crash never exposes half a week.
+    For a generated data set (`recsys generate`), which owns its layout: only folders this
+    module owns (`week=*` and `_rejected`) are replaced, so pointing `out_dir` at a folder
+    with other content never deletes that content. The staging folder starts with a dot,
+    which Spark and Hadoop skip, so a crash never exposes half a week.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,17 +191,27 @@ def staged_layout(out_dir: str | Path) -> Iterator[Path]:
     _swap_in(staging, out)
 
 
-def _swap_in(staging: Path, out: Path) -> None:
-    # Renames within one file system are cheap; the old output is moved aside before the
-    # new one moves in so that the gap in which readers see neither is as short as possible.
-    retired = Path(tempfile.mkdtemp(prefix=".retired-", dir=out))
-    for old in out.iterdir():
-        if old.is_dir() and (old.name.startswith(WEEK_FOLDER_PREFIX) or old.name == REJECTED_FOLDER):
-            old.rename(retired / old.name)
+@contextlib.contextmanager
+def merged_layout(out_dir: str | Path, part_name: str) -> Iterator[Path]:
+    """Yield a staging folder; on success its `<folder>/<part_name>` files move into `out_dir`,
+    replacing this input's earlier files and removing those of weeks it no longer lands in."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    landed = {folder.name for folder in staging.iterdir()}
     for new in sorted(staging.iterdir()):
-        new.rename(out / new.name)
-    staging.rmdir()
-    shutil.rmtree(retired)
+        (out / new.name).mkdir(exist_ok=True)
+        (new / part_name).rename(out / new.name / part_name)
+    for folder in out.iterdir():
+        own = folder / part_name
+        if folder.name not in landed and (folder.name.startswith(WEEK_FOLDER_PREFIX) or folder.name == REJECTED_FOLDER) and own.exists():
+            own.unlink()
+    shutil.rmtree(staging)
 
 
 def _split_by_week(line: bytes, locate_week: "_WeekLocator") -> tuple[Any, dict[Week, list], str | None]:
@@ -128,6 +220,8 @@ def _split_by_week(line: bytes, locate_week: "_WeekLocator") -> tuple[Any, dict[
         record = json.loads(line)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError both derive from it
         return None, {}, INVALID_JSON
+    except RecursionError:
+        return None, {}, TOO_DEEP
     events = record.get("events") if isinstance(record, dict) else None
     if not isinstance(events, list) or not events:
         return record, {}, NO_EVENTS
@@ -136,6 +230,8 @@ def _split_by_week(line: bytes, locate_week: "_WeekLocator") -> tuple[Any, dict[
         ts = event.get("ts") if isinstance(event, dict) else None
         if type(ts) is not int:  # bool is an int subclass, and floats are not milliseconds
             return record, {}, BAD_TS
+        if not MIN_PLAUSIBLE_TS_MS <= ts < MAX_PLAUSIBLE_TS_MS:
+            return record, {}, IMPLAUSIBLE_TS
         try:
             week = locate_week(ts)
         except (OverflowError, OSError, ValueError):  # beyond what a date can represent
@@ -162,18 +258,27 @@ class _WeekLocator:
 
 
 class _PartWriters:
-    """One lazily opened `part-00000.jsonl` per output folder."""
+    """One `<folder>/<part_name>` per output folder; at most `MAX_OPEN_FILES` open at once
+    (the least recently written is closed and reopened for appending when needed again)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, part_name: str) -> None:
         self._root = root
-        self._files: dict[str, IO[bytes]] = {}
+        self._part_name = part_name
+        self._files: dict[str, IO[bytes]] = {}  # insertion order = least recently written first
+        self._created: set[str] = set()
 
     def write(self, folder: str, line: bytes) -> None:
-        handle = self._files.get(folder)
+        handle = self._files.pop(folder, None)
         if handle is None:
-            (self._root / folder).mkdir()
-            handle = open(self._root / folder / PART_FILE_NAME, "wb", buffering=_IO_BUFFER_BYTES)
-            self._files[folder] = handle
+            if len(self._files) >= MAX_OPEN_FILES:
+                oldest = next(iter(self._files))
+                self._files.pop(oldest).close()
+            path = self._root / folder / self._part_name
+            if folder not in self._created:
+                path.parent.mkdir()
+                self._created.add(folder)
+            handle = open(path, "ab", buffering=_IO_BUFFER_BYTES)
+        self._files[folder] = handle
         handle.write(line)
         handle.write(b"\n")
 
@@ -185,11 +290,11 @@ class _PartWriters:
             handle.close()
 
 
-def _open_jsonl(path: str | Path) -> IO[bytes]:
+def _open_jsonl(path: str | Path) -> "_PrefixKeepingReader":
     """Open plain or gzip input, recognised by its magic bytes rather than its name."""
     with open(path, "rb") as probe:
         is_gzip = probe.read(2) == _GZIP_MAGIC
-    return gzip.open(path, "rb") if is_gzip else open(path, "rb", buffering=_IO_BUFFER_BYTES)
+    return _PrefixKeepingReader(gzip.open(path, "rb") if is_gzip else open(path, "rb", buffering=_IO_BUFFER_BYTES))
 
 
 def _count(counts: dict[str, int], key: str, amount: int) -> None:

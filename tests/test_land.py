@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.land import land_otto_file
+from pipelines import land as land_module
+from pipelines.land import land_otto_file, part_file_name
 from pipelines.weeks import Week
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "otto_sample_sessions.jsonl"
@@ -22,7 +23,7 @@ MONDAY_2022_08_08_MS = 1659909600000
 
 def read_lines(root: Path) -> dict[str, list[dict]]:
     return {
-        folder.name: [json.loads(line) for line in (folder / "part-00000.jsonl").open()]
+        folder.name: [json.loads(line) for path in sorted(folder.glob("part-*.jsonl")) for line in path.open()]
         for folder in sorted(root.glob("week=*"))
     }
 
@@ -41,6 +42,7 @@ def test_fixture_lands_in_its_four_weeks(tmp_path):
         "events": 862,
         "weeks": {"2022-08-01": 339, "2022-08-08": 201, "2022-08-15": 99, "2022-08-22": 223},
         "rejected": {},
+        "part_file": part_file_name(FIXTURE),
     }
     lines_by_week = read_lines(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
@@ -71,7 +73,7 @@ def test_each_week_holds_only_its_events_in_the_original_order(tmp_path):
 
 def test_lines_within_one_week_are_copied_verbatim(tmp_path):
     land_otto_file(FIXTURE, tmp_path)
-    landed = {line for folder in tmp_path.glob("week=*") for line in (folder / "part-00000.jsonl").read_text().splitlines()}
+    landed = {line for folder in tmp_path.glob("week=*") for line in (folder / part_file_name(FIXTURE)).read_text().splitlines()}
     single_week = [
         line
         for line in FIXTURE.read_text().splitlines()
@@ -115,7 +117,10 @@ def test_unplaceable_lines_are_rejected_unchanged_with_reasons(tmp_path):
         ('{"session": 7, "events": [{"aid": 1, "ts": "1659909600000", "type": "clicks"}]}', "bad_ts"),
         ('{"session": 8, "events": [{"aid": 1, "ts": 1659909600000.5, "type": "clicks"}]}', "bad_ts"),
         ('{"session": 9, "events": [{"aid": 1, "ts": true, "type": "clicks"}]}', "bad_ts"),
-        ('{"session": 10, "events": [{"aid": 1, "ts": 10000000000000000000, "type": "clicks"}]}', "bad_ts"),
+        ('{"session": 10, "events": [{"aid": 1, "ts": 10000000000000000000, "type": "clicks"}]}', "implausible_ts"),
+        ('{"session": 14, "events": [{"aid": 1, "ts": 1659909600, "type": "clicks"}]}', "implausible_ts"),  # seconds
+        ('{"session": 15, "events": [{"aid": 1, "ts": -1659909600000, "type": "clicks"}]}', "implausible_ts"),
+        ("[" * 100_000 + "]" * 100_000, "too_deep"),
         ('{"session": 11, "events": [42]}', "bad_ts"),
         # One bad event rejects the whole session rather than silently shortening it.
         (
@@ -132,8 +137,9 @@ def test_unplaceable_lines_are_rejected_unchanged_with_reasons(tmp_path):
     assert summary["events"] == 2
     assert summary["weeks"] == {"2022-08-08": 2}
     assert summary["rejected"] == dict(Counter(reason for _, reason in bad))
-    rejected = (tmp_path / "out" / "_rejected" / "part-00000.jsonl").read_text().split("\n")
-    assert rejected == [line for line, _ in bad] + [""]
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "_rejected" / part_file_name(source)).open()]
+    assert [(r["text"], r["reason"]) for r in rejected] == bad
+    assert [r["line"] for r in rejected] == list(range(2, 2 + len(bad)))
 
 
 def test_gzip_input_lands_like_plain_input(tmp_path):
@@ -144,28 +150,59 @@ def test_gzip_input_lands_like_plain_input(tmp_path):
     plain_summary = land_otto_file(FIXTURE, tmp_path / "plain")
     gzip_summary = land_otto_file(compressed, tmp_path / "gzip")
 
-    assert gzip_summary == plain_summary
+    assert {**gzip_summary, "part_file": None} == {**plain_summary, "part_file": None}
     for folder in (tmp_path / "plain").glob("week=*"):
-        assert (tmp_path / "gzip" / folder.name / "part-00000.jsonl").read_bytes() == (
-            folder / "part-00000.jsonl"
+        assert (tmp_path / "gzip" / folder.name / part_file_name(compressed)).read_bytes() == (
+            folder / part_file_name(FIXTURE)
         ).read_bytes()
 
 
-def test_rerun_replaces_the_previous_output(tmp_path):
+def test_landing_merges_and_a_rerun_replaces_only_its_own_files(tmp_path):
     out = tmp_path / "out"
-    first = write_jsonl(tmp_path / "first.jsonl", ["not json"])
     land_otto_file(FIXTURE, out)
-    land_otto_file(first, out)  # adds a _rejected folder
+    fixture_weeks = read_lines(out)
     (out / "notes.txt").write_text("not ours")
     only_week_two = json.dumps({"session": 1, "events": [{"aid": 1, "ts": MONDAY_2022_08_08_MS, "type": "clicks"}]})
-    second = write_jsonl(tmp_path / "second.jsonl", [only_week_two, only_week_two])
+    second = write_jsonl(tmp_path / "second.jsonl", [only_week_two, only_week_two, "not json"])
 
     summary = land_otto_file(second, out)
     summary_again = land_otto_file(second, out)
 
     assert summary == summary_again
-    assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "week=2022-08-08"]
-    assert (out / "week=2022-08-08" / "part-00000.jsonl").read_text() == only_week_two + "\n" + only_week_two + "\n"
+    merged = read_lines(out)
+    assert merged["week=2022-08-08"] == fixture_weeks["week=2022-08-08"] + [json.loads(only_week_two)] * 2
+    assert {k: v for k, v in merged.items() if k != "week=2022-08-08"} == {k: v for k, v in fixture_weeks.items() if k != "week=2022-08-08"}
+    assert (out / "notes.txt").read_text() == "not ours"
+
+    # The same input, now landing elsewhere: its old week file goes, the other input's stay.
+    write_jsonl(second, [only_week_two.replace(str(MONDAY_2022_08_08_MS), str(MONDAY_2022_08_08_MS + 7 * 86_400_000))])
+    land_otto_file(second, out)
+    after = read_lines(out)
+    assert after["week=2022-08-08"] == fixture_weeks["week=2022-08-08"]
+    assert len(after["week=2022-08-15"]) == len(fixture_weeks["week=2022-08-15"]) + 1
+    assert not (out / "_rejected" / part_file_name(second)).exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_huge_line_is_rejected_without_holding_it(tmp_path):
+    good = json.dumps({"session": 1, "events": [{"aid": 1, "ts": MONDAY_2022_08_08_MS, "type": "clicks"}]})
+    huge = json.dumps({"session": 2, "events": [{"aid": 1, "ts": MONDAY_2022_08_08_MS, "type": "clicks"}], "pad": "x" * 50_000})
+    source = write_jsonl(tmp_path / "in.jsonl", [good, huge, good])
+    summary = land_otto_file(source, tmp_path / "out", max_line_bytes=10_000)
+    assert summary["rejected"] == {"line_too_long": 1} and summary["sessions_landed"] == 2
+    [rejected] = [json.loads(line) for line in (tmp_path / "out" / "_rejected" / part_file_name(source)).open()]
+    assert rejected["line"] == 2 and rejected["bytes"] == len(huge) + 1
+    assert rejected["text"] == huge[: land_module.MAX_REJECTED_TEXT_CHARS]
+
+
+def test_more_weeks_than_open_files_land(tmp_path, monkeypatch):
+    monkeypatch.setattr(land_module, "MAX_OPEN_FILES", 2)
+    week_ms = 7 * 86_400_000
+    lines = [json.dumps({"session": s, "events": [{"aid": 1, "ts": MONDAY_2022_08_08_MS + (s % 5) * week_ms, "type": "clicks"}]})
+             for s in range(20)]
+    summary = land_otto_file(write_jsonl(tmp_path / "in.jsonl", lines), tmp_path / "out")
+    assert summary["weeks"] == {week: 4 for week in ["2022-08-08", "2022-08-15", "2022-08-22", "2022-08-29", "2022-09-05"]}
+    assert sum(len(v) for v in read_lines(tmp_path / "out").values()) == 20
 
 
 def test_failure_keeps_the_previous_output_and_leaves_no_staging_behind(tmp_path):
