@@ -93,30 +93,40 @@ def registered_scores_on(registered, eval_sessions, labels, predictions_csv: Pat
 
 def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sessions, labels, context):
     """(the week before's version and its scores on this week's sessions, the champion's score on
-    them): the first is that model's forward score, logged with its lists into the run that trained
-    it (the labels are this week's run's `evaluation/labels.jsonl`); the champion, often the same
-    version, is scored once."""
+    them, why the champion could not be scored): the first is that model's forward score, logged
+    with its lists into the run that trained it (the labels are this week's run's
+    `evaluation/labels.jsonl`); the champion, often the same version, is scored once. A version
+    the current code cannot load or score (other feature columns, say) is reported, not raised."""
     from pipelines.registry import current_champion, record_forward_score, version_of_week
 
     client, name = mlflow_tracking.client, mlflow_tracking.registered_model_name
     previous = version_of_week(client, name, week.shift(-1).key)
     forward = None
     if previous is not None:
-        with tempfile.TemporaryDirectory(prefix="forward-") as scratch:
-            lists = Path(scratch) / FORWARD_PREDICTIONS_CSV
-            forward = registered_scores_on(mlflow_tracking.load_version(previous.version), eval_sessions, labels, lists)
-            record_forward_score(client, name, previous, forward, week.key, artifacts=[lists])
-        context.log.info(f"v{previous.version} (week {week.shift(-1).key}) scores {forward['score']:.4f} forward "
-                         "on this week's evaluation sessions")
+        try:
+            with tempfile.TemporaryDirectory(prefix="forward-") as scratch:
+                lists = Path(scratch) / FORWARD_PREDICTIONS_CSV
+                forward = registered_scores_on(mlflow_tracking.load_version(previous.version), eval_sessions, labels, lists)
+                record_forward_score(client, name, previous, forward, week.key, artifacts=[lists])
+            context.log.info(f"v{previous.version} (week {week.shift(-1).key}) scores {forward['score']:.4f} forward "
+                             "on this week's evaluation sessions")
+        except Exception as error:  # noqa: BLE001 - an old version must not fail this week's ranker
+            context.log.warning(f"v{previous.version} (week {week.shift(-1).key}) could not be scored forward: "
+                                f"{type(error).__name__}: {error}")
+            previous = None
     champion_version, _ = current_champion(client, name)
-    if champion_version is None:
-        champion_now = None
-    elif previous is not None and champion_version == str(previous.version):
+    champion_now, champion_unusable = None, None
+    if champion_version is not None and previous is not None and champion_version == str(previous.version):
         champion_now = forward["score"]
-    else:
-        champion_now = registered_scores_on(mlflow_tracking.load_champion(), eval_sessions, labels)["score"]
-        context.log.info(f"champion v{champion_version} scores {champion_now:.4f} on this week's evaluation sessions")
-    return (None if previous is None else (str(previous.version), forward)), champion_now
+    elif champion_version is not None:
+        try:
+            champion_now = registered_scores_on(mlflow_tracking.load_champion(), eval_sessions, labels)["score"]
+            context.log.info(f"champion v{champion_version} scores {champion_now:.4f} on this week's evaluation sessions")
+        except Exception as error:  # noqa: BLE001 - reported in the gate's reason instead
+            champion_unusable = f"{type(error).__name__}: {error}"[:500]
+            context.log.warning(f"champion v{champion_version} cannot be scored with this code, so it is not compared "
+                                f"against: {champion_unusable}")
+    return (None if previous is None else (str(previous.version), forward)), champion_now, champion_unusable
 
 
 @asset(
@@ -203,7 +213,7 @@ def ranker(
         mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
-        previous_week, champion_now = forward_and_champion_scores(
+        previous_week, champion_now, champion_unusable = forward_and_champion_scores(
             mlflow_tracking, week, audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
         if champion_now is not None:
             mlflow.log_metric("champion.score_on_week", champion_now)
@@ -212,7 +222,7 @@ def ranker(
         decision = gate_version(
             mlflow_tracking.client, mlflow_tracking.registered_model_name, registered.version, score, baselines,
             mlflow_tracking.champion_tolerance, extra_tags={WEEK_TAG: week.key, RUN_ID_TAG: run.info.run_id},
-            champion_score_now=champion_now,
+            champion_score_now=champion_now, champion_unusable=champion_unusable,
             previous_week_forward=None if previous_week is None else (previous_week[0], previous_week[1]["score"]),
         )
         mlflow.set_tags({"model.version": registered.version, "model.gate": "promoted" if decision.promoted else "rejected",

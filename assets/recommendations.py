@@ -10,6 +10,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     Backoff,
+    Config,
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
@@ -22,7 +23,7 @@ from assets.als import als
 from assets.covisitation import covisitation
 from assets.partitions import weekly_partitions
 from assets.quality_checks import AuditedChecks, StagedLake, markdown_table
-from assets.ranker import ranker
+from assets.ranker import RANKER_TABLE, ranker
 from assets.sessions import sessions
 from assets.top_sellers import top_sellers
 from pipelines.lake import EVENTS_TABLE, SESSIONS_TABLE
@@ -55,6 +56,32 @@ RECOMMENDATION_TABLES_CHECKS = AuditedChecks("recommendation_tables", {
 })
 
 
+USE_CURRENT_CHAMPION = "champion"
+
+
+class RecommendationTablesConfig(Config):
+    """Which registered version writes the session lists (launchpad: `ops.recommendation_tables.config`)."""
+
+    model_version: str = ""  # "": the champion right after this week's ranker gate; "champion": the current one; or "7"
+
+
+def model_for_week(mlflow_tracking: MlflowResource, ranker_summary: dict | None, model_version: str):
+    """The version a week publishes with: by default the one that was champion right after the
+    week's own ranker gate, so a rerun or backfill of the week gives the same lists whatever the
+    alias points at today. `model_version` overrides it ("champion" or a version number)."""
+    if model_version == USE_CURRENT_CHAMPION:
+        return mlflow_tracking.load_champion(), "the current champion (explicit override)"
+    if model_version:
+        return mlflow_tracking.load_version(model_version), f"version {model_version} (explicit override)"
+    chosen = (ranker_summary or {}).get("gate", {}).get("champion_after")
+    if chosen is None:
+        raise LookupError(
+            "this week's ranker run left no champion (no version has passed the gate yet), so there is no model to "
+            "publish with; set ops.recommendation_tables.config.model_version to a version or to 'champion'"
+        )
+    return mlflow_tracking.load_version(str(chosen)), "the champion after this week's ranker gate"
+
+
 def _s3_client(uri: str, s3: S3Resource):
     return s3_client_from_resource(s3) if is_s3_uri(uri) else None
 
@@ -72,6 +99,7 @@ def _s3_client(uri: str, s3: S3Resource):
 )
 def recommendation_tables(
     context: AssetExecutionContext,
+    config: RecommendationTablesConfig,
     spark: SparkResource,
     lake: LakeResource,
     s3: S3Resource,
@@ -81,10 +109,10 @@ def recommendation_tables(
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
     read = lambda table: audited.read_partition(spark.session, table, week)  # noqa: E731
-    champion = mlflow_tracking.load_champion()
-    context.log.info(f"session recommendations from {champion.name} v{champion.version} (run {champion.run_id})")
+    champion, chosen_as = model_for_week(mlflow_tracking, audited.read_stats(RANKER_TABLE, week), config.model_version)
+    context.log.info(f"session recommendations from {champion.name} v{champion.version} (run {champion.run_id}): {chosen_as}")
     model = {"name": champion.name, "version": str(champion.version), "mlflow_run_id": champion.run_id,
-             "trained_for_week": champion.bundle.info.get("week")}
+             "trained_for_week": champion.bundle.info.get("week"), "chosen_as": chosen_as}
     row_counts = write_recommendation_tables(spark.session, audited, week, champion.bundle, model)
     previews = {name: markdown_table(read(lake_table(name)).limit(5).toPandas()) for name in PUBLISHED_TABLES}
     return RECOMMENDATION_TABLES_CHECKS.audit(

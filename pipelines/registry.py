@@ -5,6 +5,10 @@ both baselines of its own evaluation and its total score is at least the current
 a tolerance, the champion being scored on the same sessions (this week's evaluation sessions)
 when the caller can: scores of different weeks' sessions differ with the data, not only the model.
 Otherwise the version is tagged `gate=rejected` with the reason and the champion stays.
+MLflow has no compare-and-set for aliases: the gate re-reads the alias just before moving it and
+leaves it alone when another run moved it in between (the reason says so). A champion the
+current code cannot load or score is no comparable champion: the gate says why and decides on
+the baselines alone.
 Rolling back is moving the alias by hand: `MlflowClient().set_registered_model_alias(name,
 "champion", version)`.
 """
@@ -92,7 +96,8 @@ def decide(score: float, baselines: dict[str, float], champion_score: float | No
 
 def gate_version(client, name: str, version: str, score: float, baselines: dict[str, float], tolerance: float,
                  extra_tags: dict[str, str] | None = None, champion_score_now: float | None = None,
-                 previous_week_forward: tuple[str, float] | None = None) -> GateDecision:
+                 previous_week_forward: tuple[str, float] | None = None,
+                 champion_unusable: str | None = None) -> GateDecision:
     """Tag `version` with its score and the gate's verdict; move `champion` to it if it passes.
 
     `champion_score_now`: the champion scored on the same sessions as `score` (this week's
@@ -100,22 +105,36 @@ def gate_version(client, name: str, version: str, score: float, baselines: dict[
     another week's sessions and so moves with the data, not only with the model.
     `previous_week_forward`: (version, score) of the week before's model on the same sessions, its
     forward score, quoted in the reason.
+    `champion_unusable`: why the champion could not be scored (it does not load with this code):
+    then it is not compared against.
     """
     champion_before, champion_score = current_champion(client, name)
-    if champion_before is not None and champion_score_now is not None:
+    if champion_before is not None and champion_unusable is not None:
+        champion_score = None
+    elif champion_before is not None and champion_score_now is not None:
         champion_score = champion_score_now
     promoted, reason = decide(score, baselines, champion_score, tolerance)
-    if champion_before is not None and champion_score_now is not None:
+    if champion_before is not None and champion_unusable is not None:
+        reason += f" (champion v{champion_before} not comparable: {champion_unusable})"
+    elif champion_before is not None and champion_score_now is not None:
         reason += f" (champion v{champion_before} scored on this week's evaluation sessions)"
     if previous_week_forward is not None:
         reason += (f"; the week before's model v{previous_week_forward[0]} scored {previous_week_forward[1]:.4f} "
                    "forward on these sessions")
+    if promoted:
+        champion_now, _ = current_champion(client, name)
+        if champion_now != champion_before:
+            promoted = False
+            reason += (f"; not promoted: the champion moved from v{champion_before} to v{champion_now} "
+                       "while this gate ran")
     tags = {SCORE_TAG: f"{score:.6f}", GATE_TAG: PROMOTED if promoted else REJECTED, GATE_REASON_TAG: reason,
             **{f"baseline.{k}": f"{v:.6f}" for k, v in baselines.items()}, **(extra_tags or {})}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    champion_after = champion_before
     if promoted:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+        champion_after = str(version)
     return GateDecision(
         version=str(version),
         promoted=promoted,
@@ -123,7 +142,7 @@ def gate_version(client, name: str, version: str, score: float, baselines: dict[
         score=score,
         champion_before=champion_before,
         champion_score=champion_score,
-        champion_after=str(version) if promoted else champion_before,
+        champion_after=champion_after,
         previous_week_version=previous_week_forward[0] if previous_week_forward else None,
         previous_week_forward_score=previous_week_forward[1] if previous_week_forward else None,
     )

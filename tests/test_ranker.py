@@ -477,3 +477,61 @@ def test_earlier_labelled_weeks_reads_the_weeks_the_lake_holds_with_every_featur
     assert skipped["2022-08-15"].startswith("features of older code: no " + FEATURE_COLUMNS[0])
     assert skipped["2022-08-08"] == "no features or evaluation labels in the lake"
     assert "2022-08-01" not in skipped  # beyond label_weeks
+
+
+def test_a_champion_that_cannot_be_scored_is_not_compared_and_a_moved_alias_is_left_alone(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipelines import registry
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    name = "guard-test"
+    client.create_registered_model(name)
+
+    def new_version():
+        return client.create_model_version(name, source=str(tmp_path / "model")).version
+
+    baselines = {"hand": 0.40}
+    first = gate_version(client, name, new_version(), 0.60, baselines, 0.002)
+    # 0.45 would lose to the champion's 0.60, but the champion cannot be loaded by this code.
+    unusable = gate_version(client, name, new_version(), 0.45, baselines, 0.002,
+                            champion_unusable="ValueError: feature columns differ")
+    assert unusable.promoted and unusable.champion_score is None
+    assert f"champion v{first.version} not comparable: ValueError: feature columns differ" in unusable.reason
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == unusable.version
+
+    # Another run moves the alias between this gate's read and its write: the alias stays put.
+    rival = new_version()
+    reads = iter([(unusable.version, 0.45), (rival, 0.70)])
+    monkeypatch.setattr(registry, "current_champion", lambda _client, _name: next(reads))
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, rival)
+    raced = gate_version(client, name, new_version(), 0.50, baselines, 0.002)
+    assert not raced.promoted and raced.champion_after == unusable.version
+    assert f"the champion moved from v{unusable.version} to v{rival}" in raced.reason
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == str(rival)
+    assert client.get_model_version(name, raced.version).tags[GATE_TAG] == REJECTED
+
+
+def test_a_week_publishes_with_the_champion_its_own_ranker_gate_chose():
+    from assets.recommendations import model_for_week
+
+    class Registry:
+        def __init__(self):
+            self.loaded = []
+
+        def load_version(self, version):
+            self.loaded.append(version)
+            return f"v{version}"
+
+        def load_champion(self):
+            self.loaded.append("champion")
+            return "the champion now"
+
+    registry = Registry()
+    summary = {"gate": {"version": "5", "promoted": False, "champion_after": "3"}}
+    assert model_for_week(registry, summary, "")[0] == "v3"  # not whatever the alias points at today
+    assert model_for_week(registry, summary, "champion")[0] == "the champion now"
+    assert model_for_week(registry, summary, "4")[0] == "v4"
+    assert registry.loaded == ["3", "champion", "4"]
+    with pytest.raises(LookupError, match="no champion"):
+        model_for_week(registry, {"gate": {"champion_after": None}}, "")
