@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,7 @@ QUARANTINE_TABLE = "events_quarantine"
 SESSIONS_TABLE = "sessions"
 STAGING_PREFIX = "_staging-"
 AUDIT_DIR = "_audit"
+LOCKS_DIR = "_locks"
 SIDECAR_NAME = "_stats.json"
 MODEL_TABLES = "model_tables"
 
@@ -91,13 +93,34 @@ class Lake:
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
-    @staticmethod
-    def _swap_into_place(staging: Path, target: Path) -> None:
+    def _swap_into_place(self, staging: Path, target: Path) -> None:
+        """Replace `target` by `staging`. Writers of the same partition take turns (an exclusive
+        lock per partition, held only for the two renames), so concurrent runs never interleave
+        their renames or leave retired folders behind."""
         retired = target.parent / f"{STAGING_PREFIX}retired-{uuid.uuid4().hex[:8]}"
-        if target.exists():
-            target.rename(retired)
-        staging.rename(target)
+        with self._partition_lock(target):
+            if target.exists():
+                target.rename(retired)
+            try:
+                staging.rename(target)
+            except BaseException:
+                if retired.exists() and not target.exists():
+                    retired.rename(target)  # put the previous version back
+                raise
         shutil.rmtree(retired, ignore_errors=True)
+
+    @contextmanager
+    def _partition_lock(self, target: Path):
+        import fcntl
+
+        lock_path = Path(self.root) / LOCKS_DIR / f"{target.relative_to(self.root)}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # waits for the other writer; released on exit or crash
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def read_partition(self, spark, table: str, week: Week):
         if not self.has_partition(table, week):

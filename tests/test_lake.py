@@ -1,0 +1,62 @@
+"""The lake's partition swaps under concurrent writers, and write-audit-publish (pipelines.lake)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+
+from pipelines.lake import AUDIT_DIR, Lake
+from pipelines.weeks import Week
+
+WEEK = Week.parse("2022-08-01", "Europe/Berlin")
+
+
+def _swap_many(root: str, writer: int, times: int, errors) -> None:
+    lake = Lake(root)
+    for attempt in range(times):
+        try:
+            lake.write_document({"writer": writer, "attempt": attempt}, "table", WEEK)
+        except Exception as error:  # noqa: BLE001 - counted by the test
+            errors.append(f"{type(error).__name__}: {error}")
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_concurrent_writers_of_one_week_never_fail_or_leave_debris(tmp_path, kind):
+    root, times = str(tmp_path / "lake"), 150
+    if kind == "threads":
+        errors: list[str] = []
+        workers = [threading.Thread(target=_swap_many, args=(root, w, times, errors)) for w in range(4)]
+    else:
+        errors = multiprocessing.Manager().list()
+        context = multiprocessing.get_context("fork")
+        workers = [context.Process(target=_swap_many, args=(root, w, times, errors)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert list(errors) == []
+    lake = Lake(root)
+    assert [p.name for p in lake.table_dir("table").iterdir()] == [WEEK.folder]
+    assert lake.read_stats("table", WEEK)["attempt"] == times - 1
+
+
+def test_an_audited_write_is_invisible_until_published(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_document({"version": "live"}, "table", WEEK)
+    audited = lake.audited(WEEK)
+    audited.write_document({"version": "staged"}, "table", WEEK)
+
+    assert lake.read_stats("table", WEEK) == {"version": "live"}
+    assert audited.read_stats("table", WEEK) == {"version": "staged"}
+    assert audited.staged_paths == {"table": str(lake.audit_dir("table", WEEK))}
+    assert audited.read_stats("other", WEEK) is None
+
+    live = audited.publish()
+    assert live == {"table": str(lake.partition_dir("table", WEEK))}
+    assert lake.read_stats("table", WEEK) == {"version": "staged"}
+    assert not (lake.table_dir("table") / AUDIT_DIR).exists()
+    with pytest.raises(ValueError, match="cannot write"):
+        audited.write_document({}, "table", WEEK.shift(1))
