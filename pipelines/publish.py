@@ -23,8 +23,16 @@ keeps that chain consistent at every moment:
    independent of ETags, which differ for multipart uploads);
 3. the week's `_manifest.json` is written;
 4. `_latest.json` is written last (and only moves forward in time unless asked to);
-5. objects of that week that the new manifest does not list (a previous publication of the
-   week, leftovers of a failed attempt) are deleted.
+5. objects of that week that neither the new manifest nor the `keep_previous` publications
+   before it list (older publications, leftovers of a failed attempt) are deleted: a reader
+   that fetched the previous manifest a moment ago can still read its files.
+
+At most one publisher works on a publish root at a time: it holds `_publish.lease` (created
+only if absent, taken over only when expired and only if unchanged since it was read: S3
+conditional writes, a lock file locally). `_latest.json` is replaced by compare-and-swap on
+what was read, so it moves only forward even when a publisher's lease expired mid-way.
+Every publication's manifest is also kept as `week=…/_publications/<id>.json`, which is how
+the previous publications' files are known.
 
 Any failure before step 4 raises `PublishError` naming the step and the object, and leaves
 `_latest.json` untouched. On a local folder every file is written to a temporary name,
@@ -39,8 +47,11 @@ import datetime as dt
 import hashlib
 import json
 import os
+import tempfile
+import time
 import uuid
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +72,8 @@ LIST_TABLE_KEYS: dict[str, tuple[str, ...]] = {
 
 MANIFEST_NAME = "_manifest.json"
 LATEST_NAME = "_latest.json"
+LEASE_NAME = "_publish.lease"
+PUBLICATIONS_FOLDER = "_publications"
 MANIFEST_FORMAT_VERSION = 1
 WEEK_PREFIX = "week="
 MB = 1024 * 1024
@@ -127,10 +140,19 @@ class PublishConfig:
     verify_checksums: bool = True
     # Publishing an older week (a backfill) leaves `_latest.json` on the newer week unless set.
     allow_latest_rewind: bool = False
+    # Publications of a week kept (besides the new one) so readers of a superseded manifest finish.
+    keep_previous: int = 1
+    # The publisher lease: how long it is valid, and how long a second publisher waits for it.
+    lease_ttl_seconds: float = 3600.0
+    lease_wait_seconds: float = 300.0
+    lease_poll_seconds: float = 2.0
 
     @classmethod
     def from_env(cls) -> "PublishConfig":
         return cls(
+            keep_previous=int(_env("RECSYS_PUBLISH_KEEP_PREVIOUS", "1")),
+            lease_ttl_seconds=float(_env("RECSYS_PUBLISH_LEASE_TTL_SECONDS", "3600")),
+            lease_wait_seconds=float(_env("RECSYS_PUBLISH_LEASE_WAIT_SECONDS", "300")),
             multipart_threshold=int(float(_env("RECSYS_PUBLISH_MULTIPART_THRESHOLD_MB", "64")) * MB),
             multipart_chunksize=int(float(_env("RECSYS_PUBLISH_MULTIPART_CHUNKSIZE_MB", "16")) * MB),
             max_concurrency=int(_env("RECSYS_PUBLISH_MAX_CONCURRENCY", "4")),
@@ -254,6 +276,39 @@ class _LocalTarget:
     def put_bytes(self, data: bytes, key: str, content_type: str, cache_control: str | None = None) -> None:
         self._atomic_write(key, lambda handle: handle.write(data))
 
+    @contextmanager
+    def _exclusive(self):
+        """Serialises compare-and-swap writes of this root across threads and processes."""
+        import fcntl
+
+        # Outside the published tree, so readers and listings never see it.
+        lock = Path(tempfile.gettempdir()) / f"recsys-publish-{hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:16]}.lock"
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def get_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        data = self.get_bytes(key)
+        return data, None if data is None else hashlib.sha256(data).hexdigest()
+
+    def put_if(self, data: bytes, key: str, content_type: str, expected_tag: str | None) -> bool:
+        """Write `key` only if it still has `expected_tag` (None: only if absent)."""
+        with self._exclusive():
+            if self.get_versioned(key)[1] != expected_tag:
+                return False
+            self.put_bytes(data, key, content_type)
+            return True
+
+    def delete_if(self, key: str, expected_tag: str) -> bool:
+        with self._exclusive():
+            if self.get_versioned(key)[1] != expected_tag:
+                return False
+            (self.root / key).unlink(missing_ok=True)
+            return True
+
     def size(self, key: str) -> int | None:
         path = self.root / key
         return path.stat().st_size if path.is_file() else None
@@ -332,6 +387,39 @@ class _S3Target:
         extra = {"CacheControl": cache_control} if cache_control else {}
         self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=content_type, **extra)
 
+    def get_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
+        except ClientError as error:
+            if _is_not_found(error):
+                return None, None
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def put_if(self, data: bytes, key: str, content_type: str, expected_tag: str | None) -> bool:
+        """Write `key` only if its ETag is still `expected_tag` (None: only if absent), by an S3
+        conditional write; False when another writer got there first."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if expected_tag is None else {"IfMatch": expected_tag}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=content_type,
+                                   CacheControl="no-cache", **condition)
+        except ClientError as error:
+            if _is_precondition_failure(error) or (expected_tag is not None and _is_not_found(error)):
+                return False
+            raise
+        return True
+
+    def delete_if(self, key: str, expected_tag: str) -> bool:
+        # S3 general-purpose buckets have no conditional delete everywhere: re-read, then delete.
+        if self.get_versioned(key)[1] != expected_tag:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+        return True
+
     def size(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
 
@@ -396,6 +484,12 @@ class _S3Target:
 def _is_not_found(error) -> bool:
     code = str(error.response.get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _is_precondition_failure(error) -> bool:
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or status in (409, 412)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -543,13 +637,85 @@ def _read_local_tables(table_dirs: Mapping[str, str | Path]) -> tuple[dict[str, 
 
 
 def new_publication_id(now: dt.datetime | None = None) -> str:
+    # Sorts in time order to the microsecond: which publications are the newest is read off the ids.
     now = now or dt.datetime.now(dt.timezone.utc)
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+    return f"{now.strftime('%Y%m%dT%H%M%S%f')}Z-{uuid.uuid4().hex[:8]}"
 
 
 def _read_json(target, key: str) -> dict[str, Any] | None:
     data = target.get_bytes(key)
     return None if data is None else json.loads(data)
+
+
+class PublisherBusyError(PublishError):
+    """Another publisher holds the root's lease; nothing was written."""
+
+
+@contextmanager
+def publisher_lease(target, owner: str, config: PublishConfig, week: str | None = None):
+    """Hold `_publish.lease` of the target for the block: created only if absent, or taken over
+    only when expired and unchanged since read. Waits up to `lease_wait_seconds` for a holder."""
+    deadline = time.monotonic() + config.lease_wait_seconds
+    while True:
+        now = time.time()
+        lease = {"owner": owner, "week": week, "acquired_at": now, "expires_at": now + config.lease_ttl_seconds}
+        try:
+            body, tag = target.get_versioned(LEASE_NAME)
+            held = json.loads(body) if body else None
+            # Expired, or ours: a retry of the same run after a crash takes its own lease back.
+            free = held is None or float(held.get("expires_at", 0)) <= now or held.get("owner") == owner
+            taken = free and target.put_if(
+                _json_bytes(lease), LEASE_NAME, "application/json", tag)
+        except Exception as error:  # noqa: BLE001
+            raise PublishError("acquire lease", target.describe(LEASE_NAME), _cause(error), week) from error
+        if taken:
+            break
+        if held is not None and time.monotonic() >= deadline:
+            raise PublisherBusyError(
+                "acquire lease", target.describe(LEASE_NAME),
+                f"held by {held.get('owner')} (week {held.get('week')}) until "
+                f"{dt.datetime.fromtimestamp(float(held['expires_at']), dt.timezone.utc).isoformat(timespec='seconds')}",
+                week,
+            )
+        time.sleep(config.lease_poll_seconds)
+    try:
+        yield lease
+    finally:
+        try:
+            body, tag = target.get_versioned(LEASE_NAME)
+            if body and json.loads(body).get("owner") == owner:
+                target.delete_if(LEASE_NAME, tag)
+        except Exception:  # noqa: BLE001 - the lease expires by itself; never hide the publication's own error
+            pass
+
+
+def _move_latest_forward(target, key: str, m_key: str, allow_rewind: bool, attempts: int = 10) -> tuple[bool, str | None]:
+    """Compare-and-swap `_latest.json` to `key` unless it points at a newer week: (moved, week it
+    points at when not moved)."""
+    for _ in range(attempts):
+        body, tag = target.get_versioned(LATEST_NAME)
+        latest_week = json.loads(body).get("week") if body else None
+        if not (latest_week is None or latest_week <= key or allow_rewind):
+            return False, latest_week
+        if target.put_if(_json_bytes({"week": key, "manifest": m_key}), LATEST_NAME, "application/json", tag):
+            return True, None
+    raise RuntimeError(f"_latest.json changed under {attempts} consecutive compare-and-swap attempts")
+
+
+def _publication_key(folder: str, publication_id: str) -> str:
+    return f"{folder}/{PUBLICATIONS_FOLDER}/{publication_id}.json"
+
+
+def _kept_keys(target, folder: str, current_id: str, keep_previous: int, keys: list[str]) -> set[str]:
+    """The week's objects a reader may still need: the newest `keep_previous` publications before
+    the current one, their manifests and the files they list."""
+    prefix = f"{folder}/{PUBLICATIONS_FOLDER}/"
+    previous = sorted(k for k in keys if k.startswith(prefix) and k != _publication_key(folder, current_id))
+    kept = set(previous[-keep_previous:]) if keep_previous > 0 else set()
+    for record in list(kept):
+        manifest = _read_json(target, record) or {}
+        kept.update(entry["key"] for table in manifest.get("tables", {}).values() for entry in table.get("files", []))
+    return kept
 
 
 def publish_week(
@@ -566,15 +732,24 @@ def publish_week(
     """Publish the four tables of `week` (local Spark output folders, keyed by table name) to `target_uri`.
 
     Raises `PublishError` (step, object, cause) on any failure before `_latest.json` is written;
-    `_latest.json` is then untouched. See the module docstring for the order of operations.
+    `_latest.json` is then untouched; `PublisherBusyError` when another publisher held the root's
+    lease for longer than `lease_wait_seconds`. See the module docstring for the order of operations.
     """
     config = config or PublishConfig()
     key = week_key(week)
-    folder = week_folder(key)
     target = _target(target_uri, s3_client, config)
-
     files, schemas = _read_local_tables(table_dirs)
-    publication_id = publication_id or new_publication_id()
+    # A Dagster run (and its retries) is one owner; without one, each call is its own.
+    owner = dagster_run_id or f"pid-{os.getpid()}-{uuid.uuid4().hex}"
+    with publisher_lease(target, owner, config, key):
+        # Named once the lease is held, so ids sort in publication order (keep_previous relies on it).
+        publication_id = publication_id or new_publication_id()
+        return _publish_holding_lease(target, files, schemas, key, model, publication_id, dagster_run_id, config)
+
+
+def _publish_holding_lease(target, files, schemas, key: str, model: ModelInfo, publication_id: str,
+                           dagster_run_id: str | None, config: PublishConfig) -> PublishResult:
+    folder = week_folder(key)
 
     try:
         previous_latest = _read_json(target, LATEST_NAME)
@@ -650,37 +825,42 @@ def publish_week(
     }
     m_key = manifest_key(key)
     try:
+        previous_manifest = _read_json(target, m_key)
+        if previous_manifest and previous_manifest.get("publication_id"):
+            # Publications from before records were kept: record it so its files count as previous.
+            record = _publication_key(folder, previous_manifest["publication_id"])
+            if target.size(record) is None:
+                target.put_bytes(_json_bytes(previous_manifest), record, "application/json")
+        target.put_bytes(_json_bytes(manifest), _publication_key(folder, publication_id), "application/json")
         target.put_bytes(_json_bytes(manifest), m_key, "application/json", cache_control="no-cache")
     except Exception as error:  # noqa: BLE001
         # The manifest may have been stored despite the error: keep the files it would list.
         raise fail("write manifest", m_key, error, cleanup=False) from error
 
-    # 4. `_latest.json`, last; it only moves forward unless a rewind is allowed.
-    latest_week = (previous_latest or {}).get("week")
-    move_latest = latest_week is None or latest_week <= key or config.allow_latest_rewind
+    # 4. `_latest.json`, last, by compare-and-swap; it only moves forward unless a rewind is allowed.
+    try:
+        move_latest, newer_week = _move_latest_forward(target, key, m_key, config.allow_latest_rewind)
+    except Exception as error:  # noqa: BLE001
+        raise PublishError(
+            "write _latest.json",
+            target.describe(LATEST_NAME),
+            _cause(error),
+            key,
+            f"the week's manifest is written; _latest.json may still be the previous one ({latest_note})",
+        ) from error
     if move_latest:
-        try:
-            target.put_bytes(
-                _json_bytes({"week": key, "manifest": m_key}), LATEST_NAME, "application/json", cache_control="no-cache"
-            )
-        except Exception as error:  # noqa: BLE001
-            raise PublishError(
-                "write _latest.json",
-                target.describe(LATEST_NAME),
-                _cause(error),
-                key,
-                f"the week's manifest is written; _latest.json may still be the previous one ({latest_note})",
-            ) from error
         note = f"_latest.json now points to week {key}"
     else:
-        note = f"_latest.json stays on the newer week {latest_week} (allow_latest_rewind to move it back)"
+        note = f"_latest.json stays on the newer week {newer_week} (allow_latest_rewind to move it back)"
 
-    # 5. Drop the week's objects the new manifest does not list (earlier publications, failed attempts).
-    keep = {m_key, *uploaded}
+    # 5. Drop the week's objects that neither this publication nor the kept previous ones list.
+    keep = {m_key, _publication_key(folder, publication_id), *uploaded}
     deleted: list[str] = []
     cleanup_errors: list[str] = []
     try:
-        stale = [k for k in target.list_keys(f"{folder}/") if k not in keep]
+        keys = target.list_keys(f"{folder}/")
+        keep |= _kept_keys(target, folder, publication_id, config.keep_previous, keys)
+        stale = [k for k in keys if k not in keep]
         if stale:
             failed = target.delete(stale)
             deleted = [k for k in stale if k not in failed]

@@ -17,6 +17,8 @@ from pipelines.publish import (
     FREQUENTLY_BOUGHT_TOGETHER,
     GATE_ROW_COUNTS,
     LATEST_NAME,
+    LEASE_NAME,
+    PUBLICATIONS_FOLDER,
     PUBLISHED_TABLES,
     SESSION_RECOMMENDATIONS,
     SIMILAR_ITEMS,
@@ -24,6 +26,7 @@ from pipelines.publish import (
     ModelInfo,
     PublishConfig,
     PublishError,
+    PublisherBusyError,
     download_table,
     local_row_counts,
     make_s3_client,
@@ -152,6 +155,11 @@ def manifest_keys(manifest) -> set[str]:
     return {f["key"] for entry in manifest["tables"].values() for f in entry["files"]}
 
 
+def record_key(result) -> str:
+    """Where a publication's manifest is kept (`week=…/_publications/<id>.json`)."""
+    return f"week={result.week}/{PUBLICATIONS_FOLDER}/{result.publication_id}.json"
+
+
 # --- S3 -------------------------------------------------------------------------------
 
 
@@ -191,7 +199,7 @@ def test_publish_to_s3_and_read_back(s3, bucket, tables, tmp_path):
     report = verify_manifest(uri, WEEK_A, s3)
     assert report.ok and report.files_checked == 5
     assert published_weeks(uri, s3) == [WEEK_A]
-    assert week_objects(s3, bucket, "recsys", WEEK_A) == manifest_keys(manifest) | {f"week={WEEK_A}/_manifest.json"}
+    assert week_objects(s3, bucket, "recsys", WEEK_A) == manifest_keys(manifest) | {f"week={WEEK_A}/_manifest.json", record_key(result)}
 
 
 def test_multipart_uploads_verify_independently_of_etags(s3, bucket, tables):
@@ -228,13 +236,13 @@ def test_server_dying_halfway_leaves_latest_on_the_previous_week(s3, bucket, tab
 
     def kill_after_third_put(**kwargs):
         puts.append(kwargs.get("model").name)
-        if len(puts) == 3:
+        if len(puts) == 4:  # the lease, then three data files
             kill_moto(server)
 
     dying.meta.events.register("after-call.s3.PutObject", kill_after_third_put)
     try:
         with pytest.raises(PublishError) as failure:
-            publish_week(tables, WEEK_B, MODEL, uri, dying)
+            publish_week(tables, WEEK_B, MODEL, uri, dying, dagster_run_id="run-b")
     finally:
         if server._server_ready_event.is_set():
             kill_moto(server)
@@ -245,7 +253,7 @@ def test_server_dying_halfway_leaves_latest_on_the_previous_week(s3, bucket, tab
     message = str(error)
     assert "failed at step 'upload'" in message
     assert f"_latest.json was left untouched (still week {WEEK_A})" in message
-    assert len(puts) == 3
+    assert len(puts) == 4
 
     # Readers still see week A, completely.
     assert read_latest(uri, s3) == {"week": WEEK_A, "manifest": f"week={WEEK_A}/_manifest.json"}
@@ -255,11 +263,14 @@ def test_server_dying_halfway_leaves_latest_on_the_previous_week(s3, bucket, tab
     leftovers = week_objects(s3, bucket, "recsys", WEEK_B)
     assert len(leftovers) == 3  # the server died before the cleanup could run
 
-    # The next publication of the week succeeds and leaves nothing of the failed attempt behind.
-    retry = publish_week(tables, WEEK_B, MODEL, uri, s3)
+    # The dead attempt's lease is still there; the run's retry takes it back, succeeds and leaves
+    # nothing of the failed attempt behind.
+    assert json.loads(s3.get_object(Bucket=bucket, Key=f"recsys/{LEASE_NAME}")["Body"].read())["owner"] == "run-b"
+    retry = publish_week(tables, WEEK_B, MODEL, uri, s3, dagster_run_id="run-b")
     assert read_latest(uri, s3)["week"] == WEEK_B
     assert set(retry.deleted) == leftovers
-    assert week_objects(s3, bucket, "recsys", WEEK_B) == manifest_keys(retry.manifest) | {f"week={WEEK_B}/_manifest.json"}
+    assert week_objects(s3, bucket, "recsys", WEEK_B) == manifest_keys(retry.manifest) | {f"week={WEEK_B}/_manifest.json", record_key(retry)}
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"recsys/{LEASE_NAME}")
 
 
 class Refused(Exception):
@@ -343,10 +354,23 @@ def test_rerun_of_a_week_replaces_its_files(spark, s3, bucket, tables, tmp_path)
     assert manifest["publication_id"] == second.publication_id and manifest["model"]["version"] == "4"
     assert manifest["row_counts"][SESSION_RECOMMENDATIONS] == 9
     assert read_latest(uri, s3) == {"week": WEEK_A, "manifest": f"week={WEEK_A}/_manifest.json"}
-    assert week_objects(s3, bucket, "recsys", WEEK_A) == manifest_keys(manifest) | {f"week={WEEK_A}/_manifest.json"}
     assert manifest_keys(first.manifest).isdisjoint(manifest_keys(manifest))
-    assert set(second.deleted) == manifest_keys(first.manifest) | {f"week={WEEK_A}/similar_items/part-00000-orphan.parquet"}
+    # The superseded publication stays for readers that fetched its manifest a moment ago.
+    assert set(second.deleted) == {f"week={WEEK_A}/similar_items/part-00000-orphan.parquet"}
+    assert week_objects(s3, bucket, "recsys", WEEK_A) == (
+        manifest_keys(manifest) | manifest_keys(first.manifest) | {f"week={WEEK_A}/_manifest.json", record_key(first), record_key(second)}
+    )
     assert verify_manifest(uri, WEEK_A, s3).ok
+
+    # One publication later it goes.
+    third = publish_week(second_tables, WEEK_A, ModelInfo("session-recommender", 4, "run-4"), uri, s3)
+    assert set(third.deleted) == manifest_keys(first.manifest) | {record_key(first)}
+    assert week_objects(s3, bucket, "recsys", WEEK_A) == (
+        manifest_keys(third.manifest) | manifest_keys(second.manifest) | {f"week={WEEK_A}/_manifest.json", record_key(second), record_key(third)}
+    )
+    # Keeping none deletes the superseded publication right away.
+    fourth = publish_week(second_tables, WEEK_A, MODEL, uri, s3, config=PublishConfig(keep_previous=0))
+    assert set(fourth.deleted) == manifest_keys(second.manifest) | manifest_keys(third.manifest) | {record_key(second), record_key(third)}
 
 
 def test_backfilling_an_older_week_does_not_move_latest_back(s3, bucket, tables):
@@ -382,9 +406,9 @@ def test_local_folder_target(spark, tables, tmp_path):
     assert json.loads((root / LATEST_NAME).read_text()) == {"week": WEEK_A, "manifest": f"week={WEEK_A}/_manifest.json"}
     assert verify_manifest(str(root), WEEK_A).ok
 
-    second = publish_week(tables, WEEK_A, MODEL, str(root), dagster_run_id="rerun")
+    second = publish_week(tables, WEEK_A, MODEL, str(root), dagster_run_id="rerun", config=PublishConfig(keep_previous=0))
     files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    assert files == manifest_keys(second.manifest) | {f"week={WEEK_A}/_manifest.json", LATEST_NAME}
+    assert files == manifest_keys(second.manifest) | {f"week={WEEK_A}/_manifest.json", LATEST_NAME, record_key(second)}
     assert manifest_keys(first.manifest).isdisjoint(files)
     assert not [p for p in root.rglob(".*")], "temporary files left behind"
 
@@ -533,3 +557,116 @@ def test_row_counts_are_enforced_once_both_weeks_learned_from_a_full_window():
     assert reason == "training window not full yet (week 2022-08-22 learned from 3 of 4 weeks)"
     assert "week 2022-08-08 learned from 1 of 4" in warm_up_reason(config, "2022-08-15", "2022-08-08")
     assert warm_up_reason(config, "2022-09-05", "2022-08-29") is None
+
+
+# --- concurrency and dying servers -----------------------------------------------------
+
+
+def _latest_is_consistent(uri, client=None) -> dict:
+    latest = read_latest(uri, client)
+    assert verify_manifest(uri, latest["week"], client).ok, "the manifest _latest.json names lists missing files"
+    return latest
+
+
+def _publish_in_threads(calls) -> list:
+    import threading
+
+    outcomes = [None] * len(calls)
+
+    def run(index, call):
+        try:
+            outcomes[index] = call()
+        except Exception as error:  # noqa: BLE001 - asserted by the caller
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_concurrent_publishers_take_turns_and_latest_only_moves_forward(s3, bucket, tables, tmp_path, where):
+    uri, client = (str(tmp_path / "published"), None) if where == "folder" else (f"s3://{bucket}/race", s3)
+    fast = PublishConfig(lease_poll_seconds=0.05)
+    calls = [
+        *(lambda i=i: publish_week(tables, WEEK_A, MODEL, uri, client, dagster_run_id=f"a{i}", config=fast) for i in range(3)),
+        *(lambda i=i: publish_week(tables, WEEK_B, MODEL, uri, client, dagster_run_id=f"b{i}", config=fast) for i in range(3)),
+    ]
+    outcomes = _publish_in_threads(calls)
+    assert [type(o).__name__ for o in outcomes] == ["PublishResult"] * 6
+    # Whatever the order, the older week never moved _latest.json back, and every file it names exists.
+    assert _latest_is_consistent(uri, client)["week"] == WEEK_B
+    assert verify_manifest(uri, WEEK_A, client).ok
+    for week in (WEEK_A, WEEK_B):
+        newest = max((o for o in outcomes if o.week == week), key=lambda o: o.publication_id)
+        assert read_manifest(uri, week, client)["publication_id"] == newest.publication_id
+
+
+def _publish_from_a_process(root: str, tables, week: str, run_id: str) -> str:
+    return publish_week(tables, week, MODEL, root, dagster_run_id=run_id, config=PublishConfig(lease_poll_seconds=0.05)).publication_id
+
+
+def test_concurrent_publisher_processes_on_a_folder(tables, tmp_path):
+    import concurrent.futures
+    import multiprocessing
+
+    root = str(tmp_path / "published")
+    with concurrent.futures.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_publish_from_a_process, root, tables, week, f"{week}-{i}")
+                   for i in range(3) for week in (WEEK_B, WEEK_A)]
+        ids = [future.result() for future in futures]
+    assert len(set(ids)) == 6
+    assert _latest_is_consistent(root)["week"] == WEEK_B
+    assert not (Path(root) / LEASE_NAME).exists()
+
+
+def test_a_held_lease_makes_a_second_publisher_fail_cleanly(s3, bucket, tables):
+    import time as clock
+
+    uri = f"s3://{bucket}/busy"
+    holder = {"owner": "someone-else", "week": WEEK_B, "acquired_at": clock.time(), "expires_at": clock.time() + 600}
+    s3.put_object(Bucket=bucket, Key=f"busy/{LEASE_NAME}", Body=json.dumps(holder).encode())
+    with pytest.raises(PublisherBusyError, match="held by someone-else"):
+        publish_week(tables, WEEK_A, MODEL, uri, s3, config=PublishConfig(lease_wait_seconds=0.3, lease_poll_seconds=0.1))
+    assert read_latest(uri, s3) is None
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="busy/week=")
+
+    # An expired lease is taken over.
+    holder["expires_at"] = clock.time() - 1
+    s3.put_object(Bucket=bucket, Key=f"busy/{LEASE_NAME}", Body=json.dumps(holder).encode())
+    assert publish_week(tables, WEEK_A, MODEL, uri, s3).latest_updated
+
+
+@pytest.mark.parametrize("kill_at", ["manifest", "latest", "multipart"])
+def test_a_server_killed_at_the_manifest_latest_or_a_multipart_upload(s3, bucket, tables, kill_at):
+    uri = f"s3://{bucket}/recsys"
+    publish_week(tables, WEEK_A, MODEL, uri, s3)
+    server, endpoint = start_moto()
+    dying = make_s3_client(endpoint_url=endpoint, max_attempts=2)
+
+    def kill_before(**kwargs):
+        key = kwargs["params"].get("Key", "")
+        if (kill_at == "manifest" and f"/{PUBLICATIONS_FOLDER}/" in key) or (kill_at == "latest" and key.endswith(LATEST_NAME)):
+            kill_moto(server)
+
+    def kill_after_a_part(**_):
+        kill_moto(server)
+
+    dying.meta.events.register("before-parameter-build.s3.PutObject", kill_before)
+    dying.meta.events.register("after-call.s3.UploadPart", kill_after_a_part)
+    config = PublishConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024) if kill_at != "multipart" \
+        else PublishConfig(multipart_threshold=1, multipart_chunksize=5 * 1024 * 1024)
+    try:
+        with pytest.raises(PublishError) as failure:
+            publish_week(tables, WEEK_B, MODEL, uri, dying, dagster_run_id="run-b", config=config)
+    finally:
+        if server._server_ready_event.is_set():
+            kill_moto(server)
+    expected_step = {"manifest": "write manifest", "latest": "write _latest.json", "multipart": "upload"}[kill_at]
+    assert failure.value.step == expected_step
+    assert _latest_is_consistent(uri, s3)["week"] == WEEK_A
+    retry = publish_week(tables, WEEK_B, MODEL, uri, s3, dagster_run_id="run-b")
+    assert retry.latest_updated and _latest_is_consistent(uri, s3)["week"] == WEEK_B
