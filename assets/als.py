@@ -20,6 +20,7 @@ from dagster import (
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
+from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.als import (
     ALS_ITEM_FACTORS_TABLE,
@@ -69,6 +70,7 @@ class AlsRunConfig(Config):
 
 
 @asset(
+    pool=SPARK_POOL,
     deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
     partitions_def=weekly_partitions,
     group_name="candidate_sources",

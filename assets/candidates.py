@@ -14,6 +14,7 @@ from assets.als import als
 from assets.covisitation import covisitation
 from assets.eval_split import eval_split
 from assets.partitions import weekly_partitions
+from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from assets.top_sellers import top_sellers
 from pipelines.als import SIMILAR_ITEMS_TABLE
@@ -58,6 +59,7 @@ def report_table(report: dict) -> str:
 
 
 @asset(
+    pool=SPARK_POOL,
     code_version=FEATURE_CODE_VERSION,
     deps=[eval_split, top_sellers, covisitation, als],
     partitions_def=weekly_partitions,

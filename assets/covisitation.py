@@ -14,6 +14,7 @@ from dagster import (
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
+from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.covisitation import COVISITATION_TABLE, MATRICES, CovisitationConfig, build_covisitation, validation_frame
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
@@ -43,6 +44,7 @@ def _training_window(context, spark, lake, pipeline_config):
 
 
 @asset(
+    pool=SPARK_POOL,
     deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
     partitions_def=weekly_partitions,
     group_name="candidate_sources",

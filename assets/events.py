@@ -16,6 +16,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from assets.partitions import weekly_partitions
+from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE
@@ -45,6 +46,7 @@ raw_jsonl = AssetSpec(
 
 
 @asset(
+    pool=SPARK_POOL,
     deps=[raw_jsonl],
     partitions_def=weekly_partitions,
     group_name="ingest",

@@ -14,6 +14,7 @@ from dagster import (
 from assets.candidates import candidates
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
+from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.candidates import CANDIDATES_TABLE
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
@@ -36,6 +37,7 @@ FEATURES_CHECKS = AuditedChecks("features", {
 
 
 @asset(
+    pool=SPARK_POOL,
     code_version=FEATURE_CODE_VERSION,
     deps=[candidates, AssetDep(events, partition_mapping=training_weeks_before)],
     partitions_def=weekly_partitions,

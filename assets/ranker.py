@@ -20,6 +20,7 @@ from assets.candidates import CANDIDATE_CONFIG
 from assets.features import features
 from pipelines.features import source_tables
 from assets.partitions import labelled_weeks, weekly_partitions
+from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from pipelines.config import EVENT_TYPES
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
@@ -130,6 +131,7 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
 
 
 @asset(
+    pool=SPARK_POOL,
     deps=[AssetDep(features, partition_mapping=labelled_weeks)],
     partitions_def=weekly_partitions,
     group_name="ranking",

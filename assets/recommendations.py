@@ -22,6 +22,7 @@ from dagster_aws.s3 import S3Resource
 from assets.als import als
 from assets.covisitation import covisitation
 from assets.partitions import weekly_partitions
+from assets.pools import PUBLISH_POOL, SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, markdown_table
 from assets.ranker import RANKER_TABLE, ranker
 from assets.sessions import sessions
@@ -87,6 +88,7 @@ def _s3_client(uri: str, s3: S3Resource):
 
 
 @asset(
+    pool=SPARK_POOL,
     deps=[ranker, top_sellers, covisitation, als, sessions],
     partitions_def=weekly_partitions,
     group_name="publishing",
@@ -180,6 +182,7 @@ def publish_gates(
 
 
 @asset(
+    pool=PUBLISH_POOL,
     deps=[recommendation_tables],
     partitions_def=weekly_partitions,
     group_name="publishing",

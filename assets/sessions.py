@@ -13,6 +13,7 @@ from dagster import (
 
 from assets.events import events
 from assets.partitions import history_window, weekly_partitions
+from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.lake import SESSIONS_TABLE
 from pipelines.quality import drift_frame, drift_suite, sessions_suite, sessions_validation_frame, validate
@@ -31,6 +32,7 @@ SESSIONS_CHECKS = AuditedChecks("sessions", {
 
 
 @asset(
+    pool=SPARK_POOL,
     deps=[AssetDep(events, partition_mapping=history_window)],
     partitions_def=weekly_partitions,
     group_name="ingest",

@@ -14,6 +14,7 @@ from dagster import (
 from assets.eval_split import eval_split
 from assets.events import events
 from assets.partitions import training_weeks_before, weekly_partitions
+from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
 from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
@@ -30,6 +31,7 @@ TOP_SELLERS_CONFIG = TopSellersConfig()
 
 
 @asset(
+    pool=SPARK_POOL,
     deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
     partitions_def=weekly_partitions,
     group_name="candidate_sources",

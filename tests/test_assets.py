@@ -197,3 +197,27 @@ def test_a_blocked_rerun_leaves_the_live_week_and_downstream_untouched(spark, tm
     assert lake.read_stats(EVENTS_TABLE, first)["events"] == 30 * 5
     assert not (lake.table_dir(EVENTS_TABLE) / "_audit").exists()
     assert sorted(p.name for p in lake.table_dir(EVENTS_TABLE).iterdir()) == [first.folder, second.folder]
+
+
+def test_spark_and_publishing_steps_are_in_pools_the_instance_limits_to_one(tmp_path, monkeypatch):
+    """CLI materializations and `jobs.run_weeks` bypass the run queue; the pools still hold them."""
+    import shutil
+
+    from assets.pools import PUBLISH_POOL, SPARK_POOL
+    from pipelines.config import PROJECT_ROOT
+
+    graph = defs.resolve_asset_graph()
+    pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys() if graph.get(key).is_materializable}
+    spark_assets = {name for name, node in ((k.to_user_string(), graph.get(k)) for k in graph.get_all_asset_keys())
+                    if node.is_materializable and "spark" in node.assets_def.required_resource_keys}
+    assert spark_assets >= {"events", "sessions", "als", "ranker", "recommendation_tables"}
+    assert all(pools[name] == {SPARK_POOL} for name in spark_assets)
+    assert pools["published_recommendations"] == {PUBLISH_POOL}
+
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with DagsterInstance.get() as instance:
+        config = instance.get_concurrency_config()
+        assert config.pool_config.default_pool_limit == 1
+        assert config.pool_config.pool_granularity.value == "op"
+        assert config.run_queue_config.max_concurrent_runs == 1

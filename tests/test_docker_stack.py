@@ -363,10 +363,9 @@ def test_instance_uses_postgres_with_credentials_from_the_compose_environment(do
 def test_instance_run_policy_matches_local_instance(docker_dagster_yaml):
     local = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())
     assert docker_dagster_yaml["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert (
-        docker_dagster_yaml["run_coordinator"]["config"]["max_concurrent_runs"]
-        == local["run_coordinator"]["config"]["max_concurrent_runs"]
-    )
+    assert docker_dagster_yaml["concurrency"] == local["concurrency"]
+    assert local["concurrency"]["runs"]["max_concurrent_runs"] == 1
+    assert local["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
     assert docker_dagster_yaml["run_launcher"]["class"] == "DefaultRunLauncher"
     assert docker_dagster_yaml["telemetry"]["enabled"] is False
     assert docker_dagster_yaml["compute_logs"]["class"] == "LocalComputeLogManager"
@@ -383,8 +382,8 @@ def test_instance_config_passes_dagsters_own_schema(stack_env, tmp_path):
     assert (ref.storage_data.module_name, ref.storage_data.class_name) == ("dagster_postgres", "DagsterPostgresStorage")
 
     # Classes that need no database are built for real.
-    coordinator = ref.run_coordinator_data.rehydrate(as_type=QueuedRunCoordinator)
-    assert coordinator.get_run_queue_config().max_concurrent_runs == 1
+    ref.run_coordinator_data.rehydrate(as_type=QueuedRunCoordinator)
+    assert ref.settings["concurrency"]["runs"]["max_concurrent_runs"] == 1
     ref.run_launcher_data.rehydrate()
 
     compute_logs_class = class_from_code_pointer(ref.compute_logs_data.module_name, ref.compute_logs_data.class_name)
