@@ -132,6 +132,12 @@ def test_a_corrupted_covisitation_table_fails_its_check_and_blocks_candidates(tw
     failed = checks["covisitation_contract"].metadata["failed_expectations"].value
     assert any(f["kwargs"].get("column") == "is_self_pair" for f in failed)
     assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {"covisitation"}
+    # Write-audit-publish: the corrupted version never went live; it is kept where the check says.
+    live = spark.read.parquet(str(tmp_path / "lake" / "covisitation" / f"week={WEEKS[1]}"))
+    assert live.count() > 0 and live.where("aid = neighbour").count() == 0
+    staged = checks["covisitation_contract"].metadata["staged_version"].value["covisitation"]
+    assert staged.endswith(f"covisitation/_audit/week={WEEKS[1]}")
+    assert spark.read.parquet(staged).where("aid = neighbour").count() > 0
 
 
 # --- ranker, MLflow, registry, predict and serving --------------------------------------
