@@ -155,13 +155,12 @@ def cluster_driver_env(env: dict[str, str], master_url: str, raw_dir: Path, lake
 PLAN = [(FIRST_WEEK, FEATURE_ASSETS), (WEEK, GRAPH_ASSETS)]
 
 
-def assert_all_passed(runs: list[dict], log: str = "", with_checks: bool = True) -> None:
+def assert_all_passed(runs: list[dict], log: str = "") -> None:
     assert [run["week"] for run in runs] == [week for week, _ in PLAN], runs
     for run, (_, assets) in zip(runs, PLAN):
         assert run["success"], (run["week"], run["failures"], log)
         assert set(run["materialized"]) == set(assets), run
-        if with_checks:
-            assert run["checks"] and all(run["checks"].values()), run["checks"]
+        assert run["checks"] and all(run["checks"].values()), run["checks"]
 
 
 def read_rows(lake: Path, table: str, week: str = WEEK) -> list[dict]:
@@ -273,13 +272,12 @@ def test_whole_graph_on_a_standalone_cluster_matches_local_mode(spark, tmp_path)
                 env=cluster_driver_env(env, master_url, raw_dir, cluster_lake, cluster_mlflow, cluster_published),
                 cwd=REPO_ROOT,
             ) as driver:
-                # While the cluster works, the same plan runs here in local mode on the suite's session,
-                # without the checks: this run is only the reference for the tables (the checks run
-                # on the cluster).
+                # While the cluster works, the same plan runs here in local mode on the suite's session:
+                # the reference for the tables (the checks are part of each asset, so they run here too).
                 local_began = time.monotonic()
-                local_runs = materialize(local_definitions, PLAN, run_config, with_checks=False)
+                local_runs = materialize(local_definitions, PLAN, run_config)
                 timings["local_run"] = time.monotonic() - local_began
-                assert_all_passed(local_runs, with_checks=False)
+                assert_all_passed(local_runs)
                 try:
                     returncode = driver.popen.wait(timeout=max(1.0, PIPELINE_TIMEOUT - (time.monotonic() - began)))
                 except subprocess.TimeoutExpired:
