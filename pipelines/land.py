@@ -214,6 +214,19 @@ def merged_layout(out_dir: str | Path, part_name: str) -> Iterator[Path]:
     shutil.rmtree(staging)
 
 
+def _swap_in(staging: Path, out: Path) -> None:
+    # Renames within one file system are cheap; the old output is moved aside before the
+    # new one moves in so that the gap in which readers see neither is as short as possible.
+    retired = Path(tempfile.mkdtemp(prefix=".retired-", dir=out))
+    for old in out.iterdir():
+        if old.is_dir() and (old.name.startswith(WEEK_FOLDER_PREFIX) or old.name == REJECTED_FOLDER):
+            old.rename(retired / old.name)
+    for new in sorted(staging.iterdir()):
+        new.rename(out / new.name)
+    staging.rmdir()
+    shutil.rmtree(retired)
+
+
 def _split_by_week(line: bytes, locate_week: "_WeekLocator") -> tuple[Any, dict[Week, list], str | None]:
     """Parse a line and group its events by week, or say why it cannot be placed."""
     try:
