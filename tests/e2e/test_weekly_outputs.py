@@ -328,7 +328,10 @@ def test_the_champion_is_served_over_http(two_weeks, held_out, tmp_path):
     first = json.loads((held_out / "sessions.jsonl").read_text().splitlines()[0])
     with managed_process(
         [str(mlflow_cli), "models", "serve", "-m", f"models:/{resource.registered_model_name}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1",
+         # The first request starts the Spark driver (about 20 s idle); on a loaded CI machine
+         # that passed MLflow's default 60 s request timeout and came back as a 504.
+         "--timeout", "300"],
         tmp_path / "serve.log", name="mlflow models serve", env=env,
     ) as server:
         server.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), timeout=180)
