@@ -92,9 +92,15 @@ def registered_scores_on(registered, eval_sessions, labels, predictions_csv: Pat
         predictions.unpersist()
 
 
+# What a registered version that this code cannot load or score raises: other feature columns
+# (ValueError from `Bundle`), a lake snapshot that is gone, code it was pickled with that no longer
+# exists. Anything else (a registry or storage outage, memory) fails the step as before.
+INCOMPATIBLE_MODEL_ERRORS = (ValueError, KeyError, TypeError, AttributeError, ImportError, FileNotFoundError)
+
+
 def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sessions, labels, context):
     """(the week before's version and its scores on this week's sessions, the champion's score on
-    them, why the champion could not be scored): the first is that model's forward score, logged
+    them, why the champion could not be scored, the champion version these are about): the first is that model's forward score, logged
     with its lists into the run that trained it (the labels are this week's run's
     `evaluation/labels.jsonl`); the champion, often the same version, is scored once. A version
     the current code cannot load or score (other feature columns, say) is reported, not raised."""
@@ -111,7 +117,7 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
                 record_forward_score(client, name, previous, forward, week.key, artifacts=[lists])
             context.log.info(f"v{previous.version} (week {week.shift(-1).key}) scores {forward['score']:.4f} forward "
                              "on this week's evaluation sessions")
-        except Exception as error:  # noqa: BLE001 - an old version must not fail this week's ranker
+        except INCOMPATIBLE_MODEL_ERRORS as error:  # an old version must not fail this week's ranker
             context.log.warning(f"v{previous.version} (week {week.shift(-1).key}) could not be scored forward: "
                                 f"{type(error).__name__}: {error}")
             previous = None
@@ -123,11 +129,11 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
         try:
             champion_now = registered_scores_on(mlflow_tracking.load_champion(), eval_sessions, labels)["score"]
             context.log.info(f"champion v{champion_version} scores {champion_now:.4f} on this week's evaluation sessions")
-        except Exception as error:  # noqa: BLE001 - reported in the gate's reason instead
+        except INCOMPATIBLE_MODEL_ERRORS as error:  # reported in the gate's reason instead
             champion_unusable = f"{type(error).__name__}: {error}"[:500]
             context.log.warning(f"champion v{champion_version} cannot be scored with this code, so it is not compared "
                                 f"against: {champion_unusable}")
-    return (None if previous is None else (str(previous.version), forward)), champion_now, champion_unusable
+    return (None if previous is None else (str(previous.version), forward)), champion_now, champion_unusable, champion_version
 
 
 @asset(
@@ -215,7 +221,7 @@ def ranker(
         mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
-        previous_week, champion_now, champion_unusable = forward_and_champion_scores(
+        previous_week, champion_now, champion_unusable, champion_scored = forward_and_champion_scores(
             mlflow_tracking, week, audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
         if champion_now is not None:
             mlflow.log_metric("champion.score_on_week", champion_now)
@@ -224,7 +230,7 @@ def ranker(
         decision = gate_version(
             mlflow_tracking.client, mlflow_tracking.registered_model_name, registered.version, score, baselines,
             mlflow_tracking.champion_tolerance, extra_tags={WEEK_TAG: week.key, RUN_ID_TAG: run.info.run_id},
-            champion_score_now=champion_now, champion_unusable=champion_unusable,
+            champion_score_now=champion_now, champion_unusable=champion_unusable, champion_scored=champion_scored,
             previous_week_forward=None if previous_week is None else (previous_week[0], previous_week[1]["score"]),
         )
         mlflow.set_tags({"model.version": registered.version, "model.gate": "promoted" if decision.promoted else "rejected",

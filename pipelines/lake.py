@@ -6,7 +6,7 @@ the write succeeded, so a failed run leaves the previous version of the week int
 rerun or backfill never duplicates rows.
 
 Write-audit-publish: an asset writes its week through `Lake.audited(week)`. Those writes land in
-`<table>/_audit/week=…` (invisible to every reader of the live lake, Spark included: `_` folders
+`<table>/_audit/week=…-<token>`, one folder per audit (invisible to every reader of the live lake, Spark included: `_` folders
 are hidden), the asset's blocking checks read them through the same object, and `publish` swaps
 them into place only when every check passed. A failed audit leaves the previous live version
 untouched and the staged one where it is for inspection; the next audited write of the week
@@ -54,12 +54,14 @@ class Lake:
         model (its MLflow run id), written once and read by every process that serves the model."""
         return Path(self.root) / MODEL_TABLES / f"run={model_id}"
 
-    def audit_dir(self, table: str, week: Week) -> Path:
-        return self.table_dir(table) / AUDIT_DIR / week.folder
+    def audit_dir(self, table: str, week: Week, token: str) -> Path:
+        """Where one audited write of `week` is staged: a folder of its own per audit, so two runs
+        of the same week never validate or publish each other's staged data."""
+        return self.table_dir(table) / AUDIT_DIR / f"{week.folder}-{token}"
 
     def audited(self, week: Week) -> "AuditedWeek":
         """A view of the lake whose writes of `week` are staged for audit (see the module docstring)."""
-        return AuditedWeek(self.root, week)
+        return AuditedWeek(self.root, week, token=uuid.uuid4().hex[:12])
 
     def has_partition(self, table: str, week: Week) -> bool:
         return (self.partition_dir(table, week) / "_SUCCESS").exists()
@@ -164,6 +166,7 @@ class AuditedWeek(Lake):
     """The lake as one asset run sees it: its own writes of `week` staged, everything else live."""
 
     week: Week | None = None
+    token: str = ""
     _staged: dict[str, Path] = field(default_factory=dict, repr=False)
 
     def partition_dir(self, table: str, week: Week) -> Path:
@@ -174,7 +177,7 @@ class AuditedWeek(Lake):
     def _stage(self, table: str, week: Week) -> None:
         if week != self.week:
             raise ValueError(f"an audited write of week {self.week.key} cannot write {table} for week {week.key}")
-        self._staged[table] = self.audit_dir(table, week)
+        self._staged[table] = self.audit_dir(table, week, self.token)
 
     def write_partition(self, df, table: str, week: Week, num_files: int | None = None, stats=None) -> Path:
         self._stage(table, week)
@@ -189,11 +192,14 @@ class AuditedWeek(Lake):
         return {table: str(path) for table, path in self._staged.items()}
 
     def publish(self) -> dict[str, str]:
-        """Make every staged table of the week live; returns the live paths."""
+        """Make every staged table of the week live, one after the other (each swap atomic), and
+        clear what earlier failed audits of the week left; returns the live paths."""
         live = {}
         for table, staged in list(self._staged.items()):
             target = Lake.partition_dir(self, table, self.week)
             self._swap_into_place(staged, target)
+            for leftover in staged.parent.glob(f"{self.week.folder}-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
             try:
                 staged.parent.rmdir()  # the `_audit` folder, once it holds no other week
             except OSError:

@@ -651,21 +651,49 @@ class PublisherBusyError(PublishError):
     """Another publisher holds the root's lease; nothing was written."""
 
 
+class _Lease:
+    """The root's publisher lease as held: `confirm` renews it, and fails if another took it over."""
+
+    def __init__(self, target, owner: str, config: PublishConfig, week: str | None, tag: str | None):
+        self.target, self.owner, self.config, self.week, self.tag = target, owner, config, week, tag
+
+    def body(self) -> bytes:
+        now = time.time()
+        return _json_bytes({"owner": self.owner, "week": self.week, "acquired_at": now,
+                            "expires_at": now + self.config.lease_ttl_seconds})
+
+    def confirm(self, step: str) -> None:
+        """Before a step that changes what readers see: still ours? (renewed by compare-and-swap)."""
+        try:
+            renewed = self.target.put_if(self.body(), LEASE_NAME, "application/json", self.tag)
+            if renewed:
+                self.tag = self.target.get_versioned(LEASE_NAME)[1]
+        except Exception as error:  # noqa: BLE001
+            raise PublishError(step, self.target.describe(LEASE_NAME), f"lease not renewed: {_cause(error)}", self.week) from error
+        if not renewed:
+            raise PublishError(step, self.target.describe(LEASE_NAME),
+                               "the publisher lease expired and was taken over; nothing more is written", self.week)
+
+
 @contextmanager
 def publisher_lease(target, owner: str, config: PublishConfig, week: str | None = None):
     """Hold `_publish.lease` of the target for the block: created only if absent, or taken over
     only when expired and unchanged since read. Waits up to `lease_wait_seconds` for a holder."""
     deadline = time.monotonic() + config.lease_wait_seconds
+    lease = _Lease(target, owner, config, week, None)
     while True:
         now = time.time()
-        lease = {"owner": owner, "week": week, "acquired_at": now, "expires_at": now + config.lease_ttl_seconds}
         try:
             body, tag = target.get_versioned(LEASE_NAME)
-            held = json.loads(body) if body else None
+            try:
+                held = json.loads(body) if body else None
+            except ValueError:  # a corrupt lease is no lease: it is taken over like an expired one
+                held = {"owner": None, "expires_at": 0}
             # Expired, or ours: a retry of the same run after a crash takes its own lease back.
             free = held is None or float(held.get("expires_at", 0)) <= now or held.get("owner") == owner
-            taken = free and target.put_if(
-                _json_bytes(lease), LEASE_NAME, "application/json", tag)
+            taken = free and target.put_if(lease.body(), LEASE_NAME, "application/json", tag)
+            if taken:
+                lease.tag = target.get_versioned(LEASE_NAME)[1]
         except Exception as error:  # noqa: BLE001
             raise PublishError("acquire lease", target.describe(LEASE_NAME), _cause(error), week) from error
         if taken:
@@ -700,6 +728,15 @@ def _move_latest_forward(target, key: str, m_key: str, allow_rewind: bool, attem
         if target.put_if(_json_bytes({"week": key, "manifest": m_key}), LATEST_NAME, "application/json", tag):
             return True, None
     raise RuntimeError(f"_latest.json changed under {attempts} consecutive compare-and-swap attempts")
+
+
+def _is_newer_publication(key: str, publication_id: str) -> bool:
+    """Whether `key` (a data file `part-NNNNN-<id>.parquet` or a record `<id>.json`) belongs to a
+    publication named after `publication_id`."""
+    name = key.rsplit("/", 1)[-1]
+    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name[: -len(".json")] if name.endswith(".json") else ""
+    other = stem.split("-", 2)[-1] if stem.startswith("part-") else stem
+    return bool(other) and other[:1].isdigit() and other > publication_id
 
 
 def _publication_key(folder: str, publication_id: str) -> str:
@@ -738,17 +775,18 @@ def publish_week(
     config = config or PublishConfig()
     key = week_key(week)
     target = _target(target_uri, s3_client, config)
-    files, schemas = _read_local_tables(table_dirs)
     # A Dagster run (and its retries) is one owner; without one, each call is its own.
     owner = dagster_run_id or f"pid-{os.getpid()}-{uuid.uuid4().hex}"
-    with publisher_lease(target, owner, config, key):
-        # Named once the lease is held, so ids sort in publication order (keep_previous relies on it).
+    with publisher_lease(target, owner, config, key) as lease:
+        # Read and named once the lease is held: the tables are the ones live now, and ids sort
+        # in publication order (keep_previous relies on it).
+        files, schemas = _read_local_tables(table_dirs)
         publication_id = publication_id or new_publication_id()
-        return _publish_holding_lease(target, files, schemas, key, model, publication_id, dagster_run_id, config)
+        return _publish_holding_lease(target, files, schemas, key, model, publication_id, dagster_run_id, config, lease)
 
 
 def _publish_holding_lease(target, files, schemas, key: str, model: ModelInfo, publication_id: str,
-                           dagster_run_id: str | None, config: PublishConfig) -> PublishResult:
+                           dagster_run_id: str | None, config: PublishConfig, lease: _Lease) -> PublishResult:
     folder = week_folder(key)
 
     try:
@@ -824,6 +862,7 @@ def _publish_holding_lease(target, files, schemas, key: str, model: ModelInfo, p
         },
     }
     m_key = manifest_key(key)
+    lease.confirm("write manifest")
     try:
         previous_manifest = _read_json(target, m_key)
         if previous_manifest and previous_manifest.get("publication_id"):
@@ -838,6 +877,7 @@ def _publish_holding_lease(target, files, schemas, key: str, model: ModelInfo, p
         raise fail("write manifest", m_key, error, cleanup=False) from error
 
     # 4. `_latest.json`, last, by compare-and-swap; it only moves forward unless a rewind is allowed.
+    lease.confirm("write _latest.json")
     try:
         move_latest, newer_week = _move_latest_forward(target, key, m_key, config.allow_latest_rewind)
     except Exception as error:  # noqa: BLE001
@@ -858,9 +898,11 @@ def _publish_holding_lease(target, files, schemas, key: str, model: ModelInfo, p
     deleted: list[str] = []
     cleanup_errors: list[str] = []
     try:
+        lease.confirm("clean up")
         keys = target.list_keys(f"{folder}/")
         keep |= _kept_keys(target, folder, publication_id, config.keep_previous, keys)
-        stale = [k for k in keys if k not in keep]
+        # Never what a later publication wrote (one that took over an expired lease, say).
+        stale = [k for k in keys if k not in keep and not _is_newer_publication(k, publication_id)]
         if stale:
             failed = target.delete(stale)
             deleted = [k for k in stale if k not in failed]

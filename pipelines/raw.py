@@ -49,6 +49,7 @@ class RawEntry:
     source: str
     relative: str
     bytes: int
+    s3_key: str | None = None  # the object key as listed (never re-parsed from `source`: `#`, `?` are data)
 
     @property
     def compression(self) -> str:
@@ -124,7 +125,7 @@ def list_week_entries(raw_uri: str, week: Week, s3_client=None) -> list[RawEntry
         for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=week_prefix):
             for obj in page.get("Contents", []):
                 if not obj["Key"].endswith("/"):  # folder placeholders some tools create
-                    entries.append(RawEntry(f"s3://{bucket}/{obj['Key']}", obj["Key"][len(week_prefix):], obj["Size"]))
+                    entries.append(RawEntry(f"s3://{bucket}/{obj['Key']}", obj["Key"][len(week_prefix):], obj["Size"], obj["Key"]))
         return sorted(entries, key=lambda e: e.relative)
     folder = Path(raw_uri) / week.folder
     if not folder.is_dir():
@@ -183,7 +184,7 @@ def stage_raw_week(raw_uri: str, week: Week, staging_dir: str | Path, s3_client=
     for index, entry in enumerate(readable):
         staged = target / f"{index:06d}.jsonl{entry.compression}"
         if bucket is not None:
-            s3_client.download_file(bucket, split_s3_uri(entry.source)[1], str(staged))
+            s3_client.download_file(bucket, entry.s3_key, str(staged))
         else:
             _stage_local(Path(entry.source), staged)
         error = decompression_error(staged, entry.compression) if entry.compression else None

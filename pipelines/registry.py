@@ -97,7 +97,7 @@ def decide(score: float, baselines: dict[str, float], champion_score: float | No
 def gate_version(client, name: str, version: str, score: float, baselines: dict[str, float], tolerance: float,
                  extra_tags: dict[str, str] | None = None, champion_score_now: float | None = None,
                  previous_week_forward: tuple[str, float] | None = None,
-                 champion_unusable: str | None = None) -> GateDecision:
+                 champion_unusable: str | None = None, champion_scored: str | None = None) -> GateDecision:
     """Tag `version` with its score and the gate's verdict; move `champion` to it if it passes.
 
     `champion_score_now`: the champion scored on the same sessions as `score` (this week's
@@ -106,9 +106,12 @@ def gate_version(client, name: str, version: str, score: float, baselines: dict[
     `previous_week_forward`: (version, score) of the week before's model on the same sessions, its
     forward score, quoted in the reason.
     `champion_unusable`: why the champion could not be scored (it does not load with this code):
-    then it is not compared against.
+    then it is not compared against. `champion_scored`: the version `champion_score_now` and
+    `champion_unusable` are about; when the alias points elsewhere by now, they are ignored.
     """
     champion_before, champion_score = current_champion(client, name)
+    if champion_scored is not None and champion_scored != champion_before:
+        champion_score_now, champion_unusable = None, None
     if champion_before is not None and champion_unusable is not None:
         champion_score = None
     elif champion_before is not None and champion_score_now is not None:
@@ -121,17 +124,17 @@ def gate_version(client, name: str, version: str, score: float, baselines: dict[
     if previous_week_forward is not None:
         reason += (f"; the week before's model v{previous_week_forward[0]} scored {previous_week_forward[1]:.4f} "
                    "forward on these sessions")
+    champion_after = champion_before
     if promoted:
         champion_now, _ = current_champion(client, name)
         if champion_now != champion_before:
-            promoted = False
+            promoted, champion_after = False, champion_now
             reason += (f"; not promoted: the champion moved from v{champion_before} to v{champion_now} "
                        "while this gate ran")
     tags = {SCORE_TAG: f"{score:.6f}", GATE_TAG: PROMOTED if promoted else REJECTED, GATE_REASON_TAG: reason,
             **{f"baseline.{k}": f"{v:.6f}" for k, v in baselines.items()}, **(extra_tags or {})}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    champion_after = champion_before
     if promoted:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
         champion_after = str(version)

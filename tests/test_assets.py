@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, Definitions
@@ -125,8 +126,8 @@ def test_quarantine_above_threshold_blocks_sessions(tmp_path):
     # The blocked week never went live; what it would have been is kept, and the check says where.
     assert not lake.has_partition(EVENTS_TABLE, week) and not lake.has_partition(QUARANTINE_TABLE, week)
     staged = checks[EVENTS_QUARANTINE_RATE_CHECK].metadata["staged_version"].value
-    assert staged[QUARANTINE_TABLE] == str(lake.audit_dir(QUARANTINE_TABLE, week))
-    assert (lake.audit_dir(QUARANTINE_TABLE, week) / "_SUCCESS").exists()
+    assert Path(staged[QUARANTINE_TABLE]).parent == lake.table_dir(QUARANTINE_TABLE) / "_audit"
+    assert (Path(staged[QUARANTINE_TABLE]) / "_SUCCESS").exists()
 
 
 def test_volume_drift_blocks_sessions(tmp_path):
@@ -179,8 +180,8 @@ def test_a_blocked_rerun_leaves_the_live_week_and_downstream_untouched(spark, tm
     assert not checks[EVENTS_QUARANTINE_RATE_CHECK].passed
     assert materialized(blocked) == {"events"}
     assert {table: _tree_digest(lake.partition_dir(table, first)) for table in live_before} == live_before
-    staged_events = lake.audit_dir(EVENTS_TABLE, first)
-    assert checks[EVENTS_QUARANTINE_RATE_CHECK].metadata["staged_version"].value[EVENTS_TABLE] == str(staged_events)
+    staged_events = checks[EVENTS_QUARANTINE_RATE_CHECK].metadata["staged_version"].value[EVENTS_TABLE]
+    assert Path(staged_events).parent == lake.table_dir(EVENTS_TABLE) / "_audit"
     assert spark.read.parquet(str(staged_events)).count() == 36 * 5
     events_metadata = next(e for e in blocked.get_asset_materialization_events()).materialization.metadata
     assert events_metadata["published_to_lake"].value is False

@@ -51,7 +51,7 @@ def test_an_audited_write_is_invisible_until_published(tmp_path):
 
     assert lake.read_stats("table", WEEK) == {"version": "live"}
     assert audited.read_stats("table", WEEK) == {"version": "staged"}
-    assert audited.staged_paths == {"table": str(lake.audit_dir("table", WEEK))}
+    assert audited.staged_paths == {"table": str(lake.audit_dir("table", WEEK, audited.token))}
     assert audited.read_stats("other", WEEK) is None
 
     live = audited.publish()
@@ -60,3 +60,15 @@ def test_an_audited_write_is_invisible_until_published(tmp_path):
     assert not (lake.table_dir("table") / AUDIT_DIR).exists()
     with pytest.raises(ValueError, match="cannot write"):
         audited.write_document({}, "table", WEEK.shift(1))
+
+
+def test_two_audits_of_one_week_stage_apart_and_a_success_clears_failed_ones(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    failed, passing = lake.audited(WEEK), lake.audited(WEEK)
+    failed.write_document({"run": "failed"}, "table", WEEK)
+    passing.write_document({"run": "passing"}, "table", WEEK)
+    assert failed.read_stats("table", WEEK) == {"run": "failed"}  # neither sees the other's staged data
+    assert passing.read_stats("table", WEEK) == {"run": "passing"}
+    passing.publish()
+    assert lake.read_stats("table", WEEK) == {"run": "passing"}
+    assert not (lake.table_dir("table") / AUDIT_DIR).exists()

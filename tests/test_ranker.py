@@ -502,11 +502,11 @@ def test_a_champion_that_cannot_be_scored_is_not_compared_and_a_moved_alias_is_l
 
     # Another run moves the alias between this gate's read and its write: the alias stays put.
     rival = new_version()
-    reads = iter([(unusable.version, 0.45), (rival, 0.70)])
+    reads = iter([(unusable.version, 0.45), (str(rival), 0.70)])
     monkeypatch.setattr(registry, "current_champion", lambda _client, _name: next(reads))
     client.set_registered_model_alias(name, CHAMPION_ALIAS, rival)
     raced = gate_version(client, name, new_version(), 0.50, baselines, 0.002)
-    assert not raced.promoted and raced.champion_after == unusable.version
+    assert not raced.promoted and raced.champion_after == str(rival)
     assert f"the champion moved from v{unusable.version} to v{rival}" in raced.reason
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == str(rival)
     assert client.get_model_version(name, raced.version).tags[GATE_TAG] == REJECTED
@@ -535,3 +535,17 @@ def test_a_week_publishes_with_the_champion_its_own_ranker_gate_chose():
     assert registry.loaded == ["3", "champion", "4"]
     with pytest.raises(LookupError, match="no champion"):
         model_for_week(registry, {"gate": {"champion_after": None}}, "")
+
+
+def test_a_champion_score_of_another_version_than_the_gates_champion_is_not_used(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    name = "scored-test"
+    client.create_registered_model(name)
+    first = gate_version(client, name, client.create_model_version(name, source=str(tmp_path)).version, 0.60, {"hand": 0.4}, 0.002)
+    # 0.10 was the score of some other version (the alias moved after it was scored): the gate
+    # compares with the champion's own recorded 0.60 instead, and 0.55 loses.
+    late = gate_version(client, name, client.create_model_version(name, source=str(tmp_path)).version, 0.55, {"hand": 0.4},
+                        0.002, champion_score_now=0.10, champion_scored="999")
+    assert not late.promoted and late.champion_score == 0.60 and late.champion_after == first.version
