@@ -172,22 +172,34 @@ def _bounded_lines(source: "_PrefixKeepingReader", max_line_bytes: int):
 
 
 @contextlib.contextmanager
-def staged_layout(out_dir: str | Path) -> Iterator[Path]:
-    """Yield an empty staging folder inside `out_dir`; on success it replaces the old output.
-
-    For a generated data set (`recsys generate`), which owns its layout: only folders this
-    module owns (`week=*` and `_rejected`) are replaced, so pointing `out_dir` at a folder
-    with other content never deletes that content. The staging folder starts with a dot,
-    which Spark and Hadoop skip, so a crash never exposes half a week.
-    """
+def _staging_folder(out_dir: str | Path) -> Iterator[tuple[Path, Path]]:
+    """(out, an empty dot-named staging folder inside it); the staging folder goes on failure.
+    Spark and Hadoop skip dot names, so a crash never exposes half a week."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
-        yield staging
+        yield out, staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _is_layout_folder(folder: Path) -> bool:
+    """The folders this module owns in an output: `week=*` and `_rejected`."""
+    return folder.is_dir() and (folder.name.startswith(WEEK_FOLDER_PREFIX) or folder.name == REJECTED_FOLDER)
+
+
+@contextlib.contextmanager
+def staged_layout(out_dir: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder inside `out_dir`; on success it replaces the old output.
+
+    For a generated data set (`recsys generate`), which owns its layout: only folders this
+    module owns are replaced, so pointing `out_dir` at a folder with other content never
+    deletes that content.
+    """
+    with _staging_folder(out_dir) as (out, staging):
+        yield staging
     _swap_in(staging, out)
 
 
@@ -195,22 +207,15 @@ def staged_layout(out_dir: str | Path) -> Iterator[Path]:
 def merged_layout(out_dir: str | Path, part_name: str) -> Iterator[Path]:
     """Yield a staging folder; on success its `<folder>/<part_name>` files move into `out_dir`,
     replacing this input's earlier files and removing those of weeks it no longer lands in."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    try:
+    with _staging_folder(out_dir) as (out, staging):
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     landed = {folder.name for folder in staging.iterdir()}
     for new in sorted(staging.iterdir()):
         (out / new.name).mkdir(exist_ok=True)
         (new / part_name).rename(out / new.name / part_name)
     for folder in out.iterdir():
-        own = folder / part_name
-        if folder.name not in landed and (folder.name.startswith(WEEK_FOLDER_PREFIX) or folder.name == REJECTED_FOLDER) and own.exists():
-            own.unlink()
+        if folder.name not in landed and _is_layout_folder(folder) and (folder / part_name).exists():
+            (folder / part_name).unlink()
     shutil.rmtree(staging)
 
 
@@ -219,7 +224,7 @@ def _swap_in(staging: Path, out: Path) -> None:
     # new one moves in so that the gap in which readers see neither is as short as possible.
     retired = Path(tempfile.mkdtemp(prefix=".retired-", dir=out))
     for old in out.iterdir():
-        if old.is_dir() and (old.name.startswith(WEEK_FOLDER_PREFIX) or old.name == REJECTED_FOLDER):
+        if _is_layout_folder(old):
             old.rename(retired / old.name)
     for new in sorted(staging.iterdir()):
         new.rename(out / new.name)
