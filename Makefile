@@ -1,6 +1,8 @@
 # Two entry points that work on a fresh machine with Python 3.11 and Java 17:
 #   make demo   set up, generate sample data, materialize every sample week, print where things are
-#   make test   set up, run the test suite
+#   make test   set up, run the whole test suite (what CI runs)
+# and, for development:
+#   make check  the fast tier: unit and local-Spark tests, no e2e, cluster, Postgres or Docker-stack tests
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,7 +15,10 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/data/mlflow/mlflow.db
 
-.PHONY: setup demo test bench dev mlflow-ui java clean
+# The fast tier leaves out the tests that start servers, clusters or browsers (markers in pyproject.toml).
+CHECK_MARKERS := not e2e and not cluster and not postgres and not docker_stack
+
+.PHONY: setup demo test check bench dev mlflow-ui java clean
 
 java:
 	@scripts/check_java.sh
@@ -41,7 +46,12 @@ demo: setup $(SAMPLE_RAW)/.generated
 
 test: setup
 	@scripts/ensure_chromium.sh
-	$(BIN)/python -m pytest
+	@started=$$(date +%s); $(BIN)/python -m pytest; status=$$?; \
+	  echo "make test: pytest took $$(( $$(date +%s) - started )) s (wall)"; exit $$status
+
+check: setup
+	@started=$$(date +%s); $(BIN)/python -m pytest -m "$(CHECK_MARKERS)"; status=$$?; \
+	  echo "make check: pytest took $$(( $$(date +%s) - started )) s (wall)"; exit $$status
 
 bench: setup
 	$(BIN)/python bench/bench.py

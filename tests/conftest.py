@@ -16,6 +16,17 @@ SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OTTO_SAMPLE = SHARED_FIXTURES / "otto_sample_sessions.jsonl"
 TIMEZONE = "Europe/Berlin"
 
+# Tests that start servers, clusters or a whole backfill: their own bounded waits (the e2e backfill,
+# the cluster run) sum to less than this, so a hang still fails by the timeout with every stack.
+HEAVY_MARKERS = ("e2e", "cluster", "postgres")
+HEAVY_TEST_TIMEOUT = 2400
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("timeout") is None and any(item.get_closest_marker(m) for m in HEAVY_MARKERS):
+            item.add_marker(pytest.mark.timeout(HEAVY_TEST_TIMEOUT))
+
 
 @pytest.fixture(scope="session")
 def otto_sample() -> Path:

@@ -29,8 +29,9 @@ def test_concurrent_writers_of_one_week_never_fail_or_leave_debris(tmp_path, kin
         errors: list[str] = []
         workers = [threading.Thread(target=_swap_many, args=(root, w, times, errors)) for w in range(4)]
     else:
-        errors = multiprocessing.Manager().list()
-        context = multiprocessing.get_context("fork")
+        # spawn: a child copied from this process would inherit OpenMP (LightGBM) and JVM threads mid-lock
+        context = multiprocessing.get_context("spawn")
+        errors = context.Manager().list()
         workers = [context.Process(target=_swap_many, args=(root, w, times, errors)) for w in range(4)]
     for worker in workers:
         worker.start()

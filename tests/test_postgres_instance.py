@@ -10,6 +10,7 @@ instance API and straight from the Postgres tables.
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
@@ -18,6 +19,8 @@ from jobs import INGEST_JOB_NAME
 from pipelines.land import land_otto_file
 from tests.conftest import REPO_ROOT, TIMEZONE, make_resources
 from tests.postgres_server import postgres_server
+
+pytestmark = pytest.mark.postgres
 
 WEEK = "2022-08-01"
 WEEK_EVENTS = 339  # events of the OTTO fixture in its first week (tests/test_assets.py)

@@ -614,7 +614,7 @@ def test_concurrent_publisher_processes_on_a_folder(tables, tmp_path):
     import multiprocessing
 
     root = str(tmp_path / "published")
-    with concurrent.futures.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_publish_from_a_process, root, tables, week, f"{week}-{i}")
                    for i in range(3) for week in (WEEK_B, WEEK_A)]
         ids = [future.result() for future in futures]
