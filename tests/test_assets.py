@@ -46,6 +46,8 @@ def test_definitions_load():
 
 
 def test_real_otto_sessions_flow_through_land_events_and_sessions(spark, tmp_path, otto_sample):
+    """The only test of real OTTO sessions through `land` and the ingest job's assets and checks, four
+    weeks, with each session's history carried across weeks; the unit tests use generated rows."""
     raw_dir, lake_dir = tmp_path / "raw", tmp_path / "lake"
     landed = land_otto_file(otto_sample, raw_dir, timezone=TIMEZONE)
     assert landed["events"] == 862
@@ -131,6 +133,8 @@ def test_quarantine_above_threshold_blocks_sessions(tmp_path):
 
 
 def test_volume_drift_blocks_sessions(tmp_path):
+    """The volume-drift check compares a week with the one before through the assets: two materialized
+    weeks are the least that shows it."""
     first, second = Week.parse("2022-08-01", TIMEZONE), Week.parse("2022-08-08", TIMEZONE)
     raw_dir, lake_dir = tmp_path / "raw", tmp_path / "lake"
     _write_raw_week(raw_dir, first, _good_lines(first, 40))

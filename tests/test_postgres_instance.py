@@ -46,6 +46,8 @@ def write_instance_config(home, server, monkeypatch) -> None:
 
 
 def test_a_postgres_backed_instance_records_runs_materializations_and_checks(spark, tmp_path, otto_sample, monkeypatch):
+    """A Dagster instance on a real PostgreSQL server (the compose stack's storage) records runs,
+    materializations and checks; every other test uses SQLite."""
     raw_dir, lake_dir = tmp_path / "raw", tmp_path / "lake"
     land_otto_file(otto_sample, raw_dir, timezone=TIMEZONE)
     definitions = build_definitions(make_resources(str(raw_dir), str(lake_dir)))

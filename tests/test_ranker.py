@@ -147,6 +147,8 @@ def test_buy_targets_get_graded_labels_from_the_other_buy_type(spark):
 
 
 def test_the_training_sample_is_bounded_by_the_configuration_not_the_week(spark):
+    """What reaches the driver follows `max_train_sessions` and `max_sample_rows`, not the week's size:
+    needs enough sessions that the caps bite."""
     rows = synthetic_rows(400, 25)
     rows.loc[rows["session"] < 40, LABEL_COLUMN] = 0  # sessions without a positive are never drawn
     config = RankerConfig(folds=3, max_train_sessions=100, validation_share=0.25, num_threads=1,
@@ -278,6 +280,8 @@ def test_forward_score_goes_to_the_week_befores_version_and_its_training_run(tmp
 
 
 def test_rounds_are_chosen_on_held_out_training_sessions_and_zero_keeps_the_hand_rule(spark):
+    """The held-out choice of boosting rounds inside each fold, end to end through Spark and LightGBM
+    (zero rounds keeps the hand rule); no smaller input has positives the hand rule already ranks first."""
     rows = synthetic_rows()
     # The hand rule ranks every positive first: no boosting round can add a hit, so every fold
     # keeps the prior (ties go to fewer rounds) and the ranking is exactly the hand rule's.
@@ -381,6 +385,8 @@ def test_every_session_is_scored_once_by_its_folds_model(spark, folds):
 
 
 def test_scoring_the_lake_files_by_type_equals_scoring_the_rows_in_the_plan(spark, tmp_path):
+    """The two scoring paths (Python tasks reading the lake's files, `mapInArrow` over rows in the plan)
+    give the same scores for every type and fold: only real Parquet files and real boosters show it."""
     rows = synthetic_rows(200, 25, seed=3)
     rows["type"] = np.select([rows["aid"] % 3 == 0, rows["aid"] % 3 == 1], ["carts", "clicks"], "orders")
     rows["baseline_rank"] = np.where(rows["aid"] % 7 == 0, np.nan, rows["baseline_rank"])  # ALS-only rows
@@ -425,6 +431,8 @@ def test_popularity_baseline_gives_every_labelled_session_its_types_top_sellers(
 
 
 def test_earlier_weeks_join_the_training_sample_and_only_this_weeks_sessions_are_scored(spark):
+    """Several label weeks in one evaluation: earlier weeks train, only W is scored, and a session that
+    runs into a later week counts once; needs two weeks of rows, fitted for real."""
     this_week = synthetic_rows(200, 25, seed=1)
     earlier = synthetic_rows(300, 25, seed=2)
     earlier["session"] += 1000

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.cluster_run import ClusterRun
 from tests.processes import ManagedProcess, free_port, http_ok, managed_process, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ PUBLISH_PREFIX = "published"
 UI_TAGS = [{"key": "dagster/from_ui", "value": "true"}]  # what the UI adds to everything it launches
 
 STARTUP_TIMEOUT = float(os.environ.get("RECSYS_E2E_STARTUP_TIMEOUT", "300"))
-BACKFILL_TIMEOUT = float(os.environ.get("RECSYS_E2E_TIMEOUT", "1800"))
+BACKFILL_TIMEOUT = float(os.environ.get("RECSYS_E2E_TIMEOUT", "1200"))  # below HEAVY_TEST_TIMEOUT (tests/conftest.py)
 POLL_SECONDS = 5.0
 TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -219,6 +220,10 @@ class E2EStack:
     run_config: dict = field(default_factory=dict)
     backfill_id: str = ""
     backfill: dict = field(default_factory=dict)
+    # The cluster's run of the second week (tests/e2e/cluster_run.py), when the session holds a
+    # `cluster` test; or why it could not start.
+    cluster: ClusterRun | None = None
+    cluster_error: str = ""
 
     @property
     def graphql(self) -> DagsterGraphQL:
@@ -436,9 +441,11 @@ def launch_backfill(stack: E2EStack) -> None:
     stack.backfill_id = result["backfillId"]
 
 
-def wait_for_backfill(stack: E2EStack) -> None:
-    """Poll until every week's run has finished (or one failed), within BACKFILL_TIMEOUT."""
+def wait_for_backfill(stack: E2EStack, on_success: dict[str, Callable[[], None]] | None = None) -> None:
+    """Poll until every week's run has finished (or one failed), within BACKFILL_TIMEOUT; `on_success`
+    calls, once, what it holds for a week as soon as that week's run succeeded."""
     started = time.monotonic()
+    pending = dict(on_success or {})
     progress_log = stack.root / "logs" / "backfill-progress.log"
     last_line = ""
 
@@ -463,6 +470,8 @@ def wait_for_backfill(stack: E2EStack) -> None:
                 out.write(line + "\n")
             print(line, flush=True)
         last_line = line
+        for partition in [p for p in pending if (stack.run_for(p) or {}).get("status") == "SUCCESS"]:
+            pending.pop(partition)()
         if data["status"] in {"FAILED", "CANCELED"}:
             return True
         if any(r["status"] in {"FAILURE", "CANCELED"} for r in runs):
@@ -490,11 +499,28 @@ def record_run_timings(stack: E2EStack) -> None:
                 STEP_SECONDS[step["stepKey"]].append(step["endTime"] - step["startTime"])
 
 
+def start_cluster_after_first_week(stack: E2EStack, root: Path, exits: ExitStack) -> Callable[[], None]:
+    """What `wait_for_backfill` calls once the first week succeeded: the cluster's run of the second
+    week, seeded from the backfill's first, starts beside the backfill's own second week."""
+
+    def start() -> None:
+        cluster = ClusterRun(root=root, raw_dir=stack.root / "raw", partition_start=E2E_START, week=PARTITIONS[1])
+        try:
+            cluster.start(stack.root / "lake", exits)
+            stack.cluster = cluster
+        except Exception as error:  # noqa: BLE001 - the cluster test reports it; the e2e tests go on
+            stack.cluster_error = f"{type(error).__name__}: {error}"
+
+    return start
+
+
 @pytest.fixture(scope="session")
-def e2e_stack(tmp_path_factory) -> Iterator[E2EStack]:
-    """The running stack after the backfill finished; servers keep running for the browser tests."""
+def e2e_stack(request, tmp_path_factory) -> Iterator[E2EStack]:
+    """The running stack after the backfill finished; servers keep running for the browser tests.
+    With a `cluster` test in the session, the cluster's run is under way too (`stack.cluster`)."""
     session_started = time.monotonic()
     stack = E2EStack(root=tmp_path_factory.mktemp("e2e"))
+    wants_cluster = E2E_WEEKS >= 2 and any(item.get_closest_marker("cluster") for item in request.session.items)
     with ExitStack() as exits:
         try:
             generate_raw(stack)
@@ -502,7 +528,9 @@ def e2e_stack(tmp_path_factory) -> Iterator[E2EStack]:
             load_job_assets(stack)
             launched_at = time.time()
             launch_backfill(stack)
-            wait_for_backfill(stack)
+            on_success = {PARTITIONS[0]: start_cluster_after_first_week(stack, tmp_path_factory.mktemp("cluster"), exits)} \
+                if wants_cluster else {}
+            wait_for_backfill(stack, on_success)
             record_launch_delay(stack, launched_at)
         except Exception as error:
             pytest.fail(f"the e2e stack did not come up or the backfill did not finish: {error}\n\n{stack.log_tails()}",

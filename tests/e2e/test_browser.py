@@ -100,6 +100,8 @@ def job_asset_names(stack: E2EStack) -> list[str]:
 
 
 def test_dagster_asset_lineage_shows_every_asset(e2e_stack: E2EStack, page):
+    """The Dagster UI's asset lineage shows every asset, in a real browser. Its setup is the e2e stack
+    and backfill (`e2e_stack`), shared by every e2e and cluster test."""
     # The global asset lineage (Assets → Lineage in the top bar).
     open_asset_graph(page, f"{e2e_stack.dagster_url}/asset-groups?{expanded_groups_query(e2e_stack)}", GRAPH_ASSETS,
                      "dagster-asset-lineage")
@@ -193,6 +195,7 @@ def close_mlflow_assistant(page) -> None:
 
 
 def test_mlflow_experiment_lists_the_weekly_runs(e2e_stack: E2EStack, page):
+    """The MLflow UI lists one run per week with its metrics, in a real browser."""
     experiment_id, run_ids = mlflow_experiment_and_runs(e2e_stack)
     assert set(run_ids) == set(e2e_stack.partitions)
     weeks = [f"week-{week}" for week in e2e_stack.partitions]
@@ -234,6 +237,8 @@ def pick_option(page, combobox_index: int, option: str, max_options: int = 1000)
 
 
 def test_mlflow_compare_runs_of_the_weeks(e2e_stack: E2EStack, page):
+    """The MLflow UI's compare view of the weekly runs, in a real browser: what an engineer comparing
+    model versions sees."""
     experiment_id, run_ids = mlflow_experiment_and_runs(e2e_stack)
     ids = [run_ids[week] for week in e2e_stack.partitions]
     page.goto(f"{e2e_stack.mlflow_url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment_id])}")

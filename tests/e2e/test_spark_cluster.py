@@ -4,11 +4,9 @@ The reference is the end-to-end shop (`e2e_stack`, tests/e2e/conftest.py): two g
 that the daemon's backfill ran through every asset in local mode, where the ranker beats both
 baselines so every gate passes and the week is published. The cluster starts from that lake's
 first week (its features are what the second week's ranker trains on beside its own) and runs
-every asset of the second week, publish included, in a driver of its own: Spark allows one
-SparkContext per process and the suite's `spark` fixture holds this one, so the cluster run is a
-subprocess (`tests/spark_stages.py`) configured like the code location, through `SPARK_MASTER`
-and the `RECSYS_*` variables, with another shuffle partitioning and every check. The lakes are
-then compared:
+every asset of the second week, publish included, with every check (tests/e2e/cluster_run.py:
+started by `e2e_stack` once the backfill's first week succeeded, so it runs beside the rest of
+the suite). The lakes are then compared:
 
 - every table that depends neither on partitioning nor on ALS: row for row;
 - ALS (factors, similar items, the published similar items): by shape, since its solver blocks
@@ -28,12 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -42,14 +34,14 @@ import pytest
 from definitions import build_definitions
 from pipelines.lake import Lake
 from pipelines.weeks import Week
-from tests.conftest import REPO_ROOT, TIMEZONE, make_resources
-from tests.e2e.conftest import E2E_START, E2EStack, run_config_for_tiny_data
-from tests.processes import free_port, managed_process
+from tests.conftest import TIMEZONE, make_resources
+from tests.e2e.cluster_run import WORKERS, master_state
+from tests.e2e.conftest import E2E_START, PARTITIONS, E2EStack, run_config_for_tiny_data
 from tests.spark_stages import FAST_ALS, GRAPH_ASSETS
 
 pytestmark = pytest.mark.cluster
 
-FIRST_WEEK, WEEK = E2E_START, "2022-08-08"
+FIRST_WEEK, WEEK = E2E_START, PARTITIONS[1]
 # Tables whose content depends neither on partitioning nor on which executor ran what, nor on
 # ALS: they must match row for row (floats to FLOAT_TOLERANCE).
 DETERMINISTIC_TABLES = [
@@ -66,113 +58,14 @@ FLOAT_TOLERANCE = 1e-6
 # last digits, which moves a few ALS candidates and features (the end-to-end shop: about 500
 # evaluation sessions, where one session more or less with a hit moves the score by ~0.002).
 RANKER_TOLERANCE = 0.01
-# Generous (the 2-core CI machine may be shared; a normal run takes a few minutes) and, with the
-# e2e backfill's own bound, below the test's timeout (HEAVY_TEST_TIMEOUT in tests/conftest.py).
-PIPELINE_TIMEOUT = 900
 
 
-def spark_class() -> Path:
-    import pyspark
-
-    script = Path(pyspark.__file__).parent / "bin" / "spark-class"
-    if not script.exists():
-        pytest.fail(f"pyspark has no launcher script at {script}: reinstall pyspark from the wheel")
-    return script
-
-
-def master_state(webui_port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{webui_port}/json", timeout=2) as response:
-        return json.load(response)
-
-
-def master_up(webui_port: int) -> bool:
-    try:
-        master_state(webui_port)
-        return True
-    except OSError:
-        return False
-
-
-def alive_workers(webui_port: int) -> int:
-    try:
-        return sum(1 for worker in master_state(webui_port)["workers"] if worker["state"] == "ALIVE")
-    except OSError:
-        return 0
-
-
-def cluster_env(tmp: Path) -> dict[str, str]:
-    """Environment of the daemons and the cluster driver: loopback only, this venv's Python on executors."""
-    if "JAVA_HOME" not in os.environ and shutil.which("java") is None:
-        pytest.fail("no java on the PATH and JAVA_HOME unset: install Java 17")
-    conf_dir = tmp / "spark-conf"  # empty: no spark-defaults.conf of the machine leaks in
-    local_dirs = tmp / "spark-local"
-    conf_dir.mkdir(exist_ok=True)
-    local_dirs.mkdir(exist_ok=True)
-    return {
-        **os.environ,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        "SPARK_CONF_DIR": str(conf_dir),
-        "SPARK_LOCAL_DIRS": str(local_dirs),
-        "SPARK_DAEMON_MEMORY": "256m",
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "GX_ANALYTICS_ENABLED": "False",
-        "DAGSTER_TELEMETRY_DISABLED": "1",
-    }
-
-
-def cluster_driver_args(result_file: Path) -> list[str]:
-    """`tests/spark_stages.py` for WEEK, with Spark settings passed as run config of the `spark` resource."""
-    spark_conf = {
-        # Another partitioning than the local fixture's 2: results must not depend on it.
-        "spark.sql.shuffle.partitions": "3",
-        "spark.executor.memory": "768m",
-        # One core on each of the two workers: tasks, shuffles and broadcasts cross executors.
-        "spark.cores.max": "2",
-        "spark.ui.enabled": "false",
-    }
-    args = [sys.executable, "-m", "tests.spark_stages", "--graph-weeks", WEEK, "--result", str(result_file)]
-    for key, value in spark_conf.items():
-        args += ["--spark-conf", f"{key}={value}"]
-    return args
-
-
-def cluster_driver_env(env: dict[str, str], master_url: str, raw_dir: Path, lake_dir: Path, mlflow_db: Path,
-                       publish_dir: Path) -> dict:
-    """Configured like the code location: `SPARK_MASTER` and the `RECSYS_*` variables."""
-    return {
-        **env,
-        "SPARK_MASTER": master_url,
-        "RECSYS_RAW_URI": str(raw_dir),
-        "RECSYS_LAKE_DIR": str(lake_dir),
-        "RECSYS_PARTITION_START": FIRST_WEEK,
-        "RECSYS_PUBLISH_URI": str(publish_dir),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
-    }
-
-
-# The first week comes from the end-to-end lake; its features give the second week's ranker both
-# weeks' labelled sessions, as in the end-to-end backfill (which also covers the forward score).
-PLAN = [(WEEK, GRAPH_ASSETS)]
-
-
-def seed_with_first_week(reference_lake: Path, cluster_lake: Path) -> list[str]:
-    """Copy every table's FIRST_WEEK partition of the reference lake; returns the tables copied."""
-    folder = f"week={FIRST_WEEK}"
-    copied = []
-    for partition in sorted(reference_lake.glob(f"*/{folder}")):
-        if (partition / "_SUCCESS").exists():
-            shutil.copytree(partition, cluster_lake / partition.parent.name / folder)
-            copied.append(partition.parent.name)
-    return copied
-
-
-def assert_all_passed(runs: list[dict], log: str = "") -> None:
-    assert [run["week"] for run in runs] == [week for week, _ in PLAN], runs
-    for run, (_, assets) in zip(runs, PLAN):
-        assert run["success"], (run["week"], run["failures"], log)
-        assert set(run["materialized"]) == set(assets), run
-        assert run["checks"] and all(run["checks"].values()), run["checks"]
+def assert_passed(runs: list[dict], log: str = "") -> None:
+    assert [run["week"] for run in runs] == [WEEK], runs
+    run = runs[0]
+    assert run["success"], (run["week"], run["failures"], log)
+    assert set(run["materialized"]) == set(GRAPH_ASSETS), run
+    assert run["checks"] and all(run["checks"].values()), run["checks"]
 
 
 def read_rows(lake: Path, table: str, week: str = WEEK) -> list[dict]:
@@ -246,68 +139,31 @@ def test_whole_graph_on_a_standalone_cluster_matches_local_mode(e2e_stack: E2ESt
     standalone master, the driver configured only through the environment, and every asset and check
     of a week passing there with local mode's results. Its reference is the e2e backfill's lake, so
     the shop is built once per test session."""
-    timings = {}
-    raw_dir, local_lake, cluster_lake = (Path(e2e_stack.env["RECSYS_RAW_URI"]), Path(e2e_stack.env["RECSYS_LAKE_DIR"]),
-                                         tmp_path / "lake-cluster")
+    cluster = e2e_stack.cluster
+    assert cluster is not None, f"the cluster run did not start: {e2e_stack.cluster_error or 'not requested'}"
+    local_lake, cluster_lake = Path(e2e_stack.env["RECSYS_LAKE_DIR"]), cluster.lake
     assert run_config_for_tiny_data() == {"ops": {"als": {"config": FAST_ALS}}}, "the cluster runs ALS as the backfill did"
-    local_definitions = build_definitions(make_resources(str(raw_dir), str(local_lake), partition_start=FIRST_WEEK))
+    local_definitions = build_definitions(make_resources(str(cluster.raw_dir), str(local_lake), partition_start=FIRST_WEEK))
     graph = {key.to_user_string() for key in local_definitions.resolve_asset_graph().materializable_asset_keys}
     assert set(GRAPH_ASSETS) == graph, "tests/spark_stages.py's GRAPH_ASSETS must name every asset of the graph"
-    assert {"sessions", "features"} <= set(seed_with_first_week(local_lake, cluster_lake))
+    assert {"sessions", "features", "eval_labels"} <= set(cluster.seeded_tables), cluster.seeded_tables
 
-    env = cluster_env(tmp_path)
-    master_port, master_ui, worker_ui, second_worker_ui = free_port(), free_port(), free_port(), free_port()
-    master_url = f"spark://127.0.0.1:{master_port}"
-    launcher = str(spark_class())
-    result_file = tmp_path / "cluster.json"
-    cluster_mlflow, cluster_published = tmp_path / "mlflow-cluster.db", tmp_path / "published-cluster"
-    began = time.monotonic()
-    with managed_process(
-        [launcher, "org.apache.spark.deploy.master.Master",
-         "--host", "127.0.0.1", "--port", str(master_port), "--webui-port", str(master_ui)],
-        tmp_path / "master.log", name="spark master", env=env,
-    ) as master:
-        master.wait_ready(lambda: master_up(master_ui), timeout=90)
-        with managed_process(
-            [launcher, "org.apache.spark.deploy.worker.Worker", master_url,
-             "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-             "--webui-port", str(worker_ui), "--work-dir", str(tmp_path / "spark-work")],
-            tmp_path / "worker.log", name="spark worker", env=env,
-        ) as worker, managed_process(
-            [launcher, "org.apache.spark.deploy.worker.Worker", master_url,
-             "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-             "--webui-port", str(second_worker_ui), "--work-dir", str(tmp_path / "spark-work-2")],
-            tmp_path / "worker-2.log", name="second spark worker", env=env,
-        ) as second_worker:
-            worker.wait_ready(lambda: alive_workers(master_ui) == 2, timeout=90)
-            timings["cluster_start"] = time.monotonic() - began
-            with managed_process(
-                cluster_driver_args(result_file), tmp_path / "cluster-driver.log", name="cluster driver",
-                env=cluster_driver_env(env, master_url, raw_dir, cluster_lake, cluster_mlflow, cluster_published),
-                cwd=REPO_ROOT,
-            ) as driver:
-                try:
-                    returncode = driver.popen.wait(timeout=max(1.0, PIPELINE_TIMEOUT - (time.monotonic() - began)))
-                except subprocess.TimeoutExpired:
-                    pytest.fail(f"the cluster run did not finish in {PIPELINE_TIMEOUT}s:\n{driver.log_tail(60)}")
-                timings["cluster_run"] = time.monotonic() - began - timings["cluster_start"]
-            if not result_file.exists():
-                pytest.fail(f"the cluster run exited with {returncode} before writing results:\n{driver.log_tail(60)}")
-            cluster = json.loads(result_file.read_text())
-            assert_all_passed(cluster["runs"], driver.log_tail(60))
-            assert returncode == 0, driver.log_tail(60)
-            master.assert_running()
-            worker.assert_running()
-            second_worker.assert_running()
-            state = master_state(master_ui)
+    result = cluster.wait()
+    assert_passed(result["runs"], cluster.driver.log_tail(60))
+    assert result["returncode"] == 0, cluster.driver.log_tail(60)
+    cluster.assert_running()
+    state = master_state(cluster.master_ui)
+    cluster_mlflow, cluster_published = cluster.mlflow_db, cluster.published
+    timings = cluster.timings
+    master_url = cluster.master_url
 
     # Each run was an application of this master that got a core on each worker, and it finished.
-    assert cluster["spark_master"] == master_url
+    assert result["spark_master"] == master_url
     apps = state["completedapps"]
-    assert [(app["name"], app["state"], app["cores"]) for app in apps] == [("session-recsys", "FINISHED", 2)] * len(PLAN), apps
+    assert [(app["name"], app["state"], app["cores"]) for app in apps] == [("session-recsys", "FINISHED", WORKERS)], apps
     assert not state["activeapps"]
     # Every blocking check of the graph ran on the cluster and passed, publish's manifest check included.
-    assert {"ranker_beats_baselines", "publish_gates", "published_manifest_verified"} <= set(cluster["runs"][-1]["checks"])
+    assert {"ranker_beats_baselines", "publish_gates", "published_manifest_verified"} <= set(result["runs"][-1]["checks"])
 
     for table in DETERMINISTIC_TABLES:
         local_rows, cluster_rows = canonical_rows(local_lake, table), canonical_rows(cluster_lake, table)

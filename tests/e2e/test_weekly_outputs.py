@@ -107,6 +107,8 @@ def test_sources_learn_only_from_weeks_before_and_visible_prefixes(two_weeks, sp
 
 
 def test_a_corrupted_covisitation_table_fails_its_check_and_blocks_candidates(two_weeks, monkeypatch, spark, tmp_path):
+    """A blocking check on real pipeline output stops the downstream asset and keeps the corrupted
+    version staged (write-audit-publish), on a copy of the backfill's lake."""
     from pyspark.sql import functions as F
 
     # A copy of the stack's lake, so the corrupted table never reaches the other tests.
@@ -246,6 +248,8 @@ def held_out(two_weeks, spark, tmp_path_factory):
 
 
 def test_predict_scores_held_out_sessions_with_the_champion(two_weeks, held_out, monkeypatch, capsys):
+    """`recsys predict` with the registry's champion (over the MLflow server) writes top-20 lists for
+    sessions the pipeline never saw, and `recsys evaluate` scores them: the CLI as a user runs it."""
     import json
 
     from pipelines.cli import main
@@ -310,6 +314,9 @@ def test_shuffled_labels_drop_the_ranker_to_the_baseline(two_weeks, spark):
 
 
 def test_the_champion_is_served_over_http(two_weeks, held_out, tmp_path):
+    """`mlflow models serve` of the registered champion answers over HTTP with the lists `recsys predict`
+    writes: only a real server process loading the registry's model shows it (its first request
+    starts Spark)."""
     import json
     import os
     import sys
