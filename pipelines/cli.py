@@ -81,6 +81,15 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from pipelines.serving.app import serve
+
+    settings = Settings.from_env()
+    serve(args.model_uri or f"models:/{settings.registered_model_name}@champion", settings.mlflow_tracking_uri,
+          host=args.host, port=args.port, poll_seconds=args.poll_seconds, max_events=settings.max_session_events)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model-uri", default=None, help="default: models:/$RECSYS_MODEL_NAME@champion")
     predict.set_defaults(handler=_predict)
 
+    serve = commands.add_parser(
+        "serve", help="answer one session's recommendations over HTTP (GET /health, POST /recommend) from the champion"
+    )
+    serve.add_argument("--model-uri", default=None,
+                       help="models:/NAME@ALIAS (followed when it moves) or models:/NAME/VERSION; "
+                            "default: models:/$RECSYS_MODEL_NAME@champion")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--poll-seconds", type=float, default=30.0,
+                       help="how often the alias is re-read; a moved alias is loaded and swapped in (0: never)")
+    serve.set_defaults(handler=_serve)
+
     evaluate = commands.add_parser(
         "evaluate", help="score a Kaggle-format predictions CSV against OTTO labels JSONL (prints JSON)"
     )
@@ -125,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, LookupError) as error:
         print(f"recsys {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -21,8 +21,6 @@ way the evaluation measured.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +36,16 @@ from pipelines.config import EVENT_TYPES
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, SourceTables, candidate_features
 from pipelines.metrics import K
 from pipelines.ranker import ranked_top_k, score_rows
+from pipelines.sessions import TYPE_ORDER
 
 BUNDLE_ARTIFACT = "bundle"
 MODEL_ARTIFACT_PATH = "recommender"
 INFO_FILE = "model_info.json"
 TABLE_NAMES = ("covisitation", "similar_items", "top_sellers", "item_stats")
-TYPE_ORDER = {"clicks": 0, "carts": 1, "orders": 2}
 RECOMMENDATIONS_SCHEMA = "session BIGINT, type STRING, recs ARRAY<BIGINT>, scores ARRAY<FLOAT>"
+# A served session's history is cut to its last events as the `sessions` asset cuts it
+# (RECSYS_MAX_SESSION_EVENTS' default).
+MAX_SESSION_EVENTS = 500
 
 
 class InvalidSessionsError(ValueError):
@@ -178,40 +179,36 @@ def prefixes_from_events(events, max_events: int = 500):
     )
 
 
-def _local_spark():
-    from pyspark.sql import SparkSession
-
-    from pipelines.spark import build_spark_session
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return build_spark_session(
-        os.environ.get("SPARK_MASTER", "local[*]"),
-        {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": os.environ.get("RECSYS_SERVING_PARTITIONS", "4")},
-        app_name="session-recommender-serving",
-    )
-
-
 class RecommenderModel(PythonModel):
     """pyfunc: OTTO sessions in (`session`, `events`), top-20 per type out (`session, type, recs, scores`)."""
 
     def load_context(self, context):
         self.bundle = Bundle(context.artifacts[BUNDLE_ARTIFACT])
+        self._scorer = None
+
+    @property
+    def scorer(self):
+        """The bundle in the in-memory scorer, built at the first prediction: a process that loads the
+        model for its Spark path (`Bundle.recommend`: the weekly tables, forward scoring) never reads
+        the tables into memory."""
+        from pipelines.model.scorer import InMemoryScorer
+
+        if getattr(self, "_scorer", None) is None:
+            self._scorer = InMemoryScorer.from_bundle(self.bundle)
+        return self._scorer
 
     def predict(self, context, model_input, params=None):
+        """Sessions scored by the in-memory scorer, no Spark: the lists `recsys serve` answers."""
+        from pipelines.model.scorer import sessions_from_events
+
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if frame.empty:
             return pd.DataFrame({"session": [], "type": [], "recs": [], "scores": []})
         events = otto_sessions_to_long(frame)
-        spark = _local_spark()
-        sessions = prefixes_from_events(spark.createDataFrame(events, "session BIGINT, aid BIGINT, ts BIGINT, type STRING"))
-        result = self.bundle.recommend(sessions).toPandas()
-        result["recs"] = result["recs"].map(lambda aids: [int(a) for a in aids])
-        result["scores"] = result["scores"].map(lambda values: [float(v) for v in values])
-        order = pd.Categorical(result["type"], categories=list(EVENT_TYPES), ordered=True)
-        return result.assign(_order=order).sort_values(["session", "_order"]).drop(columns="_order").reset_index(drop=True)
+        result = self.scorer.recommend(sessions_from_events(events, MAX_SESSION_EVENTS))
+        return result[["session", "type", "recs", "scores"]].sort_values(
+            ["session", "type"], key=lambda column: column.map(TYPE_ORDER) if column.name == "type" else column,
+            kind="stable", ignore_index=True)
 
 
 @dataclass(frozen=True)
@@ -265,7 +262,7 @@ def log_recommender(bundle_dir: str | Path, name: str = MODEL_ARTIFACT_PATH):
     """Log the bundle as a pyfunc model into the active MLflow run; returns mlflow's ModelInfo."""
     import mlflow
 
-    pipelines_dir = Path(__file__).resolve().parent
+    pipelines_dir = Path(__file__).resolve().parents[1]
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=RecommenderModel(),

@@ -1,0 +1,1 @@
+"""Live recommendations over HTTP (`recsys serve`): `app`."""
