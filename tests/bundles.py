@@ -17,7 +17,7 @@ import pandas as pd
 from pipelines.candidates import CandidateConfig
 from pipelines.config import EVENT_TYPES
 from pipelines.covisitation import MATRICES
-from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, ITEM_FEATURES
+from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, ITEM_FEATURES, KEY_COLUMNS
 from pipelines.model import INFO_FILE, TABLE_NAMES
 
 CATALOGUE = 400
@@ -120,3 +120,20 @@ def register_bundle(tracking_uri: str, name: str, bundle_dir: Path) -> str:
     with mlflow.start_run():
         info = log_recommender(bundle_dir)
     return str(mlflow.register_model(info.model_uri, name).version)
+
+
+def assert_same_features(expected: pd.DataFrame, actual: pd.DataFrame) -> None:
+    """Every (session, type, aid) row in both, every FEATURE_COLUMNS value equal as float32 (NaN = null)."""
+    expected = expected.sort_values(list(KEY_COLUMNS), ignore_index=True)
+    actual = actual.sort_values(list(KEY_COLUMNS), ignore_index=True)
+    assert len(expected) == len(actual), (len(expected), len(actual))
+    assert (expected[list(KEY_COLUMNS)].to_numpy() == actual[list(KEY_COLUMNS)].to_numpy()).all()
+    differing = {}
+    for name in FEATURE_COLUMNS:
+        left = expected[name].to_numpy(np.float32, na_value=np.nan)
+        right = actual[name].to_numpy(np.float32, na_value=np.nan)
+        # One float32 step apart at most: sums of the same doubles in another order.
+        same = (np.isnan(left) & np.isnan(right)) | (left == right) | np.isclose(left, right, rtol=2e-7, atol=0)
+        if not same.all():
+            differing[name] = int((~same).sum())
+    assert not differing, f"feature columns differ (rows per column): {differing}"

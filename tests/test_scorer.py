@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from pipelines.candidates import CandidateConfig
-from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS, candidate_features
+from pipelines.features import candidate_features
 from pipelines.model import Bundle, prefixes_from_events
 from pipelines.model.scorer import InMemoryScorer, sessions_from_events
-from tests.bundles import CATALOGUE, session_events, write_bundle
+from tests.bundles import CATALOGUE, assert_same_features, session_events, write_bundle
 
 EVENTS_SCHEMA = "session BIGINT, aid BIGINT, ts BIGINT, type STRING"
 
@@ -28,23 +28,6 @@ def bundle(tmp_path_factory) -> Bundle:
 @pytest.fixture(scope="module")
 def events() -> pd.DataFrame:
     return session_events(300)
-
-
-def assert_same_features(expected: pd.DataFrame, actual: pd.DataFrame) -> None:
-    """Every (session, type, aid) row in both, every FEATURE_COLUMNS value equal as float32 (NaN = null)."""
-    expected = expected.sort_values(list(KEY_COLUMNS), ignore_index=True)
-    actual = actual.sort_values(list(KEY_COLUMNS), ignore_index=True)
-    assert len(expected) == len(actual), (len(expected), len(actual))
-    assert (expected[list(KEY_COLUMNS)].to_numpy() == actual[list(KEY_COLUMNS)].to_numpy()).all()
-    differing = {}
-    for name in FEATURE_COLUMNS:
-        left = expected[name].to_numpy(np.float32, na_value=np.nan)
-        right = actual[name].to_numpy(np.float32, na_value=np.nan)
-        # One float32 step apart at most: sums of the same doubles in another order.
-        same = (np.isnan(left) & np.isnan(right)) | (left == right) | np.isclose(left, right, rtol=2e-7, atol=0)
-        if not same.all():
-            differing[name] = int((~same).sum())
-    assert not differing, f"feature columns differ (rows per column): {differing}"
 
 
 def test_in_memory_features_and_lists_equal_the_spark_ones(spark, bundle, events):
