@@ -23,12 +23,13 @@ COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
 
 DAGSTER_SERVICES = ("code_location", "dagster_webserver", "dagster_daemon")
-EXPECTED_SERVICES = ("postgres", "minio", "minio_setup", "mlflow", *DAGSTER_SERVICES)
+EXPECTED_SERVICES = ("postgres", "minio", "minio_setup", "mlflow", *DAGSTER_SERVICES, "serving")
 # Host ports documented in docker/README.md, per service.
 EXPECTED_PORTS = {
     "dagster_webserver": {3000},
     "mlflow": {5000},
     "minio": {9000, 9001},
+    "serving": {8000},
 }
 OPTIONAL_PORTS = {"postgres": {5432}}
 # The configuration table of the design (contract).
@@ -188,7 +189,7 @@ def test_compose_value_types_follow_the_compose_spec(compose):
 
 
 def test_project_image_services_share_one_image(services):
-    images = {services[name]["image"] for name in (*DAGSTER_SERVICES, "mlflow")}
+    images = {services[name]["image"] for name in (*DAGSTER_SERVICES, "mlflow", "serving")}
     assert len(images) == 1, images
 
 
@@ -481,7 +482,9 @@ def test_dockerfile_copies_every_package_of_the_project(pyproject):
             *sources, _ = [part for part in rest.split() if not part.startswith("--")]
             copied.update(source.rstrip("/") for source in sources)
     setuptools = pyproject["tool"]["setuptools"]
-    expected = {*setuptools["packages"], *(f"{module}.py" for module in setuptools["py-modules"])}
+    # A subpackage (pipelines.model) comes with its top-level folder.
+    expected = {*(package.split(".")[0] for package in setuptools["packages"]),
+                *(f"{module}.py" for module in setuptools["py-modules"])}
     expected |= {"pyproject.toml", "workspace.yaml", "scripts"}
     assert expected <= copied, f"not copied: {expected - copied}"
     for source in copied:
@@ -514,3 +517,17 @@ def test_docker_extra_pins_dagster_postgres_to_the_dagster_release(pyproject):
     lib_major, lib_minor, lib_patch = map(int, postgres.split("==")[1].split("."))
     # Integration libraries are released with core: 1.13.27 <-> 0.29.27.
     assert (lib_major, lib_minor, lib_patch) == (core_major - 1, core_minor + 16, core_patch)
+
+
+def test_serving_runs_recsys_serve_against_the_stack_mlflow_with_the_lake_mounted(services):
+    serving = services["serving"]
+    command = as_argv(serving["command"])
+    assert command[:2] == ["recsys", "serve"] and command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--port") + 1] == "8000"
+    environment = as_env(serving["environment"])
+    assert environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # The bundle reads its tables from the lake, at the path the code location wrote them.
+    lake_mounts = [volume for volume in serving["volumes"] if volume.split(":")[0] == "lake"]
+    assert lake_mounts and lake_mounts[0].split(":")[1] == environment["RECSYS_LAKE_DIR"] == "/data/lake"
+    assert serving["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "8000/health" in " ".join(serving["healthcheck"]["test"])
