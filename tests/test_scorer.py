@@ -47,6 +47,16 @@ def test_in_memory_features_and_lists_equal_the_spark_ones(spark, bundle, events
     assert np.allclose(np.concatenate(spark_lists["scores"].to_list()), np.concatenate(lists["scores"].to_list()), rtol=1e-6)
 
 
+def test_one_session_without_pandas_gets_the_lists_of_the_batch_path(bundle, events):
+    scorer = InMemoryScorer.from_bundle(bundle)
+    lists = scorer.recommend(sessions_from_events(events))
+    for session in events["session"].unique()[:60]:
+        mine = events[events["session"] == session].sample(frac=1.0, random_state=0)  # any order
+        expected = {row.type: list(row.recs) for row in lists[lists["session"] == session].itertuples()}
+        got = scorer.recommend_session(int(session), mine[["aid", "ts", "type"]].to_dict("records"))
+        assert {t: recs for t, recs in got.items() if recs} == expected, session
+
+
 def test_the_history_cap_and_other_configs_follow_the_spark_rules(spark, bundle, events):
     """Short caps make every cut bite: history, co-visitation, ALS, top sellers and the fill rule."""
     config = CandidateConfig(history=3, covisitation=5, als=2, top_sellers=4, top_sellers_fill_below=6, max_prefix_events=7)

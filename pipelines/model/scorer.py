@@ -254,10 +254,12 @@ class InMemoryScorer:
         return frame
 
     def _feature_matrix(self, history: pd.DataFrame) -> tuple[CandidateRows, np.ndarray]:
-        session = history["session"].to_numpy(np.int64)
-        aid = history["aid"].to_numpy(np.int64)
-        ts = history["ts"].to_numpy(np.int64)
-        event_type = history["type"].map(TYPE_ORDER).to_numpy(np.int64)
+        return self._feature_matrix_of(history["session"].to_numpy(np.int64), history["aid"].to_numpy(np.int64),
+                                       history["ts"].to_numpy(np.int64), history["type"].map(TYPE_ORDER).to_numpy(np.int64))
+
+    def _feature_matrix_of(self, session: np.ndarray, aid: np.ndarray, ts: np.ndarray,
+                           event_type: np.ndarray) -> tuple[CandidateRows, np.ndarray]:
+        """Candidate rows and their FEATURE_COLUMNS matrix from event arrays (type as TYPE_ORDER codes)."""
         sessions = Groups.of(session)
         rows = self._candidates(session, aid, ts, event_type, sessions)
         matrix = np.empty((len(rows.aid), len(FEATURE_COLUMNS)), dtype=np.float32)
@@ -448,3 +450,14 @@ class InMemoryScorer:
             "recs": [aids[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
             "scores": [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
         })
+
+    def recommend_session(self, session: int, events: list[dict], max_events: int = 500, k: int = K) -> dict[str, list[int]]:
+        """One session's events (`aid`, `ts`, `type` dicts, any order) -> the k best aids per type:
+        `recommend`'s lists without pandas, for a request that holds one session."""
+        ordered = sorted((event["ts"], TYPE_ORDER[event["type"]], event["aid"]) for event in events)[-max_events:]
+        ts, event_type, aid = (np.array(column, dtype=np.int64) for column in zip(*ordered))
+        rows, matrix = self._feature_matrix_of(np.full(len(ts), session, dtype=np.int64), aid, ts, event_type)
+        scores = self._scores(rows, matrix)
+        missing = np.isnan(scores)
+        order = np.lexsort((rows.aid, np.where(missing, np.inf, -scores), missing))
+        return {name: rows.aid[order][rows.type[order] == code][:k].tolist() for name, code in TYPE_ORDER.items()}

@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import pandas as pd
-
 from pipelines.config import EVENT_TYPES
 
 log = logging.getLogger("recsys.serve")
@@ -175,12 +173,8 @@ def create_app(served: ServedModel, max_events: int = 500):
 
 def recommend_one(scorer, session: int, events: list[dict], max_events: int = 500) -> dict[str, list[int]]:
     """Top-20 aids per type for one session's events, as `recsys predict` ranks them."""
-    from pipelines.model.scorer import sessions_from_events
-
-    frame = pd.DataFrame.from_records(events, columns=["aid", "ts", "type"]).assign(session=session)
-    lists = scorer.recommend(sessions_from_events(frame[["session", "aid", "ts", "type"]], max_events))
-    by_type = {row.type: [int(aid) for aid in row.recs] for row in lists.itertuples()}
-    return {event_type: by_type.get(event_type, []) for event_type in EVENT_TYPES}
+    lists = scorer.recommend_session(session, events, max_events)
+    return {event_type: lists.get(event_type, []) for event_type in EVENT_TYPES}
 
 
 def _error(status: int, field: str | None, detail: str, **extra):
