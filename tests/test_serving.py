@@ -8,11 +8,13 @@ The registry is a SQLite MLflow with two registered versions of a synthetic shop
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +62,7 @@ def registry(tmp_path_factory):
 def server(registry):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": registry["tracking_uri"], "RECSYS_MODEL_NAME": MODEL_NAME}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["tracking_uri"], "RECSYS_MODEL_NAME": MODEL_NAME}
     with managed_process([sys.executable, "-m", "pipelines", "serve", "--port", str(port),
                           "--poll-seconds", str(POLL_SECONDS)], registry["root"] / "serve.log", name="recsys serve",
                          env=env) as process:
@@ -190,3 +192,39 @@ def test_the_champion_moves_with_no_failed_request(server, registry):
                     assert answer["recommendations"] == expected[answer["model_version"]]
     finally:
         registry["client"].set_registered_model_alias(MODEL_NAME, "champion", old)
+
+
+def test_the_registered_model_holds_no_pickle_and_scores_in_a_fresh_process(registry, tmp_path):
+    """Models from code: the registry holds the code, the boosters as text and the tables' paths;
+    a fresh process that refuses pickle loads it from the registry and gives the scorer's lists."""
+    import subprocess
+
+    import mlflow
+    import yaml
+
+    version = registry["versions"]["2022-08-01"][0]
+    uri = f"models:/{MODEL_NAME}/{version}"
+    mlflow.set_tracking_uri(registry["tracking_uri"])
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
+    files = [path for path in local.rglob("*") if path.is_file()]
+    assert files
+    for path in files:
+        head = path.read_bytes()[:2]
+        assert path.suffix not in {".pkl", ".pickle", ".cloudpickle"} and head not in (b"\x80\x04", b"\x80\x05"), path
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert "model_code_path" in flavor and "python_model" not in flavor, flavor
+    assert (local / "MLmodel").read_text().count("signature") and (local / "input_example.json").exists()
+
+    body = a_session(42, 15)
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model({uri!r})\n"
+        f"out = model.predict(pd.DataFrame([{body!r}]))\n"
+        "print(json.dumps({row.type: [int(a) for a in row.recs] for row in out.itertuples()}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["tracking_uri"], "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scorer = InMemoryScorer.from_bundle(registry["versions"]["2022-08-01"][1])
+    expected = recommend_one(scorer, 42, body["events"])
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {t: recs for t, recs in expected.items() if recs}

@@ -258,17 +258,40 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("mlflow", "pyspark", "lightgbm", "pandas", "numpy", "pyarrow")]
 
 
+# One OTTO session, what the model takes (and `recsys serve` answers); logged as the model's
+# input example so the MLflow UI and `mlflow models serve` show the request shape.
+INPUT_EXAMPLE = [{"session": 42, "events": [{"aid": 1517085, "ts": 1659304800000, "type": "clicks"},
+                                            {"aid": 1563459, "ts": 1659304904000, "type": "carts"}]}]
+
+
+def model_signature():
+    """Sessions (`session`, `events`: [{aid, ts, type}]) in; one row per (session, type) out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
+
+    event = Object([Property("aid", "long"), Property("ts", "long"), Property("type", "string")])
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "session"), ColSpec(Array(event), "events")]),
+        outputs=Schema([ColSpec("long", "session"), ColSpec("string", "type"), ColSpec(Array("long"), "recs"),
+                        ColSpec(Array("double"), "scores")]),
+    )
+
+
 def log_recommender(bundle_dir: str | Path, name: str = MODEL_ARTIFACT_PATH):
-    """Log the bundle as a pyfunc model into the active MLflow run; returns mlflow's ModelInfo."""
+    """Log the bundle as a pyfunc model into the active MLflow run (models from code: the code file
+    `recommender_code.py` and the `pipelines` package, nothing pickled), with its signature and an
+    input example; returns mlflow's ModelInfo."""
     import mlflow
 
     pipelines_dir = Path(__file__).resolve().parents[1]
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=RecommenderModel(),
+        python_model=str(Path(__file__).with_name("recommender_code.py")),
         artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
         code_paths=[str(pipelines_dir)],
         pip_requirements=pip_requirements(),
+        signature=model_signature(),
+        input_example=pd.DataFrame(INPUT_EXAMPLE),
     )
 
 
