@@ -31,8 +31,8 @@ holds them, built with that week's sources and visible prefixes, so no week's hi
 its features. The folds, by session hash, cut across every week; only week W's rows are scored and
 measured, each by the fold model that never saw the session.
 
-LightGBM and OpenMP do not survive a fork: nothing here forks, and callers must not fork after
-training (no multiprocessing start method "fork" once this ran).
+LightGBM's OpenMP threads do not survive being copied into a child process: nothing here starts
+one, and every process pool of the project and its tests uses the `spawn` start method.
 """
 
 from __future__ import annotations
