@@ -57,6 +57,8 @@ def test_evaluation_rows_equal_the_features_table(week):
 
 
 def test_active_sessions_get_the_spark_features_and_the_published_lists(week, spark):
+    """Over a thousand real sessions through both paths: only a week the pipeline really published
+    shows that what is served live equals the batch table (`tests/test_scorer.py` uses a synthetic shop)."""
     summary = week["lake"].read_stats("published_summary", week["week"])
     champion = load_version(week["tracking_uri"], MODEL_NAME, summary["model"]["version"])
     sessions = active_sessions(week["read"](SESSIONS_TABLE))
