@@ -110,14 +110,19 @@ def write_bundle(directory: Path, tables_dir: Path, week: str = "2022-08-01", se
     return directory
 
 
-def register_bundle(tracking_uri: str, name: str, bundle_dir: Path) -> str:
-    """Log `bundle_dir` as the pyfunc recommender in a run of its own and register it; returns the version."""
+def register_bundle(tracking_uri: str, name: str, bundle_dir: Path, artifacts_dir: Path) -> str:
+    """Log `bundle_dir` as the pyfunc recommender in a run of its own and register it; returns the
+    version. The experiment `name` stores its artifacts under `artifacts_dir` (MLflow's default is
+    ./mlruns in the working directory)."""
     import mlflow
 
     from pipelines.model import log_recommender
 
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run():
+    experiment = mlflow.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(
+        name, artifact_location=artifacts_dir.resolve().as_uri())
+    with mlflow.start_run(experiment_id=experiment_id):
         info = log_recommender(bundle_dir)
     return str(mlflow.register_model(info.model_uri, name).version)
 

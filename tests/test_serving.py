@@ -52,7 +52,7 @@ def registry(tmp_path_factory):
     versions = {}
     for seed, week in ((0, "2022-08-01"), (5, "2022-08-08")):
         bundle_dir = write_bundle(root / f"bundle-{seed}", root / f"tables-{seed}", week=week, seed=seed)
-        versions[week] = (register_bundle(tracking_uri, MODEL_NAME, bundle_dir), Bundle(bundle_dir))
+        versions[week] = (register_bundle(tracking_uri, MODEL_NAME, bundle_dir, root / "artifacts"), Bundle(bundle_dir))
     client = MlflowClient(tracking_uri=tracking_uri)
     client.set_registered_model_alias(MODEL_NAME, "champion", versions["2022-08-01"][0])
     return {"root": root, "tracking_uri": tracking_uri, "versions": versions, "client": client}
