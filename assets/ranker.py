@@ -26,7 +26,7 @@ from pipelines.config import EVENT_TYPES
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE
 from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv
-from pipelines.model import Bundle, log_recommender, save_bundle
+from pipelines.model import Bundle, IncompatibleModelError, log_recommender, save_bundle
 from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.plots import plot_feature_importance, plot_recall_curves
 from pipelines.quality import ranker_suite, validate
@@ -92,10 +92,10 @@ def registered_scores_on(registered, eval_sessions, labels, predictions_csv: Pat
         predictions.unpersist()
 
 
-# What a registered version that this code cannot load or score raises: other feature columns
-# (ValueError from `Bundle`), a lake snapshot that is gone, code it was pickled with that no longer
-# exists. Anything else (a registry or storage outage, memory) fails the step as before.
-INCOMPATIBLE_MODEL_ERRORS = (ValueError, KeyError, TypeError, AttributeError, ImportError, FileNotFoundError)
+# What a registered version that this code cannot serve raises: other feature columns. Anything else
+# (a bug while scoring it, a lake snapshot that is gone, a registry or storage outage) fails the
+# step: it must not pass as "not comparable" and let the new version be promoted past the champion.
+INCOMPATIBLE_MODEL_ERRORS = (IncompatibleModelError,)
 
 
 def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sessions, labels, context):

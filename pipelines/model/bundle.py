@@ -48,6 +48,11 @@ RECOMMENDATIONS_SCHEMA = "session BIGINT, type STRING, recs ARRAY<BIGINT>, score
 MAX_SESSION_EVENTS = 500
 
 
+class IncompatibleModelError(ValueError):
+    """A bundle this code cannot serve: it was trained with other feature columns. The one error that
+    makes a registered version "not comparable" in the champion gate; any other failure is a failure."""
+
+
 class InvalidSessionsError(ValueError):
     """Input sessions that cannot be scored (the message says which and why)."""
 
@@ -81,7 +86,7 @@ class Bundle:
         self.directory = Path(directory)
         self.info = json.loads((self.directory / INFO_FILE).read_text())
         if self.info["feature_columns"] != FEATURE_COLUMNS:
-            raise ValueError(
+            raise IncompatibleModelError(
                 f"model bundle {self.directory} was trained with other features "
                 f"(feature code version {self.info.get('feature_code_version')}, this code {FEATURE_CODE_VERSION})"
             )
