@@ -132,14 +132,7 @@ def create_app(served: ServedModel, max_events: int = 500):
 
     app = FastAPI(title="session-recsys", summary="Live session recommendations from the registered champion")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-            return _error(413, "body", f"the body is over {MAX_BODY_BYTES} bytes")
-        if request.method == "POST" and len(await request.body()) > MAX_BODY_BYTES:
-            return _error(413, "body", f"the body is over {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError):
@@ -175,6 +168,44 @@ def recommend_one(scorer, session: int, events: list[dict], max_events: int = 50
     """Top-20 aids per type for one session's events, as `recsys predict` ranks them."""
     lists = scorer.recommend_session(session, events, max_events)
     return {event_type: lists.get(event_type, []) for event_type in EVENT_TYPES}
+
+
+class BodyLimit:
+    """ASGI middleware: a declared length over `limit` is refused before the body is read, and an
+    undeclared (chunked) body as soon as the bytes received pass it: at most `limit` bytes are held."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await _error_response_too_large()(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await _error_response_too_large()(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _error_response_too_large():
+    return _error(413, "body", f"the body is over {MAX_BODY_BYTES} bytes")
 
 
 def _error(status: int, field: str | None, detail: str, **extra):
