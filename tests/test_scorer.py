@@ -62,15 +62,10 @@ def test_the_history_cap_and_other_configs_follow_the_spark_rules(spark, bundle,
     config = CandidateConfig(history=3, covisitation=5, als=2, top_sellers=4, top_sellers_fill_below=6, max_prefix_events=7)
     sessions = prefixes_from_events(spark.createDataFrame(events, EVENTS_SCHEMA))
     spark_features = candidate_features(sessions, bundle.tables(spark), config).toPandas()
-    scorer = InMemoryScorer(*[frame for frame in _tables_of(bundle)], bundle.ranker_strings, bundle.ranker_rounds, config)
+    tables = {name: pd.read_parquet(location) for name, location in bundle.table_locations().items()}
+    scorer = InMemoryScorer(**tables, ranker_strings=bundle.ranker_strings, ranker_rounds=bundle.ranker_rounds,
+                            candidate_config=config)
     assert_same_features(spark_features, scorer.features(sessions_from_events(events)))
-
-
-def _tables_of(bundle: Bundle) -> list[pd.DataFrame]:
-    import pyarrow.parquet as pq
-
-    return [pq.read_table(bundle.table_location(name)).to_pandas()
-            for name in ("covisitation", "similar_items", "top_sellers", "item_stats")]
 
 
 def test_a_session_of_unseen_items_gets_the_top_sellers(bundle):

@@ -102,15 +102,20 @@ class Bundle:
         snapshots existed carry the table in their own `tables/` folder)."""
         return self.info.get("tables", {}).get(name) or str(self.directory / "tables" / name)
 
-    def tables(self, spark) -> SourceTables:
-        missing = [location for name in TABLE_NAMES if not Path(location := self.table_location(name)).exists()]
+    def table_locations(self) -> dict[str, str]:
+        """TABLE_NAMES -> where each is read from; FileNotFoundError, saying what to do, when one is gone."""
+        locations = {name: self.table_location(name) for name in TABLE_NAMES}
+        missing = [location for location in locations.values() if not Path(location).exists()]
         if missing:
             raise FileNotFoundError(
                 f"model bundle {self.directory} (week {self.info.get('week')}) reads its tables from the lake, and "
                 f"{missing} is not there: the serving process must see the lake the model was trained with "
                 "(RECSYS_LAKE_DIR), and its `model_tables` folders must be kept while the model serves"
             )
-        return SourceTables(**{name: spark.read.parquet(self.table_location(name)) for name in TABLE_NAMES})
+        return locations
+
+    def tables(self, spark) -> SourceTables:
+        return SourceTables(**{name: spark.read.parquet(location) for name, location in self.table_locations().items()})
 
     def size_bytes(self) -> dict[str, int]:
         """The bundle's own files (what MLflow stores) and the lake tables it reads."""

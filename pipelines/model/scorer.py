@@ -18,7 +18,6 @@ published `session_recommendations`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,11 +163,9 @@ class InMemoryScorer:
         """From an opened `pipelines.model.Bundle`: its lake tables read once with pyarrow."""
         import pyarrow.parquet as pq
 
-        names = ("covisitation", "similar_items", "top_sellers", "item_stats")
-        if not all(Path(bundle.table_location(name)).exists() for name in names):
-            bundle.tables(None)  # raises the bundle's own FileNotFoundError, which says what to do
-        return cls(*[pq.read_table(bundle.table_location(name)).to_pandas() for name in names],
-                   bundle.ranker_strings, bundle.ranker_rounds, bundle.candidate_config)
+        tables = {name: pq.read_table(location).to_pandas() for name, location in bundle.table_locations().items()}
+        return cls(**tables, ranker_strings=bundle.ranker_strings, ranker_rounds=bundle.ranker_rounds,
+                   candidate_config=bundle.candidate_config)
 
     # --- candidates and features --------------------------------------------------------------
 
