@@ -17,9 +17,8 @@ from dagster import (
     asset,
 )
 
-from assets.eval_split import eval_split
 from assets.events import events
-from assets.partitions import training_weeks_before, weekly_partitions
+from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.als import (
@@ -31,7 +30,7 @@ from pipelines.als import (
     fit_als,
     similar_items,
 )
-from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
+from pipelines.evaluation import active_items, item_coverage, window_events
 from pipelines.quality import (
     coverage_suite,
     factors_suite,
@@ -71,14 +70,14 @@ class AlsRunConfig(Config):
 
 @asset(
     pool=SPARK_POOL,
-    deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
+    deps=[AssetDep(events, partition_mapping=training_window)],
     partitions_def=weekly_partitions,
     group_name="candidate_sources",
     kinds={"spark", "parquet"},
     check_specs=ALS_CHECKS.specs,
     description=(
         "Spark MLlib implicit ALS (default rank 32, 6 iterations) on session x item confidences (clicks 1, carts 6, "
-        "orders 3) of the training window: item and session factors, and the top-K similar items per item "
+        "orders 3) of every event of the training window ending with W: item and session factors, and the top-K similar items per item "
         "(exact blocked cosine up to 100k items, clustered search above)."
     ),
 )
@@ -94,9 +93,8 @@ def als(
 
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
-    weeks_before = pipeline_config.training_weeks_before(context.partition_key)
-    eval_sessions = audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
-    train = training_events(spark.session, audited, weeks_before, eval_sessions)
+    window = pipeline_config.training_window(context.partition_key)
+    train = window_events(spark.session, audited, window)
 
     als_config = config.to_als_config()
     result = fit_als(train, als_config, checkpoint_dir=str(Path(lake.root) / "_checkpoints" / "als"))
@@ -131,7 +129,7 @@ def als(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
-            "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
+            "training_window": MetadataValue.json([w.key for w in window]),
             "items": stats["n_items"],
             "sessions": stats["n_sessions"],
             "ratings": stats["n_ratings"],

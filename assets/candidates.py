@@ -4,6 +4,7 @@ import time
 
 from dagster import (
     AssetCheckResult,
+    AssetDep,
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
@@ -13,14 +14,12 @@ from dagster import (
 from assets.als import als
 from assets.covisitation import covisitation
 from assets.eval_split import eval_split
-from assets.partitions import weekly_partitions
+from assets.partitions import previous_week, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from assets.top_sellers import top_sellers
-from pipelines.als import SIMILAR_ITEMS_TABLE
-from pipelines.covisitation import COVISITATION_TABLE
 from pipelines.metrics import K, spark_score
-from pipelines.popularity import TOP_SELLERS_TABLE, popularity_predictions
+from pipelines.popularity import popularity_predictions
 from pipelines.candidates import (
     CANDIDATES_TABLE,
     MAX_CANDIDATES_PER_QUERY,
@@ -29,8 +28,8 @@ from pipelines.candidates import (
     label_hits,
     recall_report,
 )
-from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
-from pipelines.features import FEATURE_CODE_VERSION
+from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, warm_up_week_reason
+from pipelines.features import FEATURE_CODE_VERSION, source_tables
 from pipelines.quality import candidates_suite, candidates_validation_frame, validate
 from pipelines.tracking import flatten_metrics
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
@@ -61,13 +60,14 @@ def report_table(report: dict) -> str:
 @asset(
     pool=SPARK_POOL,
     code_version=FEATURE_CODE_VERSION,
-    deps=[eval_split, top_sellers, covisitation, als],
+    deps=[eval_split, *(AssetDep(source, partition_mapping=previous_week) for source in (top_sellers, covisitation, als))],
     partitions_def=weekly_partitions,
     group_name="candidates",
     kinds={"spark", "parquet"},
     check_specs=CANDIDATES_CHECKS.specs,
     description=(
-        "Per (evaluation session, type): the union of history, co-visitation, ALS similar-item and top-seller candidates with "
+        "Per (evaluation session, type) of week W, from week W-1's sources (what W-1's model serves W with; none "
+        "in the warm-up week): the union of history, co-visitation, ALS similar-item and top-seller candidates with "
         "each source's score and rank, the hand-rule baseline rank and the session x item features (interactions, "
         "co-visitation and ALS weights summed from the session's items). Metadata: recall@20 and candidate "
         "ceiling per source and combined, and the popularity and hand-rule baselines' OTTO scores."
@@ -84,17 +84,20 @@ def candidates(
 
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
+    sources_week = pipeline_config.sources_week(context.partition_key)
+    if sources_week is None:
+        return CANDIDATES_CHECKS.warm_up(context, audited, warm_up_week_reason(week), metadata={"week": week.key})
     read = lambda table: audited.read_partition(spark.session, table, week)  # noqa: E731
     started = time.perf_counter()
+    sources = source_tables(spark.session, audited, sources_week)
     table = build_candidates(
-        read(EVAL_SESSIONS_TABLE), read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE), read(TOP_SELLERS_TABLE),
-        CANDIDATE_CONFIG,
+        read(EVAL_SESSIONS_TABLE), sources.covisitation, sources.similar_items, sources.top_sellers, CANDIDATE_CONFIG,
     )
     audited.write_partition(table, CANDIDATES_TABLE, week)
     written = read(CANDIDATES_TABLE)
     labels = labels_long(read(EVAL_LABELS_TABLE))
     report = recall_report(label_hits(written, labels), labels.toPandas())
-    report["baseline_popularity"] = spark_score(popularity_predictions(labels, read(TOP_SELLERS_TABLE), K), labels)
+    report["baseline_popularity"] = spark_score(popularity_predictions(labels, sources.top_sellers, K), labels)
     per_query = written.groupBy("session", "type").count().agg({"count": "avg"}).first()[0]
     seconds = time.perf_counter() - started
 
@@ -111,6 +114,7 @@ def candidates(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
+            "sources_week": sources_week.key,
             "dagster/row_count": written.count(),
             "candidates_per_session_and_type": round(per_query, 1),
             "recall_report": MetadataValue.md(report_table(report)),

@@ -11,13 +11,12 @@ from dagster import (
     asset,
 )
 
-from assets.eval_split import eval_split
 from assets.events import events
-from assets.partitions import training_weeks_before, weekly_partitions
+from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.covisitation import COVISITATION_TABLE, MATRICES, CovisitationConfig, build_covisitation, validation_frame
-from pipelines.evaluation import EVAL_SESSIONS_TABLE, active_items, item_coverage, training_events
+from pipelines.evaluation import active_items, item_coverage, window_events
 from pipelines.quality import coverage_suite, covisitation_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
@@ -34,25 +33,16 @@ COVISITATION_CONFIG = CovisitationConfig()
 ACTIVE_ITEM_MIN_EVENTS = 5
 
 
-def _training_window(context, spark, lake, pipeline_config):
-    week = pipeline_config.week(context.partition_key)
-    weeks_before = pipeline_config.training_weeks_before(context.partition_key)
-    eval_sessions = lake.lake.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
-    train = training_events(spark.session, lake.lake, weeks_before, eval_sessions)
-    window_start = (weeks_before[0] if weeks_before else week).start_ms
-    return week, weeks_before, train, window_start, week.end_ms
-
-
 @asset(
     pool=SPARK_POOL,
-    deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
+    deps=[AssetDep(events, partition_mapping=training_window)],
     partitions_def=weekly_partitions,
     group_name="candidate_sources",
     kinds={"spark", "parquet"},
     check_specs=COVISITATION_CHECKS.specs,
     description=(
-        "Top-K neighbours per item from three co-visitation matrices over the training window (weeks before W "
-        "plus W's visible prefixes): clicks (time-weighted, 24 h), carts-orders (type-weighted, 24 h) and "
+        "Top-K neighbours per item from three co-visitation matrices fitted once on every event of the training "
+        "window ending with W (published for W, served during W+1, behind week W+1's labelled rows): clicks (time-weighted, 24 h), carts-orders (type-weighted, 24 h) and "
         "buy2buy (carts and orders, 14 days) = frequently bought together."
     ),
 )
@@ -65,10 +55,12 @@ def covisitation(
 ) -> MaterializeResult:
     import mlflow
 
-    week, weeks_before, train, window_start, window_end = _training_window(context, spark, lake, pipeline_config)
+    week = pipeline_config.week(context.partition_key)
+    window = pipeline_config.training_window(context.partition_key)
     audited = lake.lake.audited(week)
     started = time.perf_counter()
-    table = build_covisitation(train, COVISITATION_CONFIG, window_start, window_end)
+    train = window_events(spark.session, audited, window)
+    table = build_covisitation(train, COVISITATION_CONFIG, window[0].start_ms, week.end_ms)
 
     def summarize(written) -> dict:
         from pyspark.sql import functions as F
@@ -98,7 +90,7 @@ def covisitation(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
-            "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
+            "training_window": MetadataValue.json([w.key for w in window]),
             "dagster/row_count": sum(stats["rows"].values()),
             "rows_per_matrix": MetadataValue.json(stats["rows"]),
             "items_per_matrix": MetadataValue.json(stats["items"]),

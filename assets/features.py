@@ -12,19 +12,18 @@ from dagster import (
 )
 
 from assets.candidates import candidates
-from assets.events import events
-from assets.partitions import training_weeks_before, weekly_partitions
+from assets.partitions import previous_week, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
+from assets.top_sellers import top_sellers
 from pipelines.candidates import CANDIDATES_TABLE
-from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
+from pipelines.evaluation import EVAL_SESSIONS_TABLE, warm_up_week_reason
 from pipelines.features import (
     FEATURE_CODE_VERSION,
     FEATURE_COLUMNS,
     FEATURES_TABLE,
     ITEM_STATS_TABLE,
     add_features,
-    build_item_stats,
     features_validation_frame,
 )
 from pipelines.quality import features_suite, validate
@@ -39,16 +38,16 @@ FEATURES_CHECKS = AuditedChecks("features", {
 @asset(
     pool=SPARK_POOL,
     code_version=FEATURE_CODE_VERSION,
-    deps=[candidates, AssetDep(events, partition_mapping=training_weeks_before)],
+    deps=[candidates, AssetDep(top_sellers, partition_mapping=previous_week)],
     partitions_def=weekly_partitions,
     group_name="ranking",
     kinds={"spark", "parquet"},
     check_specs=FEATURES_CHECKS.specs,
     description=(
         "Per candidate row: candidate (source scores and ranks, hand-rule rank), session (length, duration, counts), "
-        "item (popularity by type over the window and its last week, trend, conversion) and session x item "
-        "(interactions, recency, co-visitation weights per matrix, ALS similarity) features. Never reads a label. "
-        "Also writes `item_stats`, which the served model bundles."
+        "item (week W-1's `item_stats`: popularity by type over its window and its last week, trend, conversion) and "
+        "session x item (interactions, recency, co-visitation weights per matrix, ALS similarity) features. Never "
+        "reads a label, nor any event of W outside the visible prefixes."
     ),
 )
 def features(
@@ -56,15 +55,14 @@ def features(
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
-    weeks_before = pipeline_config.training_weeks_before(context.partition_key)
+    sources_week = pipeline_config.sources_week(context.partition_key)
+    if sources_week is None:
+        return FEATURES_CHECKS.warm_up(context, audited, warm_up_week_reason(week), metadata={"week": week.key})
     started = time.perf_counter()
     eval_sessions = audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
-    train = training_events(spark.session, audited, weeks_before, eval_sessions)
-    audited.write_partition(build_item_stats(train, week.start_ms), ITEM_STATS_TABLE, week)
-
     candidate_rows = audited.read_partition(spark.session, CANDIDATES_TABLE, week)
     table = add_features(candidate_rows, eval_sessions.select("session", "prefix"),
-                         audited.read_partition(spark.session, ITEM_STATS_TABLE, week))
+                         audited.read_partition(spark.session, ITEM_STATS_TABLE, sources_week))
     audited.write_partition(
         table, FEATURES_TABLE, week,
         stats=lambda written: {"rows": written.count(), "candidate_rows": candidate_rows.count(),
@@ -75,6 +73,7 @@ def features(
         context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
+            "sources_week": sources_week.key,
             "dagster/row_count": stats["rows"],
             "rows_per_type": MetadataValue.json(stats["rows_per_type"]),
             "feature_columns": MetadataValue.json(FEATURE_COLUMNS),

@@ -30,11 +30,14 @@ history_window = TimeWindowPartitionMapping(
     start_offset=-SETTINGS.history_weeks, end_offset=0, allow_nonexistent_upstream_partitions=True
 )
 
-# Candidate sources of week W learn from the `training_weeks` weeks before W (W itself only
-# through the visible prefixes of its evaluation sessions).
-training_weeks_before = TimeWindowPartitionMapping(
-    start_offset=-SETTINGS.training_weeks, end_offset=-1, allow_nonexistent_upstream_partitions=True
+# The sources of week W are fitted once on every event of the `training_weeks` weeks ending with W.
+training_window = TimeWindowPartitionMapping(
+    start_offset=-(SETTINGS.training_weeks - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
 )
+
+# The labelled rows of week W are built from week W-1's sources: what W-1's model serves W with.
+# The first partition has no week before it (the warm-up week).
+previous_week = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
 
 # The ranker of week W trains on the labelled sessions of W and the weeks before it.
 labelled_weeks = TimeWindowPartitionMapping(

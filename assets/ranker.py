@@ -16,15 +16,17 @@ from dagster import (
     asset,
 )
 
+from assets.als import als
 from assets.candidates import CANDIDATE_CONFIG
+from assets.covisitation import covisitation
 from assets.features import features
-from pipelines.features import source_tables
 from assets.partitions import labelled_weeks, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
+from assets.top_sellers import top_sellers
 from pipelines.config import EVENT_TYPES
-from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long
-from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE
+from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long, warm_up_week_reason
+from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE, source_tables
 from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv
 from pipelines.model import Bundle, IncompatibleModelError, log_recommender, save_bundle
 from pipelines.popularity import TOP_SELLERS_TABLE
@@ -72,15 +74,18 @@ def scores_table(metrics: dict) -> str:
     return markdown_table(pd.DataFrame(rows))
 
 
-def registered_scores_on(registered, eval_sessions, labels, predictions_csv: Path | None = None) -> dict[str, float]:
-    """A registered version's OTTO scores (`spark_score`) on this week's evaluation prefixes: what it
-    would serve on the sessions the new version is scored on; its lists also go to `predictions_csv`."""
+def registered_scores_on(registered, week_features, labels, predictions_csv: Path | None = None) -> dict[str, float]:
+    """A registered version's OTTO scores (`spark_score`) on this week's labelled rows (`week_features`,
+    the lake's features of W, built from W-1's sources): its boosters rank the same rows, against the
+    same labels, as the new version's out-of-fold predictions; its lists also go to `predictions_csv`."""
     from pyspark import StorageLevel
 
     from pipelines.metrics import spark_score
-    from pipelines.model import spark_recommendations_to_long
+    from pipelines.ranker import ranked_top_k, score_lake_rows
 
-    predictions = spark_recommendations_to_long(registered.bundle.recommend(eval_sessions.select("session", "prefix")))
+    bundle = registered.bundle
+    scored = score_lake_rows(week_features, bundle.ranker_strings, bundle.ranker_rounds)
+    predictions = ranked_top_k(scored).select("session", "type", "aid", "rank")
     if predictions_csv is None:
         return spark_score(predictions, labels)
     # Two actions over the served lists: they are computed once.
@@ -98,7 +103,7 @@ def registered_scores_on(registered, eval_sessions, labels, predictions_csv: Pat
 INCOMPATIBLE_MODEL_ERRORS = (IncompatibleModelError,)
 
 
-def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sessions, labels, context):
+def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, week_features, labels, context):
     """(the week before's version and its scores on this week's sessions, the champion's score on
     them, why the champion could not be scored, the champion version these are about): the first is that model's forward score, logged
     with its lists into the run that trained it (the labels are this week's run's
@@ -113,7 +118,7 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
         try:
             with tempfile.TemporaryDirectory(prefix="forward-") as scratch:
                 lists = Path(scratch) / FORWARD_PREDICTIONS_CSV
-                forward = registered_scores_on(mlflow_tracking.load_version(previous.version), eval_sessions, labels, lists)
+                forward = registered_scores_on(mlflow_tracking.load_version(previous.version), week_features, labels, lists)
                 record_forward_score(client, name, previous, forward, week.key, artifacts=[lists])
             context.log.info(f"v{previous.version} (week {week.shift(-1).key}) scores {forward['score']:.4f} forward "
                              "on this week's evaluation sessions")
@@ -127,7 +132,7 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
         champion_now = forward["score"]
     elif champion_version is not None:
         try:
-            champion_now = registered_scores_on(mlflow_tracking.load_champion(), eval_sessions, labels)["score"]
+            champion_now = registered_scores_on(mlflow_tracking.load_champion(), week_features, labels)["score"]
             context.log.info(f"champion v{champion_version} scores {champion_now:.4f} on this week's evaluation sessions")
         except INCOMPATIBLE_MODEL_ERRORS as error:  # reported in the gate's reason instead
             champion_unusable = f"{type(error).__name__}: {error}"[:500]
@@ -138,17 +143,19 @@ def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, eval_sess
 
 @asset(
     pool=SPARK_POOL,
-    deps=[AssetDep(features, partition_mapping=labelled_weeks)],
+    deps=[AssetDep(features, partition_mapping=labelled_weeks), top_sellers, covisitation, als],
     partitions_def=weekly_partitions,
     group_name="ranking",
     kinds={"lightgbm", "mlflow"},
     check_specs=RANKER_CHECKS.specs,
     description=(
-        "One LightGBM LambdaRank model per target (clicks, carts, orders), session-grouped K-fold on the evaluation "
-        "sessions of W and up to three weeks before it (each week's rows from its own features), scoring W's. The "
-        "OTTO score of W's out-of-fold predictions is the week's result, beside the popularity and hand-rule "
-        "baselines on the same sessions; the week before's model is scored forward on W's sessions. Logs the "
-        "week's MLflow run (metrics, plots, OOF predictions and labels), registers the pyfunc recommender and moves `champion` only through the gate."
+        "One LightGBM LambdaRank model per target (clicks, carts, orders), session-grouped K-fold on the labelled "
+        "rows of W and up to three weeks before it (each week's rows from the sources of the week before it), "
+        "scoring W's. The OTTO score of W's out-of-fold predictions is the week's result, beside the popularity and "
+        "hand-rule baselines on the same sessions; the week before's model and the champion score W's same rows "
+        "with their boosters (the forward score). Logs the week's MLflow run (metrics, plots, OOF predictions and "
+        "labels), registers the pyfunc recommender with week W's sources (what it serves during W+1) and moves "
+        "`champion` only through the gate. The warm-up week trains nothing."
     ),
 )
 def ranker(
@@ -163,6 +170,11 @@ def ranker(
 
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
+    sources_week = pipeline_config.sources_week(context.partition_key)
+    if sources_week is None:
+        reason = warm_up_week_reason(week)
+        audited.write_document({"week": week.key, "warm_up": reason}, RANKER_TABLE, week)
+        return RANKER_CHECKS.warm_up(context, audited, reason, metadata={"week": week.key})
     ranker_config = config.to_ranker_config()
     started = time.perf_counter()
     labels = labels_long(audited.read_partition(spark.session, EVAL_LABELS_TABLE, week))
@@ -171,8 +183,10 @@ def ranker(
     earlier, skipped_weeks = earlier_labelled_weeks(spark.session, audited, week, ranker_config)
     for skipped_week, why in skipped_weeks.items():
         context.log.info(f"ranker: week {skipped_week} not trained on: {why}")
-    evaluation = evaluate_ranker(audited.read_partition(spark.session, FEATURES_TABLE, week), labels,
-                                 audited.read_partition(spark.session, TOP_SELLERS_TABLE, week), ranker_config,
+    week_features = audited.read_partition(spark.session, FEATURES_TABLE, week)
+    # The popularity baseline ranks with the lists the rows were built from (week W-1's).
+    evaluation = evaluate_ranker(week_features, labels,
+                                 audited.read_partition(spark.session, TOP_SELLERS_TABLE, sources_week), ranker_config,
                                  earlier_weeks=list(earlier.values()))
     fit_seconds = time.perf_counter() - started
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
@@ -181,7 +195,7 @@ def ranker(
     with tempfile.TemporaryDirectory(prefix="ranker-") as scratch, mlflow_tracking.week_run(context) as run:
         scratch = Path(scratch)
         try:
-            item_count = audited.read_partition(spark.session, ITEM_STATS_TABLE, week).count()
+            item_count = audited.read_partition(spark.session, ITEM_STATS_TABLE, sources_week).count()
             coverage = evaluation.predictions[RANKER].select("aid").distinct().count() / max(item_count, 1)
             spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
             spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
@@ -210,7 +224,8 @@ def ranker(
             scratch / "bundle",
             source_tables(spark.session, audited, week),
             {t: r.model for t, r in results.items()},
-            {"week": week.key, "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
+            {"week": week.key, "sources_week": week.key, "rows_sources_week": sources_week.key,
+             "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
              "ranker_rounds": {t: r.rounds for t, r in results.items()},
              "mlflow_run_id": run.info.run_id, "code_version": code_version()},
             audited.model_tables_dir(run.info.run_id),
@@ -222,7 +237,7 @@ def ranker(
         model_info = log_recommender(bundle)
         registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
         previous_week, champion_now, champion_unusable, champion_scored = forward_and_champion_scores(
-            mlflow_tracking, week, audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), labels, context)
+            mlflow_tracking, week, week_features, labels, context)
         if champion_now is not None:
             mlflow.log_metric("champion.score_on_week", champion_now)
         if previous_week is not None:
@@ -237,7 +252,7 @@ def ranker(
                          "model.gate_reason": decision.reason})
 
     summary = {
-        "week": week.key, "metrics": metrics, "ceiling": evaluation.ceiling, "coverage": coverage, "gate": decision.as_dict(),
+        "week": week.key, "rows_sources_week": sources_week.key, "metrics": metrics, "ceiling": evaluation.ceiling, "coverage": coverage, "gate": decision.as_dict(),
         "model_name": mlflow_tracking.registered_model_name, "model_version": registered.version,
         "mlflow_run_id": run.info.run_id, "train_rows": {t: r.train_rows for t, r in results.items()},
         "label_weeks": [week.key, *earlier], "label_weeks_skipped": skipped_weeks,
@@ -258,6 +273,8 @@ def ranker(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
+            "rows_built_from_sources_of": sources_week.key,
+            "bundled_sources_of": week.key,
             "score": score,
             **{f"{name}_score": value for name, value in baselines.items()},
             **({} if previous_week is None else {

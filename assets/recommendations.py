@@ -43,7 +43,7 @@ from pipelines.publish import (
     s3_client_from_resource,
     verify_manifest,
 )
-from pipelines.recommendations import SUMMARY_TABLE, catalogue, lake_table, write_recommendation_tables
+from pipelines.recommendations import HAND_RULE_MODEL, SUMMARY_TABLE, catalogue, lake_table, write_recommendation_tables
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
 PUBLISH_GATES_CHECK = "publish_gates"
@@ -69,11 +69,14 @@ class RecommendationTablesConfig(Config):
 def model_for_week(mlflow_tracking: MlflowResource, ranker_summary: dict | None, model_version: str):
     """The version a week publishes with: by default the one that was champion right after the
     week's own ranker gate, so a rerun or backfill of the week gives the same lists whatever the
-    alias points at today. `model_version` overrides it ("champion" or a version number)."""
+    alias points at today. `model_version` overrides it ("champion" or a version number). None in
+    the warm-up week (its ranker trained nothing): the hand rule writes the session lists."""
     if model_version == USE_CURRENT_CHAMPION:
         return mlflow_tracking.load_champion(), "the current champion (explicit override)"
     if model_version:
         return mlflow_tracking.load_version(model_version), f"version {model_version} (explicit override)"
+    if (ranker_summary or {}).get("warm_up"):
+        return None, ranker_summary["warm_up"]
     chosen = (ranker_summary or {}).get("gate", {}).get("champion_after")
     if chosen is None:
         raise LookupError(
@@ -96,7 +99,9 @@ def _s3_client(uri: str, s3: S3Resource):
     check_specs=RECOMMENDATION_TABLES_CHECKS.specs,
     description=(
         "The four published tables of week W, staged in the lake: top sellers per type, frequently bought together "
-        "(buy2buy), similar items (ALS), and the champion model's top 20 per type for every session active in W."
+        "(buy2buy), similar items (ALS), all of week W's sources (fitted through the end of W), and the top 20 per "
+        "type of every session active in W by the champion's boosters on those sources (the hand rule in the "
+        "warm-up week)."
     ),
 )
 def recommendation_tables(
@@ -112,10 +117,15 @@ def recommendation_tables(
     audited = lake.lake.audited(week)
     read = lambda table: audited.read_partition(spark.session, table, week)  # noqa: E731
     champion, chosen_as = model_for_week(mlflow_tracking, audited.read_stats(RANKER_TABLE, week), config.model_version)
-    context.log.info(f"session recommendations from {champion.name} v{champion.version} (run {champion.run_id}): {chosen_as}")
-    model = {"name": champion.name, "version": str(champion.version), "mlflow_run_id": champion.run_id,
-             "trained_for_week": champion.bundle.info.get("week"), "chosen_as": chosen_as}
-    row_counts = write_recommendation_tables(spark.session, audited, week, champion.bundle, model)
+    if champion is None:
+        model = {"name": HAND_RULE_MODEL, "version": "", "mlflow_run_id": "", "trained_for_week": None,
+                 "sources_week": week.key, "chosen_as": chosen_as}
+    else:
+        model = {"name": champion.name, "version": str(champion.version), "mlflow_run_id": champion.run_id,
+                 "trained_for_week": champion.bundle.info.get("week"), "sources_week": week.key, "chosen_as": chosen_as}
+    context.log.info(f"session recommendations from {model['name']} v{model['version']} with week {week.key}'s "
+                     f"sources: {chosen_as}")
+    row_counts = write_recommendation_tables(spark.session, audited, week, None if champion is None else champion.bundle, model)
     previews = {name: markdown_table(read(lake_table(name)).limit(5).toPandas()) for name in PUBLISHED_TABLES}
     return RECOMMENDATION_TABLES_CHECKS.audit(
         context, audited, spark=spark, s3=s3, pipeline_config=pipeline_config,
@@ -136,7 +146,7 @@ def warm_up_reason(pipeline_config: PipelineConfigResource, week: str, previous_
         return None
     partial = {
         key: len(weeks) for key in (week, previous_week)
-        if len(weeks := pipeline_config.training_weeks_before(key)) < pipeline_config.training_weeks
+        if len(weeks := pipeline_config.training_window(key)) < pipeline_config.training_weeks
     }
     if not partial:
         return None

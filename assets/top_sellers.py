@@ -11,12 +11,12 @@ from dagster import (
     asset,
 )
 
-from assets.eval_split import eval_split
 from assets.events import events
-from assets.partitions import training_weeks_before, weekly_partitions
+from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
-from pipelines.evaluation import EVAL_SESSIONS_TABLE, training_events
+from pipelines.evaluation import window_events
+from pipelines.features import ITEM_STATS_TABLE, build_item_stats
 from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
 from pipelines.quality import per_type_counts_suite, top_sellers_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
@@ -32,14 +32,15 @@ TOP_SELLERS_CONFIG = TopSellersConfig()
 
 @asset(
     pool=SPARK_POOL,
-    deps=[eval_split, AssetDep(events, partition_mapping=training_weeks_before)],
+    deps=[AssetDep(events, partition_mapping=training_window)],
     partitions_def=weekly_partitions,
     group_name="candidate_sources",
     kinds={"spark", "parquet"},
     check_specs=TOP_SELLERS_CHECKS.specs,
     description=(
-        "Recency-weighted popularity per event type (half-life 7 days) and trending items (last week against the "
-        "one before) over the training window: the weeks before W plus W's visible prefixes. Cold-start fallback."
+        "Recency-weighted popularity per event type (half-life 7 days) and trending items (W against the week "
+        "before), and `item_stats` (the ranker's item features), fitted once on every event of the training window "
+        "ending with W. Published for W and served during W+1; week W+1's labelled rows are built from them."
     ),
 )
 def top_sellers(
@@ -51,12 +52,14 @@ def top_sellers(
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
-    weeks_before = pipeline_config.training_weeks_before(context.partition_key)
+    window = pipeline_config.training_window(context.partition_key)
     started = time.perf_counter()
-    eval_sessions = audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
-    train = training_events(spark.session, audited, weeks_before, eval_sessions)
-    table = build_top_sellers(train, reference_ms=week.start_ms, config=TOP_SELLERS_CONFIG)
+    train = window_events(spark.session, audited, window)
+    # Scored from the end of W: the sources serve the week after it.
+    table = build_top_sellers(train, reference_ms=week.end_ms, config=TOP_SELLERS_CONFIG)
     audited.write_partition(table, TOP_SELLERS_TABLE, week, num_files=1, stats=lambda written: {"popular_per_type": types_present(written)})
+    audited.write_partition(build_item_stats(train, week.end_ms), ITEM_STATS_TABLE, week,
+                            stats=lambda written: {"items": written.count()})
     seconds = time.perf_counter() - started
     per_type = audited.read_stats(TOP_SELLERS_TABLE, week)["popular_per_type"]
     preview = (
@@ -69,13 +72,14 @@ def top_sellers(
 
     with mlflow_tracking.week_run(context):
         mlflow.log_params({f"top_sellers.{k}": v for k, v in TOP_SELLERS_CONFIG.__dict__.items()})
-        mlflow.log_params({"training.weeks_before": ",".join(w.key for w in weeks_before) or "none"})
+        mlflow.log_params({"training.window": ",".join(w.key for w in window)})
         mlflow.log_metric("top_sellers.seconds", seconds)
     return TOP_SELLERS_CHECKS.audit(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
-            "training_weeks_before": MetadataValue.json([w.key for w in weeks_before]),
+            "training_window": MetadataValue.json([w.key for w in window]),
+            "item_stats_items": audited.read_stats(ITEM_STATS_TABLE, week)["items"],
             "popular_per_type": MetadataValue.json(per_type),
             "top5": MetadataValue.md(markdown_table(preview)),
             "seconds": round(seconds, 1),

@@ -7,8 +7,8 @@ after the cut give the labels (`clicks`: the next clicked aid, `carts`/`orders`:
 carted/ordered after the cut). The cut is a hash of (session, seed), so it is the same on
 every run and on every executor without a driver-side random stream.
 
-Candidate sources for W are fitted on `training_events`: the events of the weeks before W
-plus the visible prefixes, never the hidden suffixes.
+The labelled rows of W are built from week W-1's sources, fitted on `window_events` through the
+end of W-1: no event of a week-W session reaches the features of its own rows.
 """
 
 from __future__ import annotations
@@ -99,21 +99,19 @@ def summarize_split(eval_sessions, eval_labels) -> EvalSplitSummary:
     )
 
 
-def prefix_events(eval_sessions):
-    """The visible prefixes as `session, aid, ts, type` rows."""
-    from pyspark.sql import functions as F
+def window_events(spark, lake: Lake, window: list[Week]):
+    """What week W's sources are fitted on: every event of the training window ending with W
+    (`PipelineConfigResource.training_window`), hidden suffixes of W's evaluation sessions included;
+    those sources only ever score week W+1's sessions (see DESIGN.md, "One fit per week")."""
+    if not window:
+        raise ValueError("a training window holds at least its own week")
+    return lake.read_weeks(spark, EVENTS_TABLE, window).drop("week")
 
-    return eval_sessions.select("session", F.explode("prefix").alias("e")).select(
-        "session", F.col("e.aid").alias("aid"), F.col("e.ts").alias("ts"), F.col("e.type").alias("type")
-    )
 
-
-def training_events(spark, lake: Lake, weeks_before: list[Week], eval_sessions):
-    """What week W's sources may learn from: the earlier weeks' events plus W's visible prefixes."""
-    prefixes = prefix_events(eval_sessions)
-    if not weeks_before:
-        return prefixes
-    return lake.read_weeks(spark, EVENTS_TABLE, weeks_before).drop("week").unionByName(prefixes)
+def warm_up_week_reason(week: Week) -> str:
+    """Why the first partition builds no labelled rows: said by every step that skips work for it."""
+    return (f"week {week.key} is the first partition (the warm-up week): no week before it has sources to build "
+            "its labelled rows from, so it fits and publishes its sources and trains no ranker")
 
 
 def labels_long(eval_labels):

@@ -69,8 +69,8 @@ def build_item_stats(events, reference_ms: int):
     """Per item: events by type over the training window and its last week before `reference_ms`,
     the click trend (last week vs the one before, smoothed) and cart/order rates per click.
 
-    `events` are the training events (weeks before W and W's visible prefixes): prefix events,
-    at or after `reference_ms`, count as last week.
+    `events` are the training window's events (`window_events`), `reference_ms` the end of the
+    window: these are week W's item features, which week W+1's labelled rows and W's served model read.
     """
     from pyspark.sql import functions as F
 

@@ -30,8 +30,8 @@ class TopSellersConfig:
 def build_top_sellers(events, reference_ms: int, config: TopSellersConfig):
     """`list` (popular|trending), `type`, `rank` (1 = best), `aid`, `score`, `events` (raw count).
 
-    `reference_ms` is "now" (the start of week W): older events decay from there; events at
-    or after it (W's visible prefixes) weigh 1 and count in the last week.
+    `reference_ms` is "now" (the end of week W, when the lists start to serve): older events decay
+    from there; an event at or after it weighs 1 and counts in the last week.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F

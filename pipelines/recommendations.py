@@ -3,8 +3,10 @@
 - `top_sellers`: type, rank, aid, score: the window's most popular items per event type;
 - `frequently_bought_together`: aid, recs, scores: the buy2buy co-visitation neighbours;
 - `similar_items`: aid, recs, scores: ALS cosine neighbours;
-- `session_recommendations`: session, type, recs, scores: the champion model's top 20 per type
-  for every session active in the week, from its full history.
+- `session_recommendations`: session, type, recs, scores: the champion's boosters' top 20 per type
+  for every session active in the week, from its full history (the hand rule in the warm-up week).
+
+Every table is built from week W's sources, fitted on every event through the end of W.
 
 Lists hold at most 20 distinct aids, scores descending.
 """
@@ -70,24 +72,43 @@ def catalogue(events):
 
 
 SUMMARY_TABLE = "summary"
+HAND_RULE_MODEL = "hand-rule"
+
+
+def hand_rule_recommendations(sessions, tables, config, k: int = K):
+    """The co-visitation hand rule's top k per (session, type) as `session, type, recs, scores`
+    (score 1 / rank): what the warm-up week publishes, before any ranker exists."""
+    from pyspark.sql import functions as F
+
+    from pipelines.candidates import build_candidates
+    from pipelines.model.bundle import top_k_lists
+
+    rows = build_candidates(sessions, tables.covisitation, tables.similar_items, tables.top_sellers, config)
+    ranked = rows.where(F.col("baseline_rank").isNotNull()).select(
+        "session", "type", "aid", (F.lit(1.0) / F.col("baseline_rank")).alias("score"))
+    return top_k_lists(ranked, k)
 
 
 def write_recommendation_tables(spark, lake, week, bundle, model: dict) -> dict[str, int]:
-    """Stage week W's four published tables in the lake, the session lists from `bundle` (the
-    champion's `pipelines.model.Bundle`), and their summary (row counts, `model`); returns the row
-    counts. The tables are read from the lake week's source tables and sessions."""
-    from pipelines.als import SIMILAR_ITEMS_TABLE
-    from pipelines.covisitation import COVISITATION_TABLE
+    """Stage week W's four published tables in the lake and their summary (row counts, `model`);
+    returns the row counts. Every table comes from week W's own sources (fitted through the end of
+    W), the session lists from `bundle`'s boosters (the champion's `pipelines.model.Bundle`) on
+    those sources, or from the hand rule when `bundle` is None (the warm-up week)."""
+    from pipelines.candidates import CandidateConfig
+    from pipelines.features import source_tables
     from pipelines.lake import SESSIONS_TABLE
-    from pipelines.popularity import TOP_SELLERS_TABLE
     from pipelines.publish import FREQUENTLY_BOUGHT_TOGETHER, SESSION_RECOMMENDATIONS, SIMILAR_ITEMS, TOP_SELLERS
 
     read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    sources = source_tables(spark, lake, week)
+    sessions = active_sessions(read(SESSIONS_TABLE))
     tables = {
-        TOP_SELLERS: top_sellers_table(read(TOP_SELLERS_TABLE)),
-        FREQUENTLY_BOUGHT_TOGETHER: frequently_bought_together_table(read(COVISITATION_TABLE)),
-        SIMILAR_ITEMS: similar_items_table(read(SIMILAR_ITEMS_TABLE)),
-        SESSION_RECOMMENDATIONS: bundle.recommend(active_sessions(read(SESSIONS_TABLE))),
+        TOP_SELLERS: top_sellers_table(sources.top_sellers),
+        FREQUENTLY_BOUGHT_TOGETHER: frequently_bought_together_table(sources.covisitation),
+        SIMILAR_ITEMS: similar_items_table(sources.similar_items),
+        SESSION_RECOMMENDATIONS: (
+            hand_rule_recommendations(sessions, sources, CandidateConfig()) if bundle is None
+            else bundle.recommend(sessions, tables=sources)),
     }
     row_counts = {}
     for name, frame in tables.items():

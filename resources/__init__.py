@@ -95,9 +95,15 @@ class PipelineConfigResource(ConfigurableResource):
     def history_window(self, partition_key: str) -> list[Week]:
         return self.week(partition_key).window(self.history_weeks, first=self.first_week)
 
-    def training_weeks_before(self, partition_key: str) -> list[Week]:
-        """The weeks before W that candidate sources learn from (W itself only through its prefixes)."""
-        return self.week(partition_key).shift(-1).window(self.training_weeks - 1, first=self.first_week)
+    def training_window(self, partition_key: str) -> list[Week]:
+        """The weeks W's sources are fitted on: every event of the `training_weeks` weeks ending with W."""
+        return self.week(partition_key).window(self.training_weeks - 1, first=self.first_week)
+
+    def sources_week(self, partition_key: str) -> Week | None:
+        """The week whose sources W's labelled rows are built from (W-1: what its model serves W with);
+        None for the first partition, the warm-up week, which fits sources and trains no ranker."""
+        previous = self.week(partition_key).shift(-1)
+        return previous if previous.monday >= self.first_week.monday else None
 
     @property
     def quality(self) -> QualityThresholds:

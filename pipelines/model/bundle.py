@@ -122,9 +122,12 @@ class Bundle:
         own = sum(path.stat().st_size for path in self.directory.rglob("*") if path.is_file())
         return {"bundle": own, "tables": sum(self.info.get("table_bytes", {}).values())}
 
-    def recommend(self, sessions, k: int = K):
-        """`sessions`: Spark `session, prefix` -> Spark `session, type, recs, scores` (top k per type)."""
-        features = candidate_features(sessions, self.tables(sessions.sparkSession), self.candidate_config)
+    def recommend(self, sessions, k: int = K, tables: SourceTables | None = None):
+        """`sessions`: Spark `session, prefix` -> Spark `session, type, recs, scores` (top k per type), from
+        the bundle's tables or, given, another week's (`recommendation_tables`: the champion's boosters
+        with the published week's sources)."""
+        tables = tables if tables is not None else self.tables(sessions.sparkSession)
+        features = candidate_features(sessions, tables, self.candidate_config)
         return top_k_lists(score_rows(features, self.ranker_strings, self.ranker_rounds), k)
 
 

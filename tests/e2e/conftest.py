@@ -40,14 +40,17 @@ DOCS_SCREENSHOT_DIR = REPO_ROOT / "docs" / "screenshots"
 # Small data (2,500 sessions, seed 11), on which
 # the ranker beats both baselines, so every blocking gate passes and the weeks get published. On
 # smaller samples (400 to 2,000 sessions, other seeds) the ranker ties or trails the hand-rule
-# baseline by noise and `ranker_beats_baselines` rightly stops publishing. Week W's sources learn
-# from the weeks before it, so the backfill covers every generated week, oldest first.
+# baseline by noise and `ranker_beats_baselines` rightly stops publishing. Week W's labelled rows
+# come from week W-1's sources, so the backfill covers every generated week, oldest first: the first
+# is the warm-up week (sources only), the second trains the first model, the third scores it forward.
 E2E_SESSIONS = int(os.environ.get("RECSYS_E2E_SESSIONS", "2500"))
-E2E_WEEKS = int(os.environ.get("RECSYS_E2E_WEEKS", "2"))
+E2E_WEEKS = int(os.environ.get("RECSYS_E2E_WEEKS", "3"))
 E2E_START = "2022-08-01"
 E2E_SEED = int(os.environ.get("RECSYS_E2E_SEED", "11"))
 E2E_TIMEZONE = "Europe/Berlin"
 PARTITIONS = [date.fromordinal(date.fromisoformat(E2E_START).toordinal() + 7 * i).isoformat() for i in range(E2E_WEEKS)]
+# The weeks that train a ranker: all but the warm-up week.
+TRAINED_PARTITIONS = PARTITIONS[1:]
 
 JOB_NAME = "weekly_recommender"
 LOCATION_NAME = "session_recsys"

@@ -20,11 +20,20 @@ from definitions import build_definitions
 from pipelines.lake import Lake
 from resources import MlflowResource
 from tests.conftest import make_resources
-from tests.e2e.conftest import E2E_START, E2E_TIMEZONE, EXPERIMENT_NAME, MODEL_NAME, PARTITIONS, E2EStack
+from tests.e2e.conftest import (
+    E2E_START,
+    E2E_TIMEZONE,
+    EXPERIMENT_NAME,
+    MODEL_NAME,
+    PARTITIONS,
+    TRAINED_PARTITIONS,
+    E2EStack,
+)
 
 pytestmark = pytest.mark.e2e
 
 WEEKS = PARTITIONS
+TRAINED = TRAINED_PARTITIONS
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,7 @@ def _metadata(two_weeks, asset_key: str, week: str) -> dict:
 
 
 def test_combined_ceiling_beats_every_single_source_for_carts_and_orders(two_weeks):
-    for week in WEEKS:
+    for week in TRAINED:
         recall = _metadata(two_weeks, "candidates", week)["recall"]
         for event_type in ("carts", "orders"):
             combined = recall["combined"][f"ceiling_recall_{event_type}"]
@@ -74,36 +83,94 @@ def test_mlflow_has_one_run_per_week_with_baseline_scores(two_weeks):
     mlflow.set_tracking_uri(resource.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[resource.experiment_name])
     assert sorted(runs["tags.dagster.partition"]) == WEEKS
-    assert runs["metrics.baseline_covisitation.score"].notna().all()
-    assert runs["metrics.recall.combined.ceiling_recall_orders"].notna().all()
+    trained = runs[runs["tags.dagster.partition"].isin(TRAINED)]
+    assert len(trained) == len(TRAINED)
+    assert trained["metrics.baseline_covisitation.score"].notna().all()
+    assert trained["metrics.recall.combined.ceiling_recall_orders"].notna().all()
     assert runs["metrics.als.item_factor_norm.mean"].notna().all()
     assert (runs["params.als.rank"] == "8").all()
 
 
-def test_sources_learn_only_from_weeks_before_and_visible_prefixes(two_weeks, spark):
-    """No hidden (label) event of week W may reach W's co-visitation table."""
+def test_labelled_rows_of_every_trained_week_come_from_the_week_befores_sources(two_weeks, spark):
+    """The leakage test over the multi-week training rows: each week's rows are built from the sources
+    of the week before it, which were fitted on events that all precede the week; so no event of a
+    labelled session (its hidden suffix included) reaches a feature of its rows."""
     from pyspark.sql import functions as F
 
-    from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE
+    from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, window_events
+    from pipelines.features import FEATURES_TABLE, ITEM_STATS_TABLE
     from pipelines.weeks import Week
 
     lake = Lake(str(two_weeks["root"] / "lake"))
-    week = Week.parse(WEEKS[1], E2E_TIMEZONE)
-    sessions_with_only_hidden_buys = (
-        lake.read_partition(spark, EVAL_LABELS_TABLE, week)
-        .join(lake.read_partition(spark, EVAL_SESSIONS_TABLE, week), "session")
-        .where((F.size("orders") > 0) & F.forall("prefix", lambda e: e["type"] == "clicks"))
-        .count()
-    )
-    assert sessions_with_only_hidden_buys > 0  # the leak test below has something to catch
-    # Rebuild week W's training data exactly as the assets do and check no event is after a cut.
-    from pipelines.evaluation import training_events
+    for key in TRAINED:
+        week = Week.parse(key, E2E_TIMEZONE)
+        previous = week.shift(-1)
+        assert _metadata(two_weeks, "features", key)["sources_week"] == previous.key
+        assert _metadata(two_weeks, "candidates", key)["sources_week"] == previous.key
+        window = _metadata(two_weeks, "covisitation", previous.key)["training_window"]
+        assert window[-1] == previous.key and _metadata(two_weeks, "als", previous.key)["training_window"] == window
+        fitted_on = window_events(spark, lake, [Week.parse(w, E2E_TIMEZONE) for w in window])
+        labelled = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week).select("session")
+        assert fitted_on.where(F.col("ts") >= week.start_ms).count() == 0
+        assert fitted_on.join(labelled, "session", "left_semi").count() == 0
+        # Every item feature of the rows is the week before's item_stats, not this week's.
+        rows = lake.read_partition(spark, FEATURES_TABLE, week).select("aid", "item_orders", "item_clicks_last_week")
+        stats = lake.read_partition(spark, ITEM_STATS_TABLE, previous).select(
+            "aid", F.col("item_orders").alias("orders_before"), F.col("item_clicks_last_week").alias("clicks_before"))
+        differing = rows.join(stats, "aid", "left").where(
+            ~F.col("item_orders").eqNullSafe(F.col("orders_before").cast("float"))
+            | ~F.col("item_clicks_last_week").eqNullSafe(F.col("clicks_before").cast("float")))
+        assert differing.count() == 0
+        # Sessions that bought only after their cut exist: there was something to leak.
+        assert lake.read_partition(spark, EVAL_LABELS_TABLE, week).join(
+            lake.read_partition(spark, EVAL_SESSIONS_TABLE, week), "session").where(
+            (F.size("orders") > 0) & F.forall("prefix", lambda e: e["type"] == "clicks")).count() > 0
 
-    train = training_events(spark, lake, [Week.parse(WEEKS[0], E2E_TIMEZONE)], lake.read_partition(spark, EVAL_SESSIONS_TABLE, week))
-    cuts = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week).select("session", "cut_ts")
-    leaked = train.join(cuts, "session").where(F.col("ts") > F.col("cut_ts")).count()
-    assert leaked == 0
-    assert train.where(F.col("ts") >= week.end_ms).count() == 0
+
+def test_published_sources_know_the_weeks_last_two_days(two_weeks, spark, tmp_path):
+    """Freshness: pairs of items first bought together in the last two days of the week are in that
+    week's published frequently-bought-together table, and the model registered for the week serves
+    with exactly the week's sources."""
+    import json
+
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from pipelines.covisitation import COVISITATION_TABLE
+    from pipelines.lake import EVENTS_TABLE
+    from pipelines.publish import download_table
+    from pipelines.weeks import Week
+
+    lake = Lake(str(two_weeks["root"] / "lake"))
+    key = WEEKS[-1]
+    week = Week.parse(key, E2E_TIMEZONE)
+    late_start = week.end_ms - 2 * 86_400_000
+    buys = lake.read_weeks(spark, EVENTS_TABLE, [Week.parse(w, E2E_TIMEZONE) for w in WEEKS]).where(
+        F.col("type") != "clicks").select("session", "aid", "ts")
+    pairs = buys.alias("x").join(buys.alias("y"), "session").where(F.col("x.aid") != F.col("y.aid")).groupBy(
+        F.col("x.aid").alias("aid"), F.col("y.aid").alias("neighbour")).agg(
+        F.min(F.greatest("x.ts", "y.ts")).alias("first_ts"))
+    fresh = pairs.where(F.col("first_ts") >= late_start).select("aid", "neighbour")
+    assert fresh.count() > 0
+    published = download_table(two_weeks["resources"]["pipeline_config"].publish_uri, key,
+                               "frequently_bought_together", tmp_path / "fbt")
+    lists = pq.ParquetDataset(published).read().to_pandas()
+    listed = spark.createDataFrame(
+        [(int(aid), int(n)) for aid, recs in zip(lists["aid"], lists["recs"]) for n in recs], "aid bigint, neighbour bigint")
+    share = fresh.join(listed, ["aid", "neighbour"], "left_semi").count() / fresh.count()
+    assert share > 0.5, share
+
+    from mlflow import MlflowClient
+
+    resource = two_weeks["resources"]["mlflow_tracking"]
+    version = next(v for v in MlflowClient(resource.tracking_uri).search_model_versions(
+        f"name = '{resource.registered_model_name}'") if v.tags["week"] == key)
+    bundle = resource.load_version(version.version).bundle
+    assert bundle.info["sources_week"] == key and bundle.info["rows_sources_week"] == week.shift(-1).key
+    served = spark.read.parquet(bundle.table_locations()["covisitation"])
+    live = lake.read_partition(spark, COVISITATION_TABLE, week)
+    assert served.count() == live.count() and served.exceptAll(live.select(*served.columns)).count() == 0
+    assert json.dumps(bundle.info["candidate_config"])
 
 
 def test_a_corrupted_covisitation_table_fails_its_check_and_blocks_candidates(two_weeks, monkeypatch, spark, tmp_path):
@@ -154,7 +221,8 @@ def _week_runs(two_weeks):
 
 
 def test_ranker_beats_both_baselines_every_week_on_the_same_sessions(two_weeks):
-    for week in WEEKS:
+    assert _metadata(two_weeks, "ranker", WEEKS[0])["warm_up"] is True
+    for week in TRAINED:
         metadata = _metadata(two_weeks, "ranker", week)
         assert metadata["score"] > metadata["baseline_covisitation_score"], week
         assert metadata["score"] > metadata["baseline_popularity_score"], week
@@ -168,7 +236,7 @@ def test_logged_oof_predictions_rescore_to_the_logged_metric(two_weeks, tmp_path
 
     _, runs = _week_runs(two_weeks)
     runs = runs[runs["metrics.ranker.score"].notna()]  # other tests rerun single assets in runs of their own
-    assert sorted(runs["tags.dagster.partition"]) == WEEKS
+    assert sorted(runs["tags.dagster.partition"]) == TRAINED
     for _, run in runs.iterrows():
         local = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="evaluation", dst_path=str(tmp_path / run["run_id"]))
         rescored = evaluate_files(f"{local}/labels.jsonl", f"{local}/oof_predictions.csv")
@@ -186,7 +254,7 @@ def test_registry_holds_a_version_per_week_and_a_champion(two_weeks):
     resource, _ = _week_runs(two_weeks)
     client = MlflowClient(resource.tracking_uri)
     versions = client.search_model_versions(f"name = '{resource.registered_model_name}'")
-    assert sorted(v.tags["week"] for v in versions) == WEEKS
+    assert sorted(v.tags["week"] for v in versions) == TRAINED
     champion = client.get_model_version_by_alias(resource.registered_model_name, "champion")
     assert champion.tags["gate"] == "promoted"
 
@@ -199,7 +267,7 @@ def test_the_week_befores_model_is_scored_forward_and_rescores_from_its_logged_l
 
     resource, runs = _week_runs(two_weeks)
     runs = runs[runs["metrics.ranker.score"].notna()].set_index("tags.dagster.partition")
-    first, second = runs.loc[WEEKS[0]], runs.loc[WEEKS[1]]
+    first, second = runs.loc[TRAINED[0]], runs.loc[TRAINED[1]]
     assert "metrics.forward.score" not in second or math.isnan(second["metrics.forward.score"])
     forward = first["metrics.forward.score"]
     # What the first week's model serves on the second week's sessions, re-scored from the lists
@@ -215,13 +283,13 @@ def test_the_week_befores_model_is_scored_forward_and_rescores_from_its_logged_l
 
     client = MlflowClient(resource.tracking_uri)
     version = next(v for v in client.search_model_versions(f"name = '{resource.registered_model_name}'")
-                   if v.tags["week"] == WEEKS[0])
-    assert float(version.tags["forward_score"]) == pytest.approx(forward, abs=1e-6) and version.tags["forward_week"] == WEEKS[1]
-    metadata = _metadata(two_weeks, "ranker", WEEKS[1])
+                   if v.tags["week"] == TRAINED[0])
+    assert float(version.tags["forward_score"]) == pytest.approx(forward, abs=1e-6) and version.tags["forward_week"] == TRAINED[1]
+    metadata = _metadata(two_weeks, "ranker", TRAINED[1])
     assert metadata["previous_week_model_forward_score"] == pytest.approx(forward, abs=1e-12)
     assert f"v{version.version} scored {forward:.4f} forward" in metadata["champion_gate"]["reason"]
     observed = [r.asset_observation for r in two_weeks["instance"].fetch_observations(AssetKey("ranker"), limit=100).records
-                if r.asset_observation.partition == WEEKS[0]]
+                if r.asset_observation.partition == TRAINED[0]]
     assert observed and observed[0].metadata["forward_score"].value == pytest.approx(forward, abs=1e-12)
 
 
@@ -300,7 +368,7 @@ def test_shuffled_labels_drop_the_ranker_to_the_baseline(two_weeks, spark):
     permuted = dict(zip(sessions, np.random.default_rng(0).permutation(sessions)))
     shuffled = labels.assign(session=labels["session"].map(permuted))
     blind = evaluate_ranker(lake.read_partition(spark, FEATURES_TABLE, week), spark.createDataFrame(shuffled),
-                            lake.read_partition(spark, TOP_SELLERS_TABLE, week), RankerConfig())
+                            lake.read_partition(spark, TOP_SELLERS_TABLE, week.shift(-1)), RankerConfig())
     # Trained on the shuffled labels, scored against the real ones.
     blind_score = spark_score(blind.predictions[RANKER], spark.createDataFrame(labels))["score"]
     blind.release()
@@ -360,7 +428,7 @@ def test_the_champion_is_served_over_http(two_weeks, held_out, tmp_path):
     assert {p["type"]: p["recs"] for p in predictions} == {row.type: list(row.recs) for row in expected.itertuples()}
 
 
-def test_both_weeks_are_published_and_latest_points_to_the_last(two_weeks, spark, tmp_path):
+def test_every_week_is_published_and_latest_points_to_the_last(two_weeks, spark, tmp_path):
     import pyarrow.parquet as pq
 
     from pipelines.lake import SESSIONS_TABLE
@@ -368,9 +436,10 @@ def test_both_weeks_are_published_and_latest_points_to_the_last(two_weeks, spark
     from pipelines.weeks import Week
 
     publish_uri = two_weeks["resources"]["pipeline_config"].publish_uri
-    assert read_latest(publish_uri)["week"] == WEEKS[1]
+    assert read_latest(publish_uri)["week"] == WEEKS[-1]
     for week in WEEKS:
         manifest = read_manifest(publish_uri, week)
+        assert (manifest["model"]["name"] == "hand-rule") == (week == WEEKS[0]), manifest["model"]
         assert verify_manifest(publish_uri, week).ok
         assert set(manifest["row_counts"]) == set(PUBLISHED_TABLES)
         active = Lake(str(two_weeks["root"] / "lake")).read_partition(spark, SESSIONS_TABLE, Week.parse(week, E2E_TIMEZONE)).count()
