@@ -41,7 +41,10 @@ from resources import LakeResource, MlflowResource, PipelineConfigResource, Spar
 RANKER_TABLE = "ranker"
 RANKER_BEATS_BASELINES_CHECK = "ranker_beats_baselines"
 RANKER_CHECKS = AuditedChecks("ranker", {
-    RANKER_BEATS_BASELINES_CHECK: "GE: the ranker's out-of-fold OTTO score is above the hand-rule and popularity baselines on the same sessions.",
+    RANKER_BEATS_BASELINES_CHECK: (
+        "GE: the ranker's out-of-fold OTTO score is at most RECSYS_CHAMPION_TOLERANCE below the hand rule (a ranker "
+        "that found no significant gain keeps its order; it is never promoted) and above popularity, on the same sessions."
+    ),
 })
 
 
@@ -302,7 +305,7 @@ def ranker(
 
 @RANKER_CHECKS.implements(RANKER_BEATS_BASELINES_CHECK)
 def ranker_beats_baselines(
-    context: AssetExecutionContext, lake: StagedLake, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: StagedLake, mlflow_tracking: MlflowResource, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     import pandas as pd
 
@@ -313,7 +316,7 @@ def ranker_beats_baselines(
         "margin_over_covisitation": score - metrics["baseline_covisitation"]["score"],
         "margin_over_popularity": score - metrics["baseline_popularity"]["score"],
     }])
-    report = validate(margins, RANKER_BEATS_BASELINES_CHECK, ranker_suite())
+    report = validate(margins, RANKER_BEATS_BASELINES_CHECK, ranker_suite(mlflow_tracking.champion_tolerance))
     return check_result_from_report(
         report, week=week.key, score=score, **{f"{b}_score": metrics[b]["score"] for b in BASELINES}
     )

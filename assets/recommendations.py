@@ -69,20 +69,21 @@ class RecommendationTablesConfig(Config):
 def model_for_week(mlflow_tracking: MlflowResource, ranker_summary: dict | None, model_version: str):
     """The version a week publishes with: by default the one that was champion right after the
     week's own ranker gate, so a rerun or backfill of the week gives the same lists whatever the
-    alias points at today. `model_version` overrides it ("champion" or a version number). None in
-    the warm-up week (its ranker trained nothing): the hand rule writes the session lists."""
+    alias points at today. `model_version` overrides it ("champion" or a version number). None, with
+    the reason, when there is no such version: in the warm-up week (its ranker trained nothing) and
+    until a version passes the gate; the hand rule then writes the session lists."""
     if model_version == USE_CURRENT_CHAMPION:
         return mlflow_tracking.load_champion(), "the current champion (explicit override)"
     if model_version:
         return mlflow_tracking.load_version(model_version), f"version {model_version} (explicit override)"
     if (ranker_summary or {}).get("warm_up"):
         return None, ranker_summary["warm_up"]
-    chosen = (ranker_summary or {}).get("gate", {}).get("champion_after")
+    if ranker_summary is None or "gate" not in ranker_summary:
+        raise LookupError("this week's ranker left no summary in the lake: materialize the week's ranker first")
+    chosen = ranker_summary["gate"].get("champion_after")
     if chosen is None:
-        raise LookupError(
-            "this week's ranker run left no champion (no version has passed the gate yet), so there is no model to "
-            "publish with; set ops.recommendation_tables.config.model_version to a version or to 'champion'"
-        )
+        return None, ("no version has passed the champion gate yet (this week's: "
+                      f"{ranker_summary['gate'].get('reason', 'no reason recorded')})")
     return mlflow_tracking.load_version(str(chosen)), "the champion after this week's ranker gate"
 
 

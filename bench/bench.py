@@ -1,19 +1,25 @@
-"""`make bench`: time each Spark stage at 1M sessions and print rows, seconds and peak memory.
+"""`make bench`: the last week's whole weekly run, as the code location runs it, timed per step.
 
-Not a test: it prints numbers for the README. The generated raw data is cached under
-data/bench/ and reused while the generator parameters are unchanged.
+Not a test: it prints numbers for the README.
 
-    python bench/bench.py [--sessions 1000000] [--weeks 4] [--driver-memory 12g]
-    python bench/bench.py --sessions 200000 --seed 3 --forward --workdir data/bench-200k-3  # + W+1's score
+    python bench/bench.py --sessions 1000000 --json data/bench-1000000/bench.json
+    python bench/bench.py --sessions 200000 --seed 3 --forward --json FILE   # + the model's forward score
 
-`--forward` generates one week more than `--weeks`; after the timed retrain of week W, W+1's
-events, sessions and evaluation split are prepared untimed and `bench/bench_forward.py` scores
-the bench's own bundle on W+1 through `recsys predict` against the hand rule (`forward` in the JSON).
-The generator spreads `--sessions` over the extra week too, so the timed week is smaller than
-without the flag: compare timings only between runs with the same flags.
+Generates `--sessions` sessions over `--weeks` weeks (cached under the workdir, default
+`data/bench-<sessions>`), materializes the earlier weeks through the `weekly_recommender` job
+untimed, then runs the last week's job in process: Dagster's in-process executor runs the same
+assets as the schedule, with every blocking check, the MLflow logging and artefacts, the forward
+and champion scoring and the publication. Per step (one per asset) it reports the seconds from
+the run's event log and the peak RSS of this process and of its Spark driver JVM, sampled while
+the step ran. The earlier weeks stay prepared (`prepared.json` names them): a rerun times only the
+last week; `--fresh` rebuilds them (needed after a change to what they write).
 
-Spark starts with the project's defaults (pipelines/spark.py: half the machine's memory for the
-driver in local mode), like every other entry point; `--driver-memory` overrides them.
+`--forward` generates one week more. After the timed week W, W+1's events, sessions and
+evaluation split are materialized untimed, and `bench/bench_forward.py` scores W's registered
+model on W+1 through `recsys predict`, against the hand rule on the same sessions.
+
+Everything runs with the project's defaults (Spark: pipelines/spark.py, ALS and ranker: their
+configs); the environment below points the code location at the workdir.
 """
 
 from __future__ import annotations
@@ -22,418 +28,264 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.als import SIMILAR_ITEMS_TABLE, AlsConfig, fit_als, similar_items
-from pipelines.candidates import (
-    CANDIDATES_TABLE,
-    MAX_CANDIDATES_PER_QUERY,
-    CandidateConfig,
-    build_candidates,
-    label_hits,
-    recall_report,
-)
-from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.covisitation import COVISITATION_TABLE, CovisitationConfig, build_covisitation
-from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, split_evaluation_sessions, training_events
-from pipelines.events import materialize_events_week
-from pipelines.metrics import K, spark_score
-from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, popularity_predictions
-from pipelines.generate import generate_raw
-from pipelines.lake import SESSIONS_TABLE, Lake
-from pipelines.raw import stage_raw_week
-from pipelines.sessions import materialize_sessions_week
-from pipelines.spark import build_spark_session, release_driver_heap
-from pipelines.weeks import Week
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
 
 TIMEZONE = "Europe/Berlin"
 START = "2022-08-01"
+STEP_EVENTS = {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE"}
+INGEST_STEPS = ["events", "sessions", "eval_split"]
 
 
-class PeakMemory:
-    """Peak RSS of the Spark driver JVM and of this Python process, resettable per stage.
-
-    Per process: the kernel's high-water mark (VmHWM). Together: the largest sum of the two RSS
-    values sampled at the same moment (every 0.1 s by a thread), which is what the machine had to
-    hold; the sum of the two high-water marks would overstate it when the peaks fall at different
-    times (the JVM's during Spark work, Python's while the ranker fits)."""
-
-    SAMPLE_SECONDS = 0.1
-
-    def __init__(self, jvm_pid: int):
-        self.jvm_pid = jvm_pid
-        self._peak_sum_kb = 0
-        self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
-        self._sampler.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.SAMPLE_SECONDS):
-            try:
-                self._peak_sum_kb = max(self._peak_sum_kb, self._status_kb(self.jvm_pid, "VmRSS") + self._status_kb(os.getpid(), "VmRSS"))
-            except (OSError, ValueError):
-                pass
-
-    def reset(self) -> None:
-        # Writing 5 to clear_refs resets the kernel's peak-RSS counter (VmHWM) of a process.
-        for pid in (self.jvm_pid, os.getpid()):
-            try:
-                Path(f"/proc/{pid}/clear_refs").write_text("5")
-            except OSError:
-                pass
-        self._peak_sum_kb = 0
-
-    @staticmethod
-    def _status_kb(pid: int, field: str) -> int:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise ValueError(f"no {field} for process {pid}")
-
-    def jvm_rss_mb(self) -> int:
-        return round(self._status_kb(self.jvm_pid, "VmRSS") / 1024)
-
-    def read(self) -> dict[str, float]:
-        jvm, python = (self._status_kb(pid, "VmHWM") / 1024 for pid in (self.jvm_pid, os.getpid()))
-        return {"jvm_peak_mb": round(jvm), "python_peak_mb": round(python), "peak_sum_mb": round(self._peak_sum_kb / 1024)}
-
-    def stop(self) -> None:
-        self._stop.set()
+def configure_environment(workdir: Path) -> None:
+    """What the code location reads at import: set before `definitions` is imported."""
+    (workdir / "dagster_home").mkdir(parents=True, exist_ok=True)
+    os.environ.update({
+        "RECSYS_RAW_URI": str(workdir / "raw"),
+        "RECSYS_LAKE_DIR": str(workdir / "lake"),
+        "RECSYS_PUBLISH_URI": str(workdir / "published"),
+        "RECSYS_PARTITION_START": START,
+        "RECSYS_TIMEZONE": TIMEZONE,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{(workdir / 'mlflow.db').resolve()}",
+        "DAGSTER_HOME": str((workdir / "dagster_home").resolve()),
+        "DAGSTER_TELEMETRY_DISABLED": "1",
+        "GX_ANALYTICS_ENABLED": "False",
+    })
+    (workdir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
 
-def ensure_raw(raw_dir: Path, sessions: int, weeks: int, seed: int) -> dict:
-    marker = raw_dir / "_generated.json"
+def ensure_raw(workdir: Path, sessions: int, weeks: int, seed: int) -> dict:
+    """Generated raw weeks, reused while the generator's parameters are the same."""
+    from pipelines.generate import generate_raw
+
+    raw_dir, marker = workdir / "raw", workdir / "raw" / "_generated.json"
     wanted = {"sessions": sessions, "weeks": weeks, "seed": seed, "start": START}
     if marker.exists() and json.loads(marker.read_text()).get("params") == wanted:
         return json.loads(marker.read_text())["summary"]
     shutil.rmtree(raw_dir, ignore_errors=True)
-    started = time.perf_counter()
     summary = generate_raw(raw_dir, n_sessions=sessions, n_weeks=weeks, start=START, seed=seed, timezone=TIMEZONE)
-    summary["bench_seconds"] = round(time.perf_counter() - started, 1)
     marker.write_text(json.dumps({"params": wanted, "summary": summary}, default=str))
     return summary
 
 
-@contextmanager
-def stage(name: str, memory: PeakMemory, results: list | None):
-    """Times and records the block into `results`; `None`: untimed preparation, not recorded."""
-    memory.reset()
-    started = time.perf_counter()
-    record: dict = {"stage": name}
-    yield record
-    if results is None:
-        return
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    record.update(memory.read())
-    results.append(record)
-    print(json.dumps(record), flush=True)
+def reset_outputs(workdir: Path) -> None:
+    """Everything the weekly runs wrote: the next run starts from the first week."""
+    for name in ("lake", "published", "dagster_home", "mlflow.db", "prepared.json", "forward"):
+        path = workdir / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def ingest_week(spark, lake: Lake, raw_dir: Path, week: Week):
-    """One week's raw files into the events table, as the `events` asset does."""
-    return materialize_events_week(spark, lake, stage_raw_week(str(raw_dir), week, Path(lake.root) / "_raw_staging"))
-
-
-def write_evaluation_split(spark, lake: Lake, week: Week) -> None:
-    """The week's evaluation prefixes and labels, as the `eval_split` asset writes them."""
-    eval_sessions, eval_labels = split_evaluation_sessions(lake.read_partition(spark, SESSIONS_TABLE, week), seed=42)
-    lake.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
-    lake.write_partition(eval_labels, EVAL_LABELS_TABLE, week)
-
-
-def run_ingest(spark, lake: Lake, raw_dir: Path, weeks: list[Week], memory: PeakMemory, results: list) -> None:
-    """A weekly retrain's ingest: the earlier weeks' events are prepared first and not timed (a
-    production week finds them in the lake), then the last week's events and sessions are timed."""
-    started = time.perf_counter()
-    for week in weeks[:-1]:
-        ingest_week(spark, lake, raw_dir, week)
-    print(json.dumps({"prepared": "events of the earlier weeks (not timed)", "weeks": len(weeks) - 1,
-                      "seconds": round(time.perf_counter() - started, 1)}), flush=True)
-    with stage("events", memory, results) as record:
-        summary = ingest_week(spark, lake, raw_dir, weeks[-1])
-        record.update(rows=summary.events, quarantined=summary.quarantined)
-    results[-1]["events_per_second"] = round(summary.events / results[-1]["seconds"])
-
-    with stage("sessions (full window)", memory, results) as record:
-        summary = materialize_sessions_week(spark, lake, weeks[-1], weeks, 500)
-        record.update(rows=summary.sessions, history_events=summary.history_events)
-    results[-1]["events_per_second"] = round(summary.history_events / results[-1]["seconds"])
-
-
-def run_sources(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list | None,
-                reuse: bool = False) -> None:
-    """The candidate stages for the last week, as the assets run them (defaults: K=20, AlsConfig).
-
-    `reuse`: keep the tables a previous bench run left in the lake (time only what is missing).
-    """
-    week, before = weeks[-1], weeks[:-1]
-    missing = lambda table: not (reuse and lake.has_partition(table, week))  # noqa: E731
-    if missing(EVAL_LABELS_TABLE):
-        with stage("eval_split", memory, results) as record:
-            write_evaluation_split(spark, lake, week)
-            record.update(rows=lake.read_partition(spark, EVAL_SESSIONS_TABLE, week).count())
-    eval_sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week)
-    train = training_events(spark, lake, before, eval_sessions)
-    window_start, window_end = before[0].start_ms if before else week.start_ms, week.end_ms
-
-    if missing(TOP_SELLERS_TABLE):
-        with stage("top_sellers", memory, results) as record:
-            lake.write_partition(build_top_sellers(train, week.start_ms, TopSellersConfig()), TOP_SELLERS_TABLE, week, num_files=1)
-            record.update(rows=lake.read_partition(spark, TOP_SELLERS_TABLE, week).count(), training_events=train.count())
-
-    if missing(COVISITATION_TABLE):
-        with stage("covisitation", memory, results) as record:
-            lake.write_partition(build_covisitation(train, CovisitationConfig(), window_start, window_end), COVISITATION_TABLE, week)
-            written = lake.read_partition(spark, COVISITATION_TABLE, week)
-            record.update(rows=written.count(), rows_per_matrix={r["matrix"]: r["count"] for r in written.groupBy("matrix").count().collect()})
-
-    if not missing(SIMILAR_ITEMS_TABLE):
-        return
-    config = AlsConfig()
-    with stage(f"als (fit, rank {config.rank}, {config.max_iter} iterations, sessions with >= {config.min_session_items} items)", memory, results) as record:
-        fitted = fit_als(train, config, checkpoint_dir=str(workdir / "checkpoints"))
-        lake.write_partition(fitted.item_factors, "als_item_factors", week)
-        lake.write_partition(fitted.session_factors, "als_session_factors", week)
-        record.update(rows=fitted.stats["n_ratings"], items=fitted.stats["n_items"], sessions=fitted.stats["n_sessions"],
-                      timings=fitted.stats["timings"], native_blas=fitted.stats["linear_algebra"].get("uses_native"))
-        fitted.release()
-    with stage("als similar items (top 20: exact blocked cosine, clustered above 100k items)", memory, results) as record:
-        item_factors = lake.read_partition(spark, "als_item_factors", week)
-        lake.write_partition(similar_items(item_factors, config), SIMILAR_ITEMS_TABLE, week)
-        record.update(rows=lake.read_partition(spark, SIMILAR_ITEMS_TABLE, week).count())
-
-
-def write_candidates(spark, lake: Lake, week: Week) -> None:
-    """The week's candidates, as the `candidates` asset writes them (defaults: K=20)."""
-    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
-    lake.write_partition(build_candidates(read(EVAL_SESSIONS_TABLE), read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE),
-                                          read(TOP_SELLERS_TABLE), CandidateConfig()), CANDIDATES_TABLE, week)
-
-
-def write_features(spark, lake: Lake, weeks: list[Week]) -> None:
-    """The last week's item statistics and features, as the `features` asset writes them."""
-    from pipelines.features import FEATURES_TABLE, ITEM_STATS_TABLE, add_features, build_item_stats
-
-    week, before = weeks[-1], weeks[:-1]
-    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
-    eval_sessions = read(EVAL_SESSIONS_TABLE)
-    lake.write_partition(build_item_stats(training_events(spark, lake, before, eval_sessions), week.start_ms),
-                         ITEM_STATS_TABLE, week)
-    lake.write_partition(add_features(read(CANDIDATES_TABLE), eval_sessions.select("session", "prefix"), read(ITEM_STATS_TABLE)),
-                         FEATURES_TABLE, week)
-
-
-def prepare_labelled_weeks(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory) -> None:
-    """The weeks before the timed one whose labelled sessions the ranker also trains on
-    (`RankerConfig.label_weeks`): their sessions, evaluation split, sources, candidates and
-    features, as their own weekly runs leave them in the lake (not timed)."""
-    from pipelines.ranker import RankerConfig
-
-    started = time.perf_counter()
-    history_weeks = Settings.from_env().history_weeks
-    prepared = []
-    for end in range(max(1, len(weeks) - RankerConfig().label_weeks + 1), len(weeks)):
-        window = weeks[:end]
-        materialize_sessions_week(spark, lake, window[-1], window[-(history_weeks + 1):], 500)
-        run_sources(spark, lake, workdir, window, memory, None)
-        write_candidates(spark, lake, window[-1])
-        write_features(spark, lake, window)
-        prepared.append(window[-1].key)
-    print(json.dumps({"prepared": "the earlier labelled weeks' sessions, sources, candidates and features (not timed)",
-                      "weeks": prepared, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
-
-
-def run_ranking(spark, lake: Lake, workdir: Path, weeks: list[Week], memory: PeakMemory, results: list,
-                predict_sessions: int) -> None:
-    """candidates, features (with their contracts), ranker, the recommendation tables and their
-    publication for the last week (needs `sources`), then `recsys predict` throughput."""
-    import pandas as pd
-
-    from pipelines.features import FEATURES_TABLE, features_validation_frame, source_tables
-    from pipelines.lake import EVENTS_TABLE
-    from pipelines.model import Bundle, otto_sessions_to_long, prefixes_from_events, save_bundle
-    from pipelines.publish import PUBLISHED_TABLES, ModelInfo, failed_gates, publish_week, run_publish_gates
-    from pipelines.quality import candidates_suite, candidates_validation_frame, features_suite, validate
-    from pipelines.ranker import RankerConfig, earlier_labelled_weeks, evaluate_ranker
-    from pipelines.recommendations import catalogue, lake_table, write_recommendation_tables
-
-    week = weeks[-1]
-    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
-    eval_sessions = read(EVAL_SESSIONS_TABLE)
-    with stage("candidates + recall report", memory, results) as record:
-        write_candidates(spark, lake, week)
-        labels = labels_long(read(EVAL_LABELS_TABLE))
-        record["contract_passed"] = validate(
-            candidates_validation_frame(read(CANDIDATES_TABLE)), "candidates_contract", candidates_suite(MAX_CANDIDATES_PER_QUERY)
-        ).success
-        report = recall_report(label_hits(read(CANDIDATES_TABLE), labels), labels.toPandas())
-        report["baseline_popularity"] = spark_score(popularity_predictions(labels, read(TOP_SELLERS_TABLE), K), labels)
-        record.update(
-            rows=read(CANDIDATES_TABLE).count(),
-            baseline_covisitation=round(report["baseline_covisitation"]["score"], 4),
-            baseline_popularity=round(report["baseline_popularity"]["score"], 4),
-            combined_ceiling={k: round(v, 4) for k, v in report["combined"].items()},
-        )
-
-    with stage("features (item stats + all feature groups)", memory, results) as record:
-        write_features(spark, lake, weeks)
-        record.update(rows=read(FEATURES_TABLE).count())
-        record["contract_passed"] = validate(
-            features_validation_frame(read(FEATURES_TABLE)), "features_contract", features_suite(record["rows"])).success
-
-    with stage("ranker (3 targets x (3 folds + final), OOF scoring)", memory, results) as record:
-        record["jvm_rss_mb_before_heap_release"] = memory.jvm_rss_mb()
-        release_driver_heap(spark)  # as the ranker asset does (G1 uncommits concurrently, within seconds)
-        earlier, _ = earlier_labelled_weeks(spark, lake, week, RankerConfig())
-        evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), read(TOP_SELLERS_TABLE),
-                                     RankerConfig(), earlier_weeks=list(earlier.values()))
-        evaluation.release()
-        record.update(
-            label_weeks=[week.key, *earlier],
-            sample_rows={t: r.sample_rows for t, r in evaluation.results.items()},
-            train_rows={t: r.train_rows for t, r in evaluation.results.items()},
-            seconds_by_phase=evaluation.timings,
-            boosting_rounds={t: [f.rounds for f in r.folds] for t, r in evaluation.results.items()},
-            scores={name: round(m["score"], 4) for name, m in evaluation.metrics.items()},
-            jvm_rss_mb_after_fitting=memory.jvm_rss_mb(),
-        )
-
-    bundle_dir = workdir / "bundle"
-    shutil.rmtree(bundle_dir, ignore_errors=True)
-    shutil.rmtree(lake.model_tables_dir("bench"), ignore_errors=True)
-    with stage("model bundle (rankers; the source tables snapshot in the lake)", memory, results) as record:
-        save_bundle(bundle_dir, source_tables(spark, lake, week),
-                    {t: r.model for t, r in evaluation.results.items()},
-                    {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}},
-                    lake.model_tables_dir("bench"))
-        record.update({f"{part}_bytes": size for part, size in Bundle(bundle_dir).size_bytes().items()})
-    with stage("recommendation tables, publish gates, publish (to a folder)", memory, results) as record:
-        model = ModelInfo(name="bench", version="1", run_id="bench")
-        row_counts = write_recommendation_tables(spark, lake, week, Bundle(bundle_dir),
-                                                 {"name": model.name, "version": model.version, "mlflow_run_id": model.run_id})
-        gates = run_publish_gates(
-            {name: read(lake_table(name)) for name in PUBLISHED_TABLES},
-            catalogue(lake.read_weeks(spark, EVENTS_TABLE, weeks)), read(SESSIONS_TABLE), None,
-            current_row_counts=row_counts, warm_up="bench: no previous publication")
-        published = publish_week({name: lake.partition_dir(lake_table(name), week) for name in PUBLISHED_TABLES}, week,
-                                 model, str(workdir / "published"))
-        record.update(row_counts=row_counts, gates_failed=[gate.name for gate in failed_gates(gates)],
-                      bytes_published=published.bytes_uploaded)
-
-    with stage(f"predict ({predict_sessions} OTTO sessions through the model bundle)", memory, results) as record:
-        sample = eval_sessions.orderBy("session").limit(predict_sessions).toPandas()
-        otto = pd.DataFrame({"session": sample["session"],
-                             "events": sample["prefix"].map(lambda p: [{"aid": e["aid"], "ts": e["ts"], "type": e["type"]} for e in p])})
-        started = time.perf_counter()
-        sessions = prefixes_from_events(spark.createDataFrame(otto_sessions_to_long(otto)))
-        rows = Bundle(bundle_dir).recommend(sessions).toPandas()
-        record.update(rows=len(rows), sessions_per_second=round(len(otto) / (time.perf_counter() - started), 1))
-
-
-def prepare_next_week(spark, lake: Lake, raw_dir: Path, weeks: list[Week]) -> Week:
-    """W+1's events, sessions and evaluation split, as its own assets would write them (not timed)."""
-    started = time.perf_counter()
-    next_week = weeks[-1].shift(1)
-    ingest_week(spark, lake, raw_dir, next_week)
-    history_weeks = Settings.from_env().history_weeks
-    materialize_sessions_week(spark, lake, next_week, [*weeks, next_week][-(history_weeks + 1):], 500)
-    write_evaluation_split(spark, lake, next_week)
-    print(json.dumps({"prepared": "W+1's events, sessions and evaluation split (not timed)", "week": next_week.key,
-                      "seconds": round(time.perf_counter() - started, 1)}), flush=True)
-    return next_week
-
-
-def forward_score(lake_dir: Path, workdir: Path, week: Week) -> dict:
-    """The bench's bundle scored on W+1 by `bench/bench_forward.py` (its own Spark and `recsys predict`)."""
-    report = workdir / "forward.json"
-    subprocess.run([sys.executable, str(Path(__file__).with_name("bench_forward.py")), "--lake", str(lake_dir),
-                    "--week", week.key, "--bundle", str(workdir / "bundle"), "--json", str(report)], check=True)
-    return json.loads(report.read_text())
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sessions", type=int, default=1_000_000)
-    parser.add_argument("--weeks", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--driver-memory", default=None, help="default: the project's Spark defaults")
-    parser.add_argument("--workdir", default=str(PROJECT_ROOT / "data" / "bench"))
-    parser.add_argument("--stages", default="ingest,sources,ranking", help="comma list of: ingest, sources, ranking")
-    parser.add_argument("--predict-sessions", type=int, default=20_000)
-    parser.add_argument("--reuse", action="store_true", help="keep source tables a previous run left in the lake")
-    parser.add_argument("--forward", action="store_true",
-                        help="also score the bundle on the week after the timed one (generates one more week)")
-    parser.add_argument("--json", help="write total_seconds, python_peak_mb, jvm_peak_mb and stages to this file")
-    args = parser.parse_args()
-
-    if args.forward and not {"ingest", "ranking"} <= set(args.stages.split(",")):
-        parser.error("--forward needs the ingest and ranking stages (the extra week's raw files and the bundle)")
-    workdir = Path(args.workdir)
-    raw_dir, lake_dir = workdir / "raw", workdir / "lake"
-    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}", flush=True)
-    stages = set(args.stages.split(","))
-    if "ingest" in stages:
-        generation = ensure_raw(raw_dir, args.sessions, args.weeks + int(args.forward), args.seed)
-        print(json.dumps({"stage": "generate", "sessions": args.sessions, "events": generation["events"],
-                          "seconds": generation.get("bench_seconds", generation.get("seconds"))}), flush=True)
-    if "ingest" in stages:
-        shutil.rmtree(lake_dir, ignore_errors=True)
-    spark = build_spark_session(
-        "local[*]",
-        {**({"spark.driver.memory": args.driver_memory} if args.driver_memory else {}),
-         "spark.ui.enabled": "false", "spark.local.dir": str(workdir / "spark-local")},
-        app_name="session-recsys-bench",
-    )
-    memory = PeakMemory(spark.sparkContext._gateway.proc.pid)
-    lake = Lake(str(lake_dir))
-    weeks = [Week.parse(START, TIMEZONE).shift(i) for i in range(args.weeks)]
-    results: list[dict] = []
-
-    if "ingest" in stages:
-        run_ingest(spark, lake, raw_dir, weeks, memory, results)
-        prepare_labelled_weeks(spark, lake, workdir, weeks, memory)
-    if "sources" in stages:
-        run_sources(spark, lake, workdir, weeks, memory, results, reuse=args.reuse)
-    if "ranking" in stages:
-        run_ranking(spark, lake, workdir, weeks, memory, results, args.predict_sessions)
-
-    memory.stop()
-    if args.forward:
-        prepare_next_week(spark, lake, raw_dir, weeks)
-        release_driver_heap(spark)  # the stopped session's JVM lives on beside the forward run's two
-    spark.stop()
-    python_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"summary": results, "python_lifetime_peak_mb": round(python_peak)}, indent=2))
-    report = bench_report(results, args.sessions)
-    if args.json:  # the retrain's numbers first: they stay written if the forward scoring fails
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    if args.forward:
-        forward = forward_score(lake_dir, workdir, weeks[-1])
-        report["forward"] = {key: forward[key] for key in ("week", "scored_week", "sessions", "forward", "forward_hand_rule", "gain")}
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2))
+def _status_kb(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
     return 0
 
 
-def bench_report(results: list[dict], sessions: int) -> dict:
-    """The bench's JSON contract: the timed stages' total and peaks, and each stage's own numbers.
-    The predict stage measures serving throughput and is not part of the retrain's total."""
-    stages = {record["stage"]: {key: value for key, value in record.items() if key != "stage"} for record in results}
-    return {
-        "sessions": sessions,
-        "total_seconds": round(sum(record["seconds"] for record in results if not record["stage"].startswith("predict")), 1),
-        "python_peak_mb": max((record["python_peak_mb"] for record in results), default=0),
-        "jvm_peak_mb": max((record["jvm_peak_mb"] for record in results), default=0),
-        "peak_sum_mb": max((record["peak_sum_mb"] for record in results), default=0),
-        "stages": stages,
+def _java_children(pid: int) -> list[int]:
+    """Java processes this process started: the driver JVM of its local Spark session."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and "java" in (entry / "comm").read_text():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@dataclass
+class MemoryTimeline:
+    """RSS of this process and of its Spark driver JVM, sampled on a thread every `interval` seconds:
+    a step's peak is the largest sample inside its window, the sum the largest simultaneous total."""
+
+    interval: float = 0.2
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time, python kB, jvm kB)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-timeline", daemon=True)
+
+    def __enter__(self) -> "MemoryTimeline":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me, jvms, scanned = os.getpid(), [], 0.0
+        while not self._stop.wait(self.interval):
+            now = time.time()
+            if not jvms and now - scanned > 2:  # the run's Spark resource starts the JVM
+                jvms, scanned = _java_children(me), now
+            try:
+                jvm = sum(_status_kb(pid, "VmRSS") for pid in jvms)
+            except OSError:
+                jvms, jvm = [], 0
+            self.samples.append((now, _status_kb(me, "VmRSS"), jvm))
+
+    def peaks(self, start: float, end: float) -> dict[str, int]:
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if not inside:
+            inside = [min(self.samples, key=lambda s: abs(s[0] - end))] if self.samples else [(end, 0, 0)]
+        return {"python_peak_mb": round(max(s[1] for s in inside) / 1024),
+                "jvm_peak_mb": round(max(s[2] for s in inside) / 1024),
+                "peak_sum_mb": round(max(s[1] + s[2] for s in inside) / 1024)}
+
+
+def step_windows(instance, run_id: str) -> dict[str, dict]:
+    """step key -> {"start", "end", "status"}, from the run's event log."""
+    steps: dict[str, dict] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.event_type_value not in STEP_EVENTS:
+            continue
+        step = steps.setdefault(event.step_key, {})
+        if event.event_type_value == "STEP_START":
+            step["start"] = entry.timestamp
+        else:
+            step["end"], step["status"] = entry.timestamp, event.event_type_value
+    return steps
+
+
+def run_week(definitions, instance, week: str, steps: list[str] | None = None,
+             timeline: MemoryTimeline | None = None) -> dict:
+    """One week of `weekly_recommender` (or of `steps` only) in process; with `timeline`, each step's
+    seconds and memory peaks."""
+    from dagster import AssetSelection, define_asset_job, in_process_executor
+
+    job = definitions.resolve_job_def("weekly_recommender") if steps is None else define_asset_job(
+        "bench_steps", selection=AssetSelection.assets(*steps), executor_def=in_process_executor,
+    ).resolve(asset_graph=definitions.resolve_asset_graph())
+    started = time.time()
+    result = job.execute_in_process(partition_key=week, instance=instance, raise_on_error=False)
+    outcome = {
+        "week": week, "run_id": result.run_id, "success": result.success, "seconds": round(time.time() - started, 1),
+        "failed_checks": [e.check_name for e in result.get_asset_check_evaluations() if not e.passed],
+        "failures": [str(e.step_failure_data.error.message if e.step_failure_data.error else e.message)[:2000]
+                     for e in result.all_events if e.is_step_failure],
     }
+    if timeline is not None:
+        windows = sorted(step_windows(instance, result.run_id).items(), key=lambda item: item[1].get("start", 0))
+        outcome["stages"] = {key: {"seconds": round(w["end"] - w["start"], 1), "status": w["status"],
+                                   **timeline.peaks(w["start"], w["end"])}
+                             for key, w in windows if "start" in w and "end" in w}
+        outcome.update(timeline.peaks(started, time.time()))
+    return outcome
+
+
+def prepare_earlier_weeks(workdir: Path, definitions, instance, weeks: list[str]) -> list[dict]:
+    """Materialize the weeks before the timed one (untimed), skipping those a previous run prepared."""
+    marker = workdir / "prepared.json"
+    prepared = json.loads(marker.read_text())["weeks"] if marker.exists() else []
+    runs = []
+    for week in weeks:
+        if week in prepared:
+            continue
+        outcome = run_week(definitions, instance, week)
+        print(json.dumps({"prepared": week, **{k: outcome[k] for k in ("success", "seconds", "failed_checks")}}),
+              flush=True)
+        if not outcome["success"] or outcome["failed_checks"]:
+            raise SystemExit(f"week {week} failed while preparing: {outcome['failures'] or outcome['failed_checks']}")
+        prepared.append(week)
+        marker.write_text(json.dumps({"weeks": prepared}))
+        runs.append(outcome)
+    return runs
+
+
+def forward_score(workdir: Path, mlflow_tracking, week: str) -> dict:
+    """Week `week`'s registered model on the next week's sessions through `recsys predict` and the hand
+    rule on the same sessions (`bench/bench_forward.py`, its own Spark)."""
+    from pipelines.registry import version_of_week
+
+    version = version_of_week(mlflow_tracking.client, mlflow_tracking.registered_model_name, week)
+    if version is None:
+        raise SystemExit(f"no registered version for week {week}: its ranker did not run")
+    bundle = workdir / "forward" / "bundle"
+    shutil.rmtree(bundle, ignore_errors=True)
+    shutil.copytree(mlflow_tracking.load_version(version.version).bundle.directory, bundle)
+    report = workdir / "forward" / "forward.json"
+    subprocess.run([sys.executable, str(Path(__file__).with_name("bench_forward.py")), "--lake", str(workdir / "lake"),
+                    "--week", week, "--bundle", str(bundle), "--workdir", str(workdir / "forward"),
+                    "--json", str(report)], check=True)
+    return {"model_version": str(version.version), **json.loads(report.read_text())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=1_000_000)
+    parser.add_argument("--weeks", type=int, default=4, help="weeks run through the job; the last one is timed")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workdir", default=None, help="default: data/bench-<sessions>")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the earlier weeks too")
+    parser.add_argument("--forward", action="store_true", help="also score the timed week's model on the week after")
+    parser.add_argument("--json", help="write total_seconds, python_peak_mb, jvm_peak_mb and stages to this file")
+    args = parser.parse_args()
+
+    workdir = Path(args.workdir or PROJECT_ROOT / "data" / f"bench-{args.sessions}").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    configure_environment(workdir)
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}", flush=True)
+    raw_marker = workdir / "raw" / "_generated.json"
+    before = raw_marker.read_text() if raw_marker.exists() else None
+    generation = ensure_raw(workdir, args.sessions, args.weeks + int(args.forward), args.seed)
+    if args.fresh or (raw_marker.read_text() != before):
+        reset_outputs(workdir)
+        configure_environment(workdir)
+    print(json.dumps({"generated": args.sessions, "events": generation["events"]}), flush=True)
+
+    from dagster import DagsterInstance
+
+    from definitions import build_definitions
+    from pipelines.config import Settings
+    from pipelines.tracking import code_version
+    from pipelines.weeks import Week
+    from resources import build_resources
+
+    resources = build_resources(Settings.from_env())
+    definitions = build_definitions(resources)
+    instance = DagsterInstance.get()
+    first = Week.parse(START, TIMEZONE)
+    weeks = [first.shift(i).key for i in range(args.weeks + int(args.forward))]
+    timed = weeks[args.weeks - 1]
+    prepare_earlier_weeks(workdir, definitions, instance, weeks[:args.weeks - 1])
+    with MemoryTimeline() as timeline:
+        outcome = run_week(definitions, instance, timed, timeline=timeline)
+    report = {
+        "sessions": args.sessions, "week": timed, "commit": code_version(), "success": outcome["success"],
+        "failed_checks": outcome["failed_checks"], "failures": outcome["failures"],
+        "total_seconds": outcome["seconds"], "python_peak_mb": outcome["python_peak_mb"],
+        "jvm_peak_mb": outcome["jvm_peak_mb"], "peak_sum_mb": outcome["peak_sum_mb"], "stages": outcome["stages"],
+    }
+    print(json.dumps(report, indent=2), flush=True)
+    if args.json:  # the week's numbers first: they stay written if the forward scoring fails
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if not outcome["success"] or outcome["failed_checks"]:
+        return 1
+    if args.forward:
+        next_week = run_week(definitions, instance, weeks[-1], steps=INGEST_STEPS)
+        if not next_week["success"]:
+            raise SystemExit(f"week {weeks[-1]}'s evaluation split failed: {next_week['failures']}")
+        forward = forward_score(workdir, resources["mlflow_tracking"], timed)
+        report["forward"] = {key: forward[key] for key in
+                             ("model_version", "week", "scored_week", "sessions", "forward", "forward_hand_rule", "gain")}
+        print(json.dumps(report["forward"], indent=2), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

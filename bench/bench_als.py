@@ -1,11 +1,11 @@
-"""Time the ALS stage and measure what it is for: fit and similar items on a lake week's training
-window (the weeks before it plus its evaluation prefixes, as the `als` asset reads them), then the
-ALS candidate source's recall@20 on that week's evaluation sessions.
+"""Time the ALS stage and measure what it is for: fit and similar items on the training window that
+ends the week before W (the `als` asset of W-1: the sources W's labelled rows come from), then the
+ALS candidate source's recall@20 on W's evaluation sessions.
 
-Reads a lake that `bench/bench.py` left (data/bench/lake, week 2022-08-22 by default); vary the
+Reads a lake that `bench/bench.py` left (data/bench-1000000/lake, week 2022-08-22 by default); vary the
 knobs to see what a cheaper fit costs in recall:
 
-    python bench/bench_als.py [--lake data/bench/lake] [--week 2022-08-22] [--rank 64] [--max-iter 10] \
+    python bench/bench_als.py [--lake data/bench-1000000/lake] [--week 2022-08-22] [--rank 64] [--max-iter 10] \
         [--min-session-items 1]
 """
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipelines.als import AlsConfig, fit_als, similar_items  # noqa: E402
 
-DEFAULT_LAKE = Path(__file__).resolve().parents[1] / "data" / "bench" / "lake"
+DEFAULT_LAKE = Path(__file__).resolve().parents[1] / "data" / "bench-1000000" / "lake"
 DEFAULT_WEEK = "2022-08-22"
 
 
@@ -97,7 +97,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lake", default=str(DEFAULT_LAKE))
     parser.add_argument("--week", default=DEFAULT_WEEK, help="the week whose training window is fitted")
-    parser.add_argument("--training-weeks", type=int, default=3, help="full weeks before it in the window")
+    parser.add_argument("--training-weeks", type=int, default=4,
+                        help="weeks of the window ending with W-1 (the sources W's rows are built from)")
     parser.add_argument("--rank", type=int, default=AlsConfig.rank)
     parser.add_argument("--max-iter", type=int, default=AlsConfig.max_iter)
     parser.add_argument("--min-session-items", type=int, default=AlsConfig.min_session_items)
@@ -106,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from pipelines.config import DEFAULT_TIMEZONE
-    from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, training_events
+    from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, window_events
     from pipelines.lake import Lake
     from pipelines.spark import build_spark_session
     from pipelines.weeks import Week
@@ -125,7 +126,7 @@ def main() -> int:
                        num_blocks=args.num_blocks)
     try:
         eval_sessions = lake.read_partition(spark, EVAL_SESSIONS_TABLE, week)
-        events = training_events(spark, lake, weeks_before, eval_sessions)
+        events = window_events(spark, lake, weeks_before)
         report = run(spark, events, config, str(workdir / "checkpoints"), str(workdir / "out"))
         labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week))
         report["als_source_recall"] = als_source_recall(

@@ -56,28 +56,32 @@ def lake_without_als(spark, lake: Lake, week: Week, root: Path) -> Lake:
     from pipelines.popularity import TOP_SELLERS_TABLE
 
     ablated = Lake(str(root))
-    rebuilt = {SIMILAR_ITEMS_TABLE, CANDIDATES_TABLE, FEATURES_TABLE}
+    sources_week = week.shift(-1)  # W's rows come from W-1's sources; W's bundle carries W's
+    emptied = {(SIMILAR_ITEMS_TABLE, sources_week.folder), (SIMILAR_ITEMS_TABLE, week.folder),
+               (CANDIDATES_TABLE, week.folder), (FEATURES_TABLE, week.folder)}
     for table_dir in Path(lake.root).iterdir():
         if table_dir.is_dir() and not table_dir.name.startswith("_"):
             for partition in table_dir.iterdir():
                 link = root / table_dir.name / partition.name
-                if not (table_dir.name in rebuilt and partition.name == week.folder) and not link.exists():
+                if (table_dir.name, partition.name) not in emptied and not link.exists():
                     link.parent.mkdir(parents=True, exist_ok=True)
                     link.symlink_to(partition.resolve())
-    read = lambda table: ablated.read_partition(spark, table, week)  # noqa: E731
-    similar = lake.read_partition(spark, SIMILAR_ITEMS_TABLE, week)
-    ablated.write_partition(similar.limit(0), SIMILAR_ITEMS_TABLE, week)
-    eval_sessions = read(EVAL_SESSIONS_TABLE)
+    for emptied_week in (sources_week, week):
+        similar = lake.read_partition(spark, SIMILAR_ITEMS_TABLE, emptied_week)
+        ablated.write_partition(similar.limit(0), SIMILAR_ITEMS_TABLE, emptied_week)
+    read = lambda table, at=sources_week: ablated.read_partition(spark, table, at)  # noqa: E731
+    eval_sessions = read(EVAL_SESSIONS_TABLE, week)
     config = CandidateConfig()
     ablated.write_partition(build_candidates(eval_sessions, read(COVISITATION_TABLE), read(SIMILAR_ITEMS_TABLE),
                                              read(TOP_SELLERS_TABLE), config), CANDIDATES_TABLE, week)
-    ablated.write_partition(add_features(read(CANDIDATES_TABLE), eval_sessions.select("session", "prefix"),
+    ablated.write_partition(add_features(read(CANDIDATES_TABLE, week), eval_sessions.select("session", "prefix"),
                                          read(ITEM_STATS_TABLE)), FEATURES_TABLE, week)
     return ablated
 
 
 def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
-    """Evaluate the ranker on W's features (as the `ranker` asset does) and save W's bundle."""
+    """Evaluate the ranker on W's labelled rows (as the `ranker` asset does: the popularity baseline from
+    W-1's lists, the rows' sources) and save W's bundle with W's sources."""
     from pipelines.features import FEATURES_TABLE, source_tables
     from pipelines.model import save_bundle
     from pipelines.popularity import TOP_SELLERS_TABLE
@@ -87,7 +91,8 @@ def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
     release_driver_heap(spark)
     started = time.perf_counter()
     earlier, _ = earlier_labelled_weeks(spark, lake, week, RankerConfig())
-    evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)), read(TOP_SELLERS_TABLE),
+    evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)),
+                                 lake.read_partition(spark, TOP_SELLERS_TABLE, week.shift(-1)),
                                  RankerConfig(), earlier_weeks=list(earlier.values()))
     evaluation.release()
     seconds = time.perf_counter() - started
@@ -96,7 +101,7 @@ def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
     shutil.rmtree(tables_dir, ignore_errors=True)
     save_bundle(directory, source_tables(spark, lake, week),
                 {t: r.model for t, r in evaluation.results.items()},
-                {"week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}}, tables_dir)
+                {"week": week.key, "sources_week": week.key, "ranker_rounds": {t: r.rounds for t, r in evaluation.results.items()}}, tables_dir)
     ranker = evaluation.metrics["ranker"]
     return {
         "ranker_seconds": round(seconds, 1),

@@ -57,7 +57,10 @@ RECENT_ITEM_LISTS = ("clicks", "carts_orders")
 RECENT_ITEMS = {"last_item": 1, "last_3_items": 3}
 # Per (session, aid): the session's own events with the item and the neighbour weights summed from
 # its items; built with the candidates, from the same exploded history, and kept in their table.
+# Interactions decay with the time before the session's last event: a cart an hour ago weighs half.
+INTERACTION_HALF_LIFE_SECONDS = 3600.0
 PAIR_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
+    *[f"interaction_{event_type}_decayed" for event_type in EVENT_TYPES],
     "interaction_seconds_since",
     "interaction_events_since",
     "covisitation_clicks_weight",
@@ -177,9 +180,12 @@ def history_pairs(history, limit: int):
     from pyspark.sql import functions as F
 
     type_weight = F.create_map(*[x for t, w in TYPE_WEIGHTS.items() for x in (F.lit(t), F.lit(w))])
+    decay = F.pow(F.lit(0.5), (F.col("last_ts") - F.col("ts")) / F.lit(1000.0 * INTERACTION_HALF_LIFE_SECONDS))
     per_pair = history.groupBy("session", "aid").agg(
         F.sum(F.col("recency") * type_weight[F.col("type")]).alias("_score"),
         *[F.sum((F.col("type") == event_type).cast("int")).alias(f"interaction_{event_type}") for event_type in EVENT_TYPES],
+        *[F.sum(F.when(F.col("type") == event_type, decay).otherwise(F.lit(0.0))).alias(f"interaction_{event_type}_decayed")
+          for event_type in EVENT_TYPES],
         ((F.max("last_ts") - F.max("ts")) / 1000.0).alias("interaction_seconds_since"),
         F.min("position_from_end").alias("interaction_events_since"),
     )

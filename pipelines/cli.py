@@ -65,12 +65,17 @@ def _predict(args: argparse.Namespace) -> int:
         model = mlflow.pyfunc.load_model(model_uri)
     except mlflow.exceptions.MlflowException as error:
         raise ValueError(f"cannot load {model_uri} from {settings.mlflow_tracking_uri}: {error.message}") from None
+    python_model = model.unwrap_python_model()
+    python_model.use_sources(args.week)
+    python_model.scorer  # noqa: B018 - the tables load here, so predict_seconds is prediction only
     loaded = time.perf_counter()
     recommendations = model.predict(sessions)
     scored = time.perf_counter()
     write_predictions_csv(recommendations_to_long(recommendations), args.out)
     _print_json({
         "model_uri": model_uri,
+        "model_version": registered_version(model_uri, settings.mlflow_tracking_uri),
+        "sources_week": python_model.served_sources_week,
         "sessions": int(sessions["session"].nunique()) if len(sessions) else 0,
         "rows": int(len(recommendations)),
         "out": args.out,
@@ -79,6 +84,19 @@ def _predict(args: argparse.Namespace) -> int:
         "sessions_per_second": round(len(sessions) / max(scored - loaded, 1e-9), 1),
     })
     return 0
+
+
+def registered_version(model_uri: str, tracking_uri: str) -> str | None:
+    """The version a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI names now (None for other URIs)."""
+    from mlflow import MlflowClient
+
+    from pipelines.serving.app import parse_model_uri
+
+    try:
+        name, alias, version = parse_model_uri(model_uri)
+    except ValueError:
+        return None
+    return version or str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -118,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--sessions", required=True, help="OTTO JSONL: {\"session\": s, \"events\": [...]} per line")
     predict.add_argument("--out", required=True, help="CSV to write")
     predict.add_argument("--model-uri", default=None, help="default: models:/$RECSYS_MODEL_NAME@champion")
+    predict.add_argument("--week", default=None,
+                         help="serve with this week's sources (YYYY-MM-DD; with that week's model version, it "
+                              "reproduces the week's published lists); default: the freshest live week's")
     predict.set_defaults(handler=_predict)
 
     serve = commands.add_parser(

@@ -12,8 +12,8 @@ missing):
 - candidate: each source's score and rank, the number of sources, the hand-rule rank;
 - session: length, duration, events by type, distinct items;
 - item: events by type over the window and its last week, click trend, cart and order rates;
-- session x item: events by type with the item in the session, seconds and events since the
-  session last touched it, co-visitation weight summed from the session's items for each matrix,
+- session x item: events by type with the item in the session, plain and decayed by their age at
+  the session's last event (half-life one hour), seconds and events since the session last touched it, co-visitation weight summed from the session's items for each matrix,
   ALS similarity summed from the session's items (built with the candidates, which explode the
   same history and neighbours, and stored in their table).
 """
@@ -32,7 +32,8 @@ ITEM_STATS_TABLE = "item_stats"
 # carry it as their Dagster code version, so partitions written by older code show as stale.
 # 2: candidates carry the session x item features (PAIR_FEATURES).
 # 3: ALS proposes 10, top sellers only fill short lists; co-visitation weights of the latest items.
-FEATURE_CODE_VERSION = "3"
+# 4: rows from week W-1's sources (one fit per week); time-decayed interaction counts per type.
+FEATURE_CODE_VERSION = "4"
 KEY_COLUMNS = ("session", "type", "aid")
 DAY_MS = 24 * 3600 * 1000
 TREND_SMOOTHING = 5.0

@@ -33,6 +33,8 @@ AUDIT_DIR = "_audit"
 LOCKS_DIR = "_locks"
 SIDECAR_NAME = "_stats.json"
 MODEL_TABLES = "model_tables"
+# Spark's marker of a complete write; a partition is live when its folder holds it.
+SUCCESS_MARKER = "_SUCCESS"
 
 
 class MissingPartitionError(RuntimeError):
@@ -64,7 +66,7 @@ class Lake:
         return AuditedWeek(self.root, week, token=uuid.uuid4().hex[:12])
 
     def has_partition(self, table: str, week: Week) -> bool:
-        return (self.partition_dir(table, week) / "_SUCCESS").exists()
+        return (self.partition_dir(table, week) / SUCCESS_MARKER).exists()
 
     def write_partition(
         self,
@@ -149,7 +151,7 @@ class Lake:
         staging.mkdir(parents=True)
         try:
             (staging / SIDECAR_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-            (staging / "_SUCCESS").touch()
+            (staging / SUCCESS_MARKER).touch()
             self._swap_into_place(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

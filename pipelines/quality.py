@@ -393,16 +393,21 @@ def features_suite(expected_rows: int) -> list:
     ]
 
 
-def ranker_suite(min_margin: float = 0.0) -> list:
-    """Runs on a one-row pandas frame of the week's scores: the ranker beats both baselines.
+def ranker_suite(tolerance: float) -> list:
+    """Runs on a one-row pandas frame of the week's scores: the ranker is at most `tolerance` below
+    the hand rule and beats popularity. Not strictly above the hand rule: a ranker whose boosting
+    gained nothing significant on held-out sessions keeps the hand rule's order (`fit_target`) and
+    ties it, up to the folds' noise. Such a version is never promoted (the champion gate wants a
+    strict gain), so the week still publishes, with the champion's lists or the hand rule's; a
+    broken ranker falls far below and stops the week.
 
     Columns: `margin_over_covisitation` and `margin_over_popularity` (ranker score minus baseline).
     """
     import great_expectations.expectations as gxe
 
     return [
-        gxe.ExpectColumnValuesToBeBetween(column=column, min_value=min_margin, strict_min=True)
-        for column in ("margin_over_covisitation", "margin_over_popularity")
+        gxe.ExpectColumnValuesToBeBetween(column="margin_over_covisitation", min_value=-tolerance),
+        gxe.ExpectColumnValuesToBeBetween(column="margin_over_popularity", min_value=0.0, strict_min=True),
     ]
 
 

@@ -86,6 +86,10 @@ def test_session_and_interaction_features(features):
     assert row["interaction_seconds_since"] == 0 and row["interaction_events_since"] == 0
     first = features.loc[(1, "clicks", 10)]
     assert first["interaction_seconds_since"] == pytest.approx(120.0) and first["interaction_events_since"] == 2
+    # Decayed by age at the session's last event, half-life an hour: the cart is that last event.
+    assert row["interaction_carts_decayed"] == pytest.approx(1.0) and row["interaction_orders_decayed"] == 0
+    assert first["interaction_clicks_decayed"] == pytest.approx(0.5 ** (120 / 3600), rel=1e-6)
+    assert first["interaction_carts_decayed"] == 0
     assert features.loc[(1, "clicks", 50)][["interaction_clicks", "interaction_seconds_since"]].isna().all()
 
 

@@ -178,6 +178,7 @@ def test_the_champion_moves_with_no_failed_request(server, registry):
         thread.join(timeout=60)
     try:
         assert get(f"{url}/health")["model"] == {"name": MODEL_NAME, "version": new, "week": "2022-08-08",
+                                                 "trained_week": "2022-08-08",
                                                  "uri": f"models:/{MODEL_NAME}@champion"}
         assert results and all(status == 200 for status, _ in results), [r for r in results if r[0] != 200][:3]
         served = [answer["model_version"] for _, answer in results]

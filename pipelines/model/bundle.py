@@ -114,6 +114,48 @@ class Bundle:
             )
         return locations
 
+    @property
+    def sources_week(self) -> str | None:
+        """The week whose sources the bundle reads (its training week for bundles saved before
+        `with_sources` existed: they bundled that week's tables)."""
+        return self.info.get("sources_week", self.info.get("week"))
+
+    def lake_root(self) -> Path | None:
+        """The lake the bundle's tables were snapshot in (`Lake.model_tables_dir`), if they were."""
+        from pipelines.lake import MODEL_TABLES
+
+        location = Path(self.table_location(TABLE_NAMES[0]))
+        snapshot = location.parent.parent
+        return snapshot.parent if snapshot.name == MODEL_TABLES else None
+
+    def with_sources(self, lake_root: str | Path, week: str) -> "Bundle":
+        """The same rankers reading week `week`'s live (audited) source tables of `lake_root`: what is
+        served once a later week's sources are published than the ones the model was trained with."""
+        from pipelines.lake import SUCCESS_MARKER
+
+        locations = {name: Path(lake_root) / name / f"week={week}" for name in TABLE_NAMES}
+        missing = [str(path) for path in locations.values() if not (path / SUCCESS_MARKER).exists()]
+        if missing:
+            raise FileNotFoundError(f"week {week}'s sources are not live in the lake {lake_root}: {missing}")
+        served = object.__new__(Bundle)
+        served.__dict__.update(self.__dict__)
+        served.info = {**self.info, "tables": {name: str(path) for name, path in locations.items()},
+                       "sources_week": week, "bundled_sources_week": self.sources_week}
+        return served
+
+    def serving(self, week: str | None = None) -> "Bundle":
+        """What serves: the rankers with week `week`'s sources, or by default with the freshest week's
+        whose four tables are live in the bundle's lake, when it is later than the bundle's own."""
+        root = self.lake_root()
+        if week is not None:
+            if root is None:
+                raise FileNotFoundError(f"model bundle {self.directory} has no lake snapshot to find week {week}'s sources in")
+            return self.with_sources(root, week)
+        freshest = None if root is None else freshest_sources_week(root)
+        if freshest is None or (self.sources_week is not None and freshest <= self.sources_week):
+            return self
+        return self.with_sources(root, freshest)
+
     def tables(self, spark) -> SourceTables:
         return SourceTables(**{name: spark.read.parquet(location) for name, location in self.table_locations().items()})
 
@@ -129,6 +171,18 @@ class Bundle:
         tables = tables if tables is not None else self.tables(sessions.sparkSession)
         features = candidate_features(sessions, tables, self.candidate_config)
         return top_k_lists(score_rows(features, self.ranker_strings, self.ranker_rounds), k)
+
+
+def freshest_sources_week(lake_root: str | Path) -> str | None:
+    """The latest week whose four source tables (TABLE_NAMES) are all live in the lake: a live
+    partition passed its asset's checks (write-audit-publish)."""
+    from pipelines.lake import SUCCESS_MARKER
+
+    live = None
+    for name in TABLE_NAMES:
+        weeks = {path.parent.name.removeprefix("week=") for path in Path(lake_root, name).glob(f"week=*/{SUCCESS_MARKER}")}
+        live = weeks if live is None else live & weeks
+    return max(live, default=None)
 
 
 def top_k_lists(scored, k: int = K):
@@ -198,16 +252,28 @@ class RecommenderModel(PythonModel):
     def load_context(self, context):
         self.bundle = Bundle(context.artifacts[BUNDLE_ARTIFACT])
         self._scorer = None
+        self.sources_week = None  # None: the freshest live week's sources (`Bundle.serving`)
+
+    def use_sources(self, week: str | None) -> None:
+        """Serve with week `week`'s sources (reproduces what that week published with these rankers),
+        or with the freshest week's (None)."""
+        self.sources_week, self._scorer = week, None
+
+    @property
+    def served_bundle(self) -> Bundle:
+        return self.bundle.serving(getattr(self, "sources_week", None))
 
     @property
     def scorer(self):
-        """The bundle in the in-memory scorer, built at the first prediction: a process that loads the
-        model for its Spark path (`Bundle.recommend`: the weekly tables, forward scoring) never reads
-        the tables into memory."""
+        """The rankers with the freshest live week's sources (or `use_sources`' week) in the in-memory
+        scorer, built at the first prediction: a process that loads the model for its Spark path
+        (`Bundle.recommend`: the weekly tables, forward scoring) never reads the tables into memory."""
         from pipelines.model.scorer import InMemoryScorer
 
         if getattr(self, "_scorer", None) is None:
-            self._scorer = InMemoryScorer.from_bundle(self.bundle)
+            served = self.served_bundle
+            self._scorer = InMemoryScorer.from_bundle(served)
+            self.served_sources_week = served.sources_week
         return self._scorer
 
     def predict(self, context, model_input, params=None):

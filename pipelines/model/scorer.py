@@ -25,6 +25,7 @@ import pandas as pd
 from pipelines.candidates import (
     BUY_SOURCE_LISTS,
     BUY_TYPES,
+    INTERACTION_HALF_LIFE_SECONDS,
     NEIGHBOUR_WEIGHTS,
     PAIR_FEATURES,
     RECENT_ITEM_LISTS,
@@ -236,6 +237,7 @@ class InMemoryScorer:
         recency = np.power(2.0, 0.1 + 0.9 * fraction) - 1.0
         last_ts = ts[sessions.order[sessions.starts + lengths - 1]][sessions.index][kept]
         k_session, k_aid, k_ts, k_type = session[kept], aid[kept], ts[kept], event_type[kept]
+        decay = np.power(0.5, (last_ts - k_ts) / (1000.0 * INTERACTION_HALF_LIFE_SECONDS))
 
         # Per (session, aid) of the kept history: history_pairs and neighbour_sources.
         pairs = Groups.of(k_session, k_aid)
@@ -243,6 +245,8 @@ class InMemoryScorer:
             "session": k_session[pairs.first], "aid": k_aid[pairs.first],
             "_score": pairs.sum(recency * np.array([TYPE_WEIGHTS[t] for t in EVENT_TYPE_NAMES])[k_type]),
             **{f"interaction_{name}": np.bincount(pairs.index[k_type == code], minlength=pairs.size).astype(np.float64)
+               for name, code in TYPE_ORDER.items()},
+            **{f"interaction_{name}_decayed": pairs.sum(np.where(k_type == code, decay, 0.0))
                for name, code in TYPE_ORDER.items()},
             "interaction_seconds_since": (pairs.max(last_ts) - pairs.max(k_ts)) / 1000.0,
             "interaction_events_since": pairs.min(from_end).astype(np.float64),

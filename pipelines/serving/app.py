@@ -1,12 +1,15 @@
 """`recsys serve`: one session's recommendations over HTTP, from the registered champion, in milliseconds.
 
-The model is a registered version's bundle held by the in-memory scorer (`pipelines.model.scorer`):
-no Spark in a request. `ServedModel` holds the version being served; when the model URI names an
-alias (`models:/session-recommender@champion`, the default), a watcher thread re-reads the alias
-every `poll_seconds`, loads a version it moved to beside the one serving, and swaps the reference
-in one assignment: a request runs on the version it started with, none fails during the swap.
+The model is a registered version's rankers with the freshest live week's sources (`Bundle.serving`)
+held by the in-memory scorer (`pipelines.model.scorer`): no Spark in a request. `ServedModel` holds
+what is being served; a watcher thread looks every `poll_seconds` for an alias that moved (when the
+model URI names one: `models:/session-recommender@champion`, the default) and for a later week's
+sources gone live in the lake, loads the new version or sources beside the ones serving, and swaps
+the reference in one assignment: a request runs on the model it started with, none fails during
+the swap.
 
-    GET  /health     {"status": "ok", "model": {"name", "version", "week", "uri"}}
+    GET  /health     {"status": "ok", "model": {"name", "version", "week", "trained_week", "uri"}}
+                     (`week`: the week whose sources it serves with)
     POST /recommend  {"session": 42, "events": [{"aid": 7, "ts": 1661200010000, "type": "clicks"}, ...]}
                   -> {"session": 42, "model_version": "7", "recommendations": {"clicks": [...], "carts": [...], "orders": [...]}}
 
@@ -37,11 +40,14 @@ MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<ver
 class LoadedModel:
     name: str
     version: str
-    week: str | None
+    week: str | None  # the week whose sources it serves with
+    trained_week: str | None
+    lake_root: str | None  # where later weeks' sources appear
     scorer: object  # pipelines.model.scorer.InMemoryScorer
 
     def describe(self, uri: str) -> dict:
-        return {"name": self.name, "version": self.version, "week": self.week, "uri": uri}
+        return {"name": self.name, "version": self.version, "week": self.week, "trained_week": self.trained_week,
+                "uri": uri}
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -53,13 +59,17 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def load_registered(tracking_uri: str, name: str, version: str) -> LoadedModel:
-    """A registered version's bundle (from the artifact store) in the in-memory scorer."""
+    """A registered version's rankers (from the artifact store) with the freshest live week's sources
+    (`Bundle.serving`) in the in-memory scorer."""
     from pipelines.model import load_version
     from pipelines.model.scorer import InMemoryScorer
 
     registered = load_version(tracking_uri, name, version)
-    return LoadedModel(name=name, version=registered.version, week=registered.bundle.info.get("week"),
-                       scorer=InMemoryScorer.from_bundle(registered.bundle))
+    served = registered.bundle.serving()
+    return LoadedModel(name=name, version=registered.version, week=served.sources_week,
+                       trained_week=registered.bundle.info.get("week"), lake_root=registered.bundle.lake_root(),
+                       scorer=InMemoryScorer.from_bundle(served))
+
 
 
 class ServedModel:
@@ -84,7 +94,7 @@ class ServedModel:
                               f"{error.message}") from None
 
     def start_watching(self) -> None:
-        if self.alias is None or self.poll_seconds <= 0:
+        if self.poll_seconds <= 0:
             return
         self._watcher = threading.Thread(target=self._watch, name="alias-watcher", daemon=True)
         self._watcher.start()
@@ -93,15 +103,24 @@ class ServedModel:
         self._stop.set()
 
     def refresh(self) -> bool:
-        """Load and swap in the alias's version if it moved; True when it swapped."""
-        version = self._alias_version()
-        if version == self.current.version:
+        """Load and swap in the alias's version if it moved, or the served version with a later week's
+        sources once they are live; True when it swapped."""
+        version = self.pinned_version or self._alias_version()
+        if version == self.current.version and self._bundle_sources_week() == self.current.week:
             return False
         started = time.perf_counter()
         loaded = load_registered(self.tracking_uri, self.name, version)
         previous, self.current = self.current.version, loaded  # one assignment: requests see old or new, whole
         log.info("serving %s v%s (was v%s), loaded in %.1f s", self.name, version, previous, time.perf_counter() - started)
         return True
+
+    def _bundle_sources_week(self) -> str | None:
+        """The week whose sources the served version reads once reloaded."""
+        from pipelines.model.bundle import freshest_sources_week
+
+        root = self.current.lake_root
+        freshest = None if root is None else freshest_sources_week(root)
+        return self.current.week if freshest is None or (self.current.week and freshest <= self.current.week) else freshest
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_seconds):
