@@ -45,11 +45,13 @@ def week(e2e_stack: E2EStack, spark):
 
 
 def test_evaluation_rows_equal_the_features_table(week):
-    """The rows the week's ranker trained on, rebuilt by the scorer from the week's own version."""
+    """The rows the week's ranker trained on, rebuilt by the scorer from the week's own version with
+    the sources they were built from, the week before's."""
     from mlflow import MlflowClient
 
     version = version_of_week(MlflowClient(tracking_uri=week["tracking_uri"]), MODEL_NAME, WEEK)
-    bundle = load_version(week["tracking_uri"], MODEL_NAME, version.version).bundle
+    bundle = load_version(week["tracking_uri"], MODEL_NAME, version.version).bundle.with_sources(
+        week["lake"].root, week["week"].shift(-1).key)
     prefixes = week["read"](EVAL_SESSIONS_TABLE).select("session", "prefix").toPandas()
     features = InMemoryScorer.from_bundle(bundle).features(exploded(prefixes, "prefix"))
     assert features["session"].nunique() == len(prefixes) > 300
@@ -60,13 +62,16 @@ def test_active_sessions_get_the_spark_features_and_the_published_lists(week, sp
     """Over a thousand real sessions through both paths: only a week the pipeline really published
     shows that what is served live equals the batch table (`tests/test_scorer.py` uses a synthetic shop)."""
     summary = week["lake"].read_stats("published_summary", week["week"])
-    champion = load_version(week["tracking_uri"], MODEL_NAME, summary["model"]["version"])
+    assert summary["model"]["sources_week"] == WEEK
+    # The published lists: the champion's rankers with the week's own sources.
+    champion = load_version(week["tracking_uri"], MODEL_NAME, summary["model"]["version"]).bundle.with_sources(
+        week["lake"].root, WEEK)
     sessions = active_sessions(week["read"](SESSIONS_TABLE))
     histories = exploded(sessions.toPandas(), "prefix")
     assert histories["session"].nunique() >= 1_000
-    scorer = InMemoryScorer.from_bundle(champion.bundle)
+    scorer = InMemoryScorer.from_bundle(champion)
 
-    spark_features = candidate_features(sessions, champion.bundle.tables(spark), champion.bundle.candidate_config)
+    spark_features = candidate_features(sessions, champion.tables(spark), champion.candidate_config)
     assert_same_features(spark_features.toPandas(), scorer.features(histories))
 
     published = week["read"]("published_session_recommendations").toPandas()

@@ -120,12 +120,15 @@ def replayed_here(spark, cluster_lake: Path, staged: Path) -> dict[str, Path]:
     from pipelines.candidates import build_candidates
     from pipelines.features import add_features
     lake, week = Lake(str(cluster_lake)), Week.parse(WEEK, TIMEZONE)
-    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
+    read = lambda table, at=week: lake.read_partition(spark, table, at)  # noqa: E731
+    sources_week = week.shift(-1)  # the week's rows come from the week before's sources
     eval_sessions = read("eval_sessions")
     frames = {
-        "candidates": build_candidates(eval_sessions, read("covisitation"), read("similar_items"), read("top_sellers"),
+        "candidates": build_candidates(eval_sessions, read("covisitation", sources_week),
+                                       read("similar_items", sources_week), read("top_sellers", sources_week),
                                        CANDIDATE_CONFIG),
-        "features": add_features(read("candidates"), eval_sessions.select("session", "prefix"), read("item_stats")),
+        "features": add_features(read("candidates"), eval_sessions.select("session", "prefix"),
+                                 read("item_stats", sources_week)),
     }
     out = {}
     for name, frame in frames.items():
@@ -221,25 +224,33 @@ def test_whole_graph_on_a_standalone_cluster_matches_local_mode(e2e_stack: E2ESt
 
 def assert_replayed_ranker_and_lists(spark, cluster_lake: Path, cluster_mlflow: Path, cluster_ranker: dict) -> None:
     """The ranker re-evaluated here on the cluster's features scores what the cluster logged (the
-    sample is drawn by hashes of the session and LightGBM is deterministic), and the cluster's
-    champion, loaded from its MLflow registry, recommends here what the cluster published."""
+    sample is drawn by hashes of the session and LightGBM is deterministic), and what the cluster
+    published is recomputed here: its champion from its MLflow registry, or the hand rule."""
+    from assets.candidates import CANDIDATE_CONFIG
     from pipelines.evaluation import labels_long
-    from pipelines.model import load_champion
+    from pipelines.features import source_tables
+    from pipelines.model import load_version
     from pipelines.ranker import RankerConfig, earlier_labelled_weeks, evaluate_ranker
-    from pipelines.recommendations import active_sessions
+    from pipelines.recommendations import active_sessions, hand_rule_recommendations
 
     lake, week = Lake(str(cluster_lake)), Week.parse(WEEK, TIMEZONE)
     earlier, _ = earlier_labelled_weeks(spark, lake, week, RankerConfig())
-    assert list(earlier) == [FIRST_WEEK]
+    assert list(earlier) == []  # the week before is the warm-up week: no labelled rows
     evaluation = evaluate_ranker(lake.read_partition(spark, "features", week),
                                  labels_long(lake.read_partition(spark, "eval_labels", week)),
-                                 lake.read_partition(spark, "top_sellers", week), RankerConfig(),
-                                 earlier_weeks=list(earlier.values()))
+                                 lake.read_partition(spark, "top_sellers", week.shift(-1)), RankerConfig())
     evaluation.release()
     assert math.isclose(evaluation.score, cluster_ranker["metrics"]["ranker"]["score"], abs_tol=1e-9)
 
-    champion = load_champion(f"sqlite:///{cluster_mlflow}", cluster_ranker["model_name"])
-    assert champion.version == str(cluster_ranker["model_version"])
-    lists = champion.bundle.recommend(active_sessions(lake.read_partition(spark, "sessions", week))).collect()
+    # The published lists: the version the gate left as champion, or the hand rule while there is none,
+    # on the week's own sources.
+    sessions = active_sessions(lake.read_partition(spark, "sessions", week))
+    sources = source_tables(spark, lake, week)
+    chosen = cluster_ranker["gate"]["champion_after"]
+    if chosen is None:
+        lists = hand_rule_recommendations(sessions, sources, CANDIDATE_CONFIG).collect()
+    else:
+        champion = load_version(f"sqlite:///{cluster_mlflow}", cluster_ranker["model_name"], str(chosen))
+        lists = champion.bundle.recommend(sessions, tables=sources).collect()
     assert_same_rows([row.asDict(recursive=True) for row in lists], read_rows(cluster_lake, "published_session_recommendations"),
                      ["session", "type"], "session recommendations")
