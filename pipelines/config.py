@@ -90,6 +90,9 @@ class Settings:
     registered_model_name: str = "session-recommender"
     # The champion alias moves to a new version unless it scores below the champion minus this.
     champion_tolerance: float = 0.002
+    # A failed audit's staged week is kept this long for inspection, then the next publication of
+    # the week removes it; younger staging (another run's, mid-audit) is never touched.
+    staging_max_age_hours: float = 24.0
     quality: QualityThresholds = field(default_factory=QualityThresholds)
 
     @classmethod
@@ -113,5 +116,6 @@ class Settings:
             experiment_name=_env("RECSYS_MLFLOW_EXPERIMENT", "session-recommender"),
             registered_model_name=_env("RECSYS_MODEL_NAME", "session-recommender"),
             champion_tolerance=_env_float("RECSYS_CHAMPION_TOLERANCE", 0.002),
+            staging_max_age_hours=_env_float("RECSYS_STAGING_MAX_AGE_HOURS", cls.staging_max_age_hours),
             quality=QualityThresholds.from_env(),
         )

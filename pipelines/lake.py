@@ -9,14 +9,16 @@ Write-audit-publish: an asset writes its week through `Lake.audited(week)`. Thos
 `<table>/_audit/week=…-<token>`, one folder per audit (invisible to every reader of the live lake, Spark included: `_` folders
 are hidden), the asset's blocking checks read them through the same object, and `publish` swaps
 them into place only when every check passed. A failed audit leaves the previous live version
-untouched and the staged one where it is for inspection; the next audited write of the week
-replaces it.
+untouched and the staged one where it is for inspection; a later publication of the week removes
+it once it is older than `staging_max_age_s` (RECSYS_STAGING_MAX_AGE_HOURS, 24 h), and never
+touches younger staging, which may be another run's in the middle of its checks.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,9 +43,14 @@ class MissingPartitionError(RuntimeError):
     pass
 
 
+# How long a failed audit's staged week stays for inspection (RECSYS_STAGING_MAX_AGE_HOURS).
+STAGING_MAX_AGE_S = 24 * 3600.0
+
+
 @dataclass(frozen=True)
 class Lake:
     root: str
+    staging_max_age_s: float = STAGING_MAX_AGE_S
 
     def table_dir(self, table: str) -> Path:
         return Path(self.root) / table
@@ -63,7 +70,7 @@ class Lake:
 
     def audited(self, week: Week) -> "AuditedWeek":
         """A view of the lake whose writes of `week` are staged for audit (see the module docstring)."""
-        return AuditedWeek(self.root, week, token=uuid.uuid4().hex[:12])
+        return AuditedWeek(self.root, self.staging_max_age_s, week, token=uuid.uuid4().hex[:12])
 
     def has_partition(self, table: str, week: Week) -> bool:
         return (self.partition_dir(table, week) / SUCCESS_MARKER).exists()
@@ -195,13 +202,16 @@ class AuditedWeek(Lake):
 
     def publish(self) -> dict[str, str]:
         """Make every staged table of the week live, one after the other (each swap atomic), and
-        clear what earlier failed audits of the week left; returns the live paths."""
+        clear what failed audits of the week left more than `staging_max_age_s` ago; returns the
+        live paths. Younger staging of the week is another run's, perhaps mid-audit: left alone."""
         live = {}
+        oldest = time.time() - self.staging_max_age_s
         for table, staged in list(self._staged.items()):
             target = Lake.partition_dir(self, table, self.week)
             self._swap_into_place(staged, target)
             for leftover in staged.parent.glob(f"{self.week.folder}-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
+                if leftover.stat().st_mtime < oldest:
+                    shutil.rmtree(leftover, ignore_errors=True)
             try:
                 staged.parent.rmdir()  # the `_audit` folder, once it holds no other week
             except OSError:

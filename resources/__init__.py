@@ -58,10 +58,11 @@ class LakeResource(ConfigurableResource):
     """The Parquet lake of intermediate assets (`RECSYS_LAKE_DIR`)."""
 
     root: str
+    staging_max_age_hours: float = Settings.staging_max_age_hours
 
     @property
     def lake(self) -> Lake:
-        return Lake(self.root)
+        return Lake(self.root, staging_max_age_s=self.staging_max_age_hours * 3600.0)
 
 
 class PipelineConfigResource(ConfigurableResource):
@@ -177,7 +178,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
     quality = settings.quality
     return {
         "spark": SparkResource(master=settings.spark_master),
-        "lake": LakeResource(root=settings.lake_dir),
+        "lake": LakeResource(root=settings.lake_dir, staging_max_age_hours=settings.staging_max_age_hours),
         "s3": s3_resource(settings),
         "mlflow_tracking": MlflowResource(
             tracking_uri=settings.mlflow_tracking_uri,

@@ -63,13 +63,26 @@ def test_an_audited_write_is_invisible_until_published(tmp_path):
         audited.write_document({}, "table", WEEK.shift(1))
 
 
-def test_two_audits_of_one_week_stage_apart_and_a_success_clears_failed_ones(tmp_path):
-    lake = Lake(str(tmp_path / "lake"))
-    failed, passing = lake.audited(WEEK), lake.audited(WEEK)
+def test_two_audits_of_one_week_stage_apart_and_a_success_clears_only_old_failed_ones(tmp_path):
+    """Runs never touch each other's staging: a publication leaves a younger staged week (another
+    run's, perhaps mid-audit) alone, and clears failed audits older than the configured age."""
+    import os
+    import time
+
+    lake = Lake(str(tmp_path / "lake"), staging_max_age_s=3600)
+    old_failure, failed, passing = lake.audited(WEEK), lake.audited(WEEK), lake.audited(WEEK)
+    old_failure.write_document({"run": "failed yesterday"}, "table", WEEK)
     failed.write_document({"run": "failed"}, "table", WEEK)
     passing.write_document({"run": "passing"}, "table", WEEK)
     assert failed.read_stats("table", WEEK) == {"run": "failed"}  # neither sees the other's staged data
     assert passing.read_stats("table", WEEK) == {"run": "passing"}
+    yesterday = time.time() - 86_400
+    os.utime(old_failure.partition_dir("table", WEEK), (yesterday, yesterday))
     passing.publish()
     assert lake.read_stats("table", WEEK) == {"run": "passing"}
+    assert not old_failure.partition_dir("table", WEEK).exists()
+    # The other run's staging survives, whole, and it can still read and publish it.
+    assert failed.read_stats("table", WEEK) == {"run": "failed"}
+    failed.publish()
+    assert lake.read_stats("table", WEEK) == {"run": "failed"}
     assert not (lake.table_dir("table") / AUDIT_DIR).exists()
