@@ -255,6 +255,7 @@ def main() -> int:
     from pipelines.weeks import Week
     from resources import build_resources
 
+    commit = code_version()  # of the code this process imported, not of a checkout changed meanwhile
     resources = build_resources(Settings.from_env())
     definitions = build_definitions(resources)
     instance = DagsterInstance.get()
@@ -265,7 +266,7 @@ def main() -> int:
     with MemoryTimeline() as timeline:
         outcome = run_week(definitions, instance, timed, timeline=timeline)
     report = {
-        "sessions": args.sessions, "week": timed, "commit": code_version(), "success": outcome["success"],
+        "sessions": args.sessions, "week": timed, "commit": commit, "success": outcome["success"],
         "failed_checks": outcome["failed_checks"], "failures": outcome["failures"],
         "total_seconds": outcome["seconds"], "python_peak_mb": outcome["python_peak_mb"],
         "jvm_peak_mb": outcome["jvm_peak_mb"], "peak_sum_mb": outcome["peak_sum_mb"], "stages": outcome["stages"],
