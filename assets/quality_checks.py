@@ -63,8 +63,13 @@ class AuditedChecks:
             results.append(function(**arguments)._replace(check_name=spec.name))
         return results
 
-    def audit(self, context, audited: AuditedWeek, metadata: Mapping[str, object], **resources) -> MaterializeResult:
-        """Run every check on the staged week; publish it when none failed, else keep it staged."""
+    def audit(self, context, audited: AuditedWeek, metadata: Mapping[str, object],
+              on_pass: Callable[[], Mapping[str, object]] | None = None, **resources) -> MaterializeResult:
+        """Run every check on the staged week; publish it when none failed, else keep it staged.
+
+        `on_pass`: what the asset does only once its outputs passed their audit (the ranker registers
+        and gates its version), run before the staged week goes live; it may stage more writes of
+        the week and returns metadata to add. A failed audit never calls it."""
         results = self.run_checks(context, audited, **resources)
         failed = [r for r in results if not r.passed and r.severity == AssetCheckSeverity.ERROR]
         staged = audited.staged_paths
@@ -80,6 +85,7 @@ class AuditedChecks:
             ]
             audit = {"published": False, "failed_checks": [r.check_name for r in failed], "staged": staged}
         else:
+            metadata = {**metadata, **(on_pass() if on_pass is not None else {})}
             audit = {"published": True, "live": audited.publish()}
         return MaterializeResult(
             metadata={**metadata, "audit": MetadataValue.json(audit), "published_to_lake": not failed},

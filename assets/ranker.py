@@ -28,12 +28,13 @@ from pipelines.config import EVENT_TYPES
 from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long, warm_up_week_reason
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE, source_tables
 from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv
-from pipelines.model import Bundle, IncompatibleModelError, log_recommender, save_bundle
+from pipelines.model import Bundle, log_recommender, save_bundle
 from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.plots import plot_feature_importance, plot_recall_curves
 from pipelines.quality import ranker_suite, validate
 from pipelines.ranker import BASELINES, RANKER, RankerConfig, earlier_labelled_weeks, evaluate_ranker
 from pipelines.registry import RUN_ID_TAG, WEEK_TAG, gate_version
+from pipelines.stages.registered_scores import score_registered_versions
 from pipelines.spark import release_driver_heap
 from pipelines.tracking import code_version, flatten_metrics
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
@@ -63,9 +64,6 @@ class RankerRunConfig(Config):
         return RankerConfig(**self.model_dump())
 
 
-FORWARD_PREDICTIONS_CSV = "forward_predictions.csv"
-
-
 def scores_table(metrics: dict) -> str:
     import pandas as pd
 
@@ -75,73 +73,6 @@ def scores_table(metrics: dict) -> str:
         for name, values in metrics.items()
     ]
     return markdown_table(pd.DataFrame(rows))
-
-
-def registered_scores_on(registered, week_features, labels, predictions_csv: Path | None = None) -> dict[str, float]:
-    """A registered version's OTTO scores (`spark_score`) on this week's labelled rows (`week_features`,
-    the lake's features of W, built from W-1's sources): its boosters rank the same rows, against the
-    same labels, as the new version's out-of-fold predictions; its lists also go to `predictions_csv`."""
-    from pyspark import StorageLevel
-
-    from pipelines.metrics import spark_score
-    from pipelines.ranker import ranked_top_k, score_lake_rows
-
-    bundle = registered.bundle
-    scored = score_lake_rows(week_features, bundle.ranker_strings, bundle.ranker_rounds)
-    predictions = ranked_top_k(scored).select("session", "type", "aid", "rank")
-    if predictions_csv is None:
-        return spark_score(predictions, labels)
-    # Two actions over the served lists: they are computed once.
-    predictions = predictions.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        spark_write_predictions_csv(predictions, predictions_csv)
-        return spark_score(predictions, labels)
-    finally:
-        predictions.unpersist()
-
-
-# What a registered version that this code cannot serve raises: other feature columns. Anything else
-# (a bug while scoring it, a lake snapshot that is gone, a registry or storage outage) fails the
-# step: it must not pass as "not comparable" and let the new version be promoted past the champion.
-INCOMPATIBLE_MODEL_ERRORS = (IncompatibleModelError,)
-
-
-def forward_and_champion_scores(mlflow_tracking: MlflowResource, week, week_features, labels, context):
-    """(the week before's version and its scores on this week's sessions, the champion's score on
-    them, why the champion could not be scored, the champion version these are about): the first is that model's forward score, logged
-    with its lists into the run that trained it (the labels are this week's run's
-    `evaluation/labels.jsonl`); the champion, often the same version, is scored once. A version
-    the current code cannot load or score (other feature columns, say) is reported, not raised."""
-    from pipelines.registry import current_champion, record_forward_score, version_of_week
-
-    client, name = mlflow_tracking.client, mlflow_tracking.registered_model_name
-    previous = version_of_week(client, name, week.shift(-1).key)
-    forward = None
-    if previous is not None:
-        try:
-            with tempfile.TemporaryDirectory(prefix="forward-") as scratch:
-                lists = Path(scratch) / FORWARD_PREDICTIONS_CSV
-                forward = registered_scores_on(mlflow_tracking.load_version(previous.version), week_features, labels, lists)
-                record_forward_score(client, name, previous, forward, week.key, artifacts=[lists])
-            context.log.info(f"v{previous.version} (week {week.shift(-1).key}) scores {forward['score']:.4f} forward "
-                             "on this week's evaluation sessions")
-        except INCOMPATIBLE_MODEL_ERRORS as error:  # an old version must not fail this week's ranker
-            context.log.warning(f"v{previous.version} (week {week.shift(-1).key}) could not be scored forward: "
-                                f"{type(error).__name__}: {error}")
-            previous = None
-    champion_version, _ = current_champion(client, name)
-    champion_now, champion_unusable = None, None
-    if champion_version is not None and previous is not None and champion_version == str(previous.version):
-        champion_now = forward["score"]
-    elif champion_version is not None:
-        try:
-            champion_now = registered_scores_on(mlflow_tracking.load_champion(), week_features, labels)["score"]
-            context.log.info(f"champion v{champion_version} scores {champion_now:.4f} on this week's evaluation sessions")
-        except INCOMPATIBLE_MODEL_ERRORS as error:  # reported in the gate's reason instead
-            champion_unusable = f"{type(error).__name__}: {error}"[:500]
-            context.log.warning(f"champion v{champion_version} cannot be scored with this code, so it is not compared "
-                                f"against: {champion_unusable}")
-    return (None if previous is None else (str(previous.version), forward)), champion_now, champion_unusable, champion_version
 
 
 @asset(
@@ -195,112 +126,128 @@ def ranker(
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
     baselines = {name: metrics[name]["score"] for name in BASELINES}
 
-    with tempfile.TemporaryDirectory(prefix="ranker-") as scratch, mlflow_tracking.week_run(context) as run:
+    with tempfile.TemporaryDirectory(prefix="ranker-") as scratch:
         scratch = Path(scratch)
-        try:
-            item_count = audited.read_partition(spark.session, ITEM_STATS_TABLE, sources_week).count()
-            coverage = evaluation.predictions[RANKER].select("aid").distinct().count() / max(item_count, 1)
-            spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
-            spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
-            curves = {name: spark_recall_curve(frame, labels) for name, frame in evaluation.predictions.items()}
-        finally:
-            evaluation.release()
-        plot_recall_curves(curves, scratch / "recall_at_k.png")
-        for event_type, result in results.items():
-            plot_feature_importance(result.feature_importance, scratch / f"feature_importance_{event_type}.png")
-        mlflow.log_params({f"ranker.{k}": v for k, v in ranker_config.params().items()})
-        mlflow.log_params({"features.code_version": FEATURE_CODE_VERSION, "features.count": len(FEATURE_COLUMNS)})
-        mlflow.log_metrics({
-            **flatten_metrics("", metrics),
-            **flatten_metrics("ceiling", evaluation.ceiling),
-            "catalogue_coverage": coverage,
-            "ranker.seconds": fit_seconds,
-            "ranker.label_weeks_used": 1 + len(earlier),
-            **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
-            **{f"ranker.sample_rows.{t}": r.sample_rows for t, r in results.items()},
-            **{f"ranker.rounds.{t}": r.rounds for t, r in results.items()},
-        })
-        for path in sorted(scratch.iterdir()):
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        with mlflow_tracking.week_run(context) as run:
+            try:
+                item_count = audited.read_partition(spark.session, ITEM_STATS_TABLE, sources_week).count()
+                coverage = evaluation.predictions[RANKER].select("aid").distinct().count() / max(item_count, 1)
+                spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
+                spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
+                curves = {name: spark_recall_curve(frame, labels) for name, frame in evaluation.predictions.items()}
+            finally:
+                evaluation.release()
+            plot_recall_curves(curves, scratch / "recall_at_k.png")
+            for event_type, result in results.items():
+                plot_feature_importance(result.feature_importance, scratch / f"feature_importance_{event_type}.png")
+            mlflow.log_params({f"ranker.{k}": v for k, v in ranker_config.params().items()})
+            mlflow.log_params({"features.code_version": FEATURE_CODE_VERSION, "features.count": len(FEATURE_COLUMNS)})
+            mlflow.log_metrics({
+                **flatten_metrics("", metrics),
+                **flatten_metrics("ceiling", evaluation.ceiling),
+                "catalogue_coverage": coverage,
+                "ranker.seconds": fit_seconds,
+                "ranker.label_weeks_used": 1 + len(earlier),
+                **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
+                **{f"ranker.sample_rows.{t}": r.sample_rows for t, r in results.items()},
+                **{f"ranker.rounds.{t}": r.rounds for t, r in results.items()},
+            })
+            for path in sorted(scratch.iterdir()):
+                mlflow.log_artifact(str(path), artifact_path="evaluation")
 
-        bundle = save_bundle(
-            scratch / "bundle",
-            source_tables(spark.session, audited, week),
-            {t: r.model for t, r in results.items()},
-            {"week": week.key, "sources_week": week.key, "rows_sources_week": sources_week.key,
-             "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
-             "ranker_rounds": {t: r.rounds for t, r in results.items()},
-             "mlflow_run_id": run.info.run_id, "code_version": code_version()},
-            audited.model_tables_dir(run.info.run_id),
-        )
-        saved = Bundle(bundle)
-        bundle_size = saved.size_bytes()
-        mlflow.log_params({f"bundle.tables.{name}": location for name, location in saved.info["tables"].items()})
-        mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
-        model_info = log_recommender(bundle)
-        registered = mlflow.register_model(model_info.model_uri, mlflow_tracking.registered_model_name)
-        previous_week, champion_now, champion_unusable, champion_scored = forward_and_champion_scores(
-            mlflow_tracking, week, week_features, labels, context)
-        if champion_now is not None:
-            mlflow.log_metric("champion.score_on_week", champion_now)
-        if previous_week is not None:
-            mlflow.log_metric("previous_week_model.forward_score", previous_week[1]["score"])
-        decision = gate_version(
-            mlflow_tracking.client, mlflow_tracking.registered_model_name, registered.version, score, baselines,
-            mlflow_tracking.champion_tolerance, extra_tags={WEEK_TAG: week.key, RUN_ID_TAG: run.info.run_id},
-            champion_score_now=champion_now, champion_unusable=champion_unusable, champion_scored=champion_scored,
-            previous_week_forward=None if previous_week is None else (previous_week[0], previous_week[1]["score"]),
-        )
-        mlflow.set_tags({"model.version": registered.version, "model.gate": "promoted" if decision.promoted else "rejected",
-                         "model.gate_reason": decision.reason})
+            bundle = save_bundle(
+                scratch / "bundle",
+                source_tables(spark.session, audited, week),
+                {t: r.model for t, r in results.items()},
+                {"week": week.key, "sources_week": week.key, "rows_sources_week": sources_week.key,
+                 "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
+                 "ranker_rounds": {t: r.rounds for t, r in results.items()},
+                 "mlflow_run_id": run.info.run_id, "code_version": code_version()},
+                audited.model_tables_dir(run.info.run_id),
+            )
+            saved = Bundle(bundle)
+            bundle_size = saved.size_bytes()
+            mlflow.log_params({f"bundle.tables.{name}": location for name, location in saved.info["tables"].items()})
+            mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
+            model_info = log_recommender(bundle)
+            registered_scores = score_registered_versions(mlflow_tracking, week, week_features, labels,
+                                                          scratch / "forward", context.log)
+            if registered_scores.champion_now is not None:
+                mlflow.log_metric("champion.score_on_week", registered_scores.champion_now)
+            if registered_scores.previous is not None:
+                mlflow.log_metric("previous_week_model.forward_score", registered_scores.forward["score"])
+        run_id = run.info.run_id
+        previous_week = registered_scores.previous_week_forward
+        summary = {
+            "week": week.key, "rows_sources_week": sources_week.key, "metrics": metrics, "ceiling": evaluation.ceiling,
+            "coverage": coverage, "model_name": mlflow_tracking.registered_model_name, "mlflow_run_id": run_id,
+            "train_rows": {t: r.train_rows for t, r in results.items()},
+            "label_weeks": [week.key, *earlier], "label_weeks_skipped": skipped_weeks,
+            "rounds": {t: {"final": r.rounds, "folds": [f.rounds for f in r.folds]} for t, r in results.items()},
+            "previous_week_forward": None if previous_week is None else {
+                "week": week.shift(-1).key, "model_version": previous_week[0], "metrics": registered_scores.forward},
+        }
+        # Staged for the audit; the gate's decision joins it once the audit passed.
+        audited.write_document(summary, RANKER_TABLE, week)
 
-    summary = {
-        "week": week.key, "rows_sources_week": sources_week.key, "metrics": metrics, "ceiling": evaluation.ceiling, "coverage": coverage, "gate": decision.as_dict(),
-        "model_name": mlflow_tracking.registered_model_name, "model_version": registered.version,
-        "mlflow_run_id": run.info.run_id, "train_rows": {t: r.train_rows for t, r in results.items()},
-        "label_weeks": [week.key, *earlier], "label_weeks_skipped": skipped_weeks,
-        "rounds": {t: {"final": r.rounds, "folds": [f.rounds for f in r.folds]} for t, r in results.items()},
-        "previous_week_forward": None if previous_week is None else {
-            "week": week.shift(-1).key, "model_version": previous_week[0], "metrics": previous_week[1]},
-    }
-    audited.write_document(summary, RANKER_TABLE, week)
-    context.log.info(f"ranker {score:.4f} vs baselines {baselines}; gate: {decision.reason}")
-    if previous_week is not None:
-        # The week before's partition gets its model's forward score once this week's sessions exist.
-        context.log_event(AssetObservation(asset_key=context.asset_key, partition=week.shift(-1).key, metadata={
-            "forward_score": previous_week[1]["score"], "forward_week": week.key,
-            "model": f"{mlflow_tracking.registered_model_name} v{previous_week[0]}",
-            "forward_scores": MetadataValue.md(scores_table({"forward": previous_week[1]})),
-        }))
-    return RANKER_CHECKS.audit(
-        context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
-        metadata={
-            "week": week.key,
-            "rows_built_from_sources_of": sources_week.key,
-            "bundled_sources_of": week.key,
-            "score": score,
-            **{f"{name}_score": value for name, value in baselines.items()},
-            **({} if previous_week is None else {
-                "previous_week_model_forward_score": previous_week[1]["score"],
-                "previous_week_model": f"{mlflow_tracking.registered_model_name} v{previous_week[0]}"}),
-            "scores": MetadataValue.md(scores_table(metrics)),
-            "candidate_ceiling": MetadataValue.json(evaluation.ceiling),
-            "catalogue_coverage": coverage,
-            "model": f"{mlflow_tracking.registered_model_name} v{registered.version}",
-            "champion_gate": MetadataValue.json(decision.as_dict()),
-            "mlflow_run_id": run.info.run_id,
-            "model_uri": f"models:/{mlflow_tracking.registered_model_name}/{registered.version}",
-            "fit_seconds": round(fit_seconds, 1),
-            # The weeks whose labelled sessions the ranker trained on; only this week's are scored.
-            "label_weeks": MetadataValue.json({"used": [week.key, *earlier], "skipped": skipped_weeks}),
-            # The model in MLflow holds the rankers; the tables it reads stay in the lake.
-            "bundle_bytes": bundle_size["bundle"],
-            "bundle_table_bytes": bundle_size["tables"],
-            "seconds_by_phase": MetadataValue.json(evaluation.timings),
-            # 0 for a type means held-out sessions preferred the hand rule's order to any boosting.
-            "boosting_rounds": MetadataValue.json({t: r.rounds for t, r in results.items()}),
-        },
-    )
+        def register_and_gate() -> dict:
+            """Only for a version whose audit passed: register it, record the week before's forward
+            score, run the champion gate, and stage the record the week's tables are published from."""
+            client, name = mlflow_tracking.client, mlflow_tracking.registered_model_name
+            registered = mlflow.register_model(model_info.model_uri, name)
+            registered_scores.record_forward(client, name, week.key)
+            decision = gate_version(
+                client, name, registered.version, score, baselines, mlflow_tracking.champion_tolerance,
+                extra_tags={WEEK_TAG: week.key, RUN_ID_TAG: run_id},
+                champion_score_now=registered_scores.champion_now, champion_unusable=registered_scores.champion_unusable,
+                champion_scored=registered_scores.champion_version, previous_week_forward=previous_week,
+            )
+            for key, value in {"model.version": registered.version, "model.gate_reason": decision.reason,
+                               "model.gate": "promoted" if decision.promoted else "rejected"}.items():
+                client.set_tag(run_id, key, value)
+            audited.write_document({**summary, "gate": decision.as_dict(), "model_version": registered.version},
+                                   RANKER_TABLE, week)
+            context.log.info(f"ranker {score:.4f} vs baselines {baselines}; gate: {decision.reason}")
+            if previous_week is not None:
+                # The week before's partition gets its model's forward score once this week's rows exist.
+                context.log_event(AssetObservation(asset_key=context.asset_key, partition=week.shift(-1).key, metadata={
+                    "forward_score": previous_week[1], "forward_week": week.key,
+                    "model": f"{name} v{previous_week[0]}",
+                    "forward_scores": MetadataValue.md(scores_table({"forward": registered_scores.forward})),
+                }))
+            return {
+                "model": f"{name} v{registered.version}",
+                "champion_gate": MetadataValue.json(decision.as_dict()),
+                "model_uri": f"models:/{name}/{registered.version}",
+            }
+
+        return RANKER_CHECKS.audit(
+            context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
+            on_pass=register_and_gate,
+            metadata={
+                "week": week.key,
+                "rows_built_from_sources_of": sources_week.key,
+                "bundled_sources_of": week.key,
+                "score": score,
+                **{f"{name}_score": value for name, value in baselines.items()},
+                **({} if previous_week is None else {
+                    "previous_week_model_forward_score": previous_week[1],
+                    "previous_week_model": f"{mlflow_tracking.registered_model_name} v{previous_week[0]}"}),
+                "scores": MetadataValue.md(scores_table(metrics)),
+                "candidate_ceiling": MetadataValue.json(evaluation.ceiling),
+                "catalogue_coverage": coverage,
+                "mlflow_run_id": run_id,
+                "fit_seconds": round(fit_seconds, 1),
+                # The weeks whose labelled sessions the ranker trained on; only this week's are scored.
+                "label_weeks": MetadataValue.json({"used": [week.key, *earlier], "skipped": skipped_weeks}),
+                # The model in MLflow holds the rankers; the tables it reads stay in the lake.
+                "bundle_bytes": bundle_size["bundle"],
+                "bundle_table_bytes": bundle_size["tables"],
+                "seconds_by_phase": MetadataValue.json(evaluation.timings),
+                # 0 for a type means held-out sessions preferred the hand rule's order to any boosting.
+                "boosting_rounds": MetadataValue.json({t: r.rounds for t, r in results.items()}),
+            },
+        )
 
 
 @RANKER_CHECKS.implements(RANKER_BEATS_BASELINES_CHECK)

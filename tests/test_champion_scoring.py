@@ -1,4 +1,4 @@
-"""Scoring the registered champion on a week's sessions (`assets.ranker.forward_and_champion_scores`):
+"""Scoring the registered champion on a week's rows (`pipelines.stages.registered_scores`):
 only a version this code cannot serve (`IncompatibleModelError`: other feature columns) is "not
 comparable"; any other error while scoring it fails the step, so a bug never lets a new version be
 promoted past a champion that was never compared. The registry holds synthetic bundles
@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
-import assets.ranker
-from assets.ranker import forward_and_champion_scores
+import pipelines.stages.registered_scores as registered_scores
+from pipelines.stages.registered_scores import score_registered_versions
 from pipelines.model import INFO_FILE
 from pipelines.weeks import Week
 from resources import MlflowResource
@@ -43,9 +43,9 @@ def test_a_bug_while_scoring_the_champion_fails_the_step(registry, monkeypatch):
     def broken(*_args, **_kwargs):
         raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'float'")
 
-    monkeypatch.setattr(assets.ranker, "registered_scores_on", broken)
+    monkeypatch.setattr(registered_scores, "registered_scores_on", broken)
     with pytest.raises(TypeError, match="unsupported operand"):
-        forward_and_champion_scores(registry["resource"], WEEK, None, None, Context())
+        score_registered_versions(registry["resource"], WEEK, None, None, registry["root"] / "scratch", Context.log)
 
 
 def test_a_champion_with_other_feature_columns_is_not_comparable(registry, monkeypatch):
@@ -57,8 +57,11 @@ def test_a_champion_with_other_feature_columns_is_not_comparable(registry, monke
     (bundle / INFO_FILE).write_text(json.dumps(info))
     old = register_bundle(registry["uri"], NAME, bundle, root / "artifacts")
     registry["client"].set_registered_model_alias(NAME, "champion", old)
-    monkeypatch.setattr(assets.ranker, "registered_scores_on", lambda *a, **k: pytest.fail("an unusable champion was scored"))
+    monkeypatch.setattr(registered_scores, "registered_scores_on",
+                        lambda *a, **k: pytest.fail("an unusable champion was scored"))
 
-    previous, champion_now, unusable, champion = forward_and_champion_scores(registry["resource"], WEEK, None, None, Context())
+    scores = score_registered_versions(registry["resource"], WEEK, None, None, root / "scratch", Context.log)
+    previous, champion_now, unusable, champion = (scores.previous, scores.champion_now, scores.champion_unusable,
+                                                  scores.champion_version)
     assert previous is None and champion_now is None and champion == old
     assert unusable.startswith("IncompatibleModelError: model bundle") and "other features" in unusable
