@@ -176,7 +176,7 @@ def ranker(
                 mlflow.log_metric("champion.score_on_week", registered_scores.champion_now)
             if registered_scores.previous is not None:
                 mlflow.log_metric("previous_week_model.forward_score", registered_scores.forward["score"])
-        run_id = run.info.run_id
+        run_id, experiment_id = run.info.run_id, run.info.experiment_id
         previous_week = registered_scores.previous_week_forward
         summary = {
             "week": week.key, "rows_sources_week": sources_week.key, "metrics": metrics, "ceiling": evaluation.ceiling,
@@ -215,10 +215,16 @@ def ranker(
                     "model": f"{name} v{previous_week[0]}",
                     "forward_scores": MetadataValue.md(scores_table({"forward": registered_scores.forward})),
                 }))
+            links = {}
+            if mlflow_tracking.tracking_uri.startswith(("http://", "https://")):  # the MLflow UI serves these
+                ui = mlflow_tracking.tracking_uri.rstrip("/")
+                links = {"mlflow_run": MetadataValue.url(f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"),
+                         "mlflow_model_version": MetadataValue.url(f"{ui}/#/models/{name}/versions/{registered.version}")}
             return {
                 "model": f"{name} v{registered.version}",
                 "champion_gate": MetadataValue.json(decision.as_dict()),
                 "model_uri": f"models:/{name}/{registered.version}",
+                **links,
             }
 
         return RANKER_CHECKS.audit(

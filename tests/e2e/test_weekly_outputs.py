@@ -298,6 +298,10 @@ def test_the_week_befores_model_is_scored_forward_and_rescores_from_its_logged_l
     assert float(version.tags["forward_score"]) == pytest.approx(forward, abs=1e-6) and version.tags["forward_week"] == TRAINED[1]
     metadata = _metadata(two_weeks, "ranker", TRAINED[1])
     assert metadata["previous_week_model_forward_score"] == pytest.approx(forward, abs=1e-12)
+    # Links from the materialization to the MLflow UI: the week's run and its registered version.
+    run_link, version_link = metadata["mlflow_run"], metadata["mlflow_model_version"]
+    assert run_link.startswith(resource.tracking_uri) and run_link.endswith(f"/runs/{second['run_id']}")
+    assert version_link.endswith(f"/versions/{metadata['model_uri'].rsplit('/', 1)[1]}")
     assert f"v{version.version} scored {forward:.4f} forward" in metadata["champion_gate"]["reason"]
     observed = [r.asset_observation for r in two_weeks["instance"].fetch_observations(AssetKey("ranker"), limit=100).records
                 if r.asset_observation.partition == TRAINED[0]]
