@@ -196,7 +196,14 @@ def test_a_blocked_rerun_leaves_the_live_week_and_downstream_untouched(spark, tm
     history_events = sum(len(row.history) for row in lake.read_partition(spark, SESSIONS_TABLE, second).collect())
     assert history_events == 40 * 5 + 40 * 5
 
-    # A passing rerun goes live and clears what the failed audit left.
+    # A passing rerun goes live and clears what the failed audit left once it is older than
+    # RECSYS_STAGING_MAX_AGE_HOURS (younger staging may be another run's, mid-audit).
+    import os
+    import time
+
+    two_days_ago = time.time() - 2 * 86_400
+    for staged in (lake.table_dir(EVENTS_TABLE) / "_audit").iterdir():
+        os.utime(staged, (two_days_ago, two_days_ago))
     _write_raw_week(raw_dir, first, _good_lines(first, 30))
     assert run_week(definitions, first.key, instance).success
     assert lake.read_stats(EVENTS_TABLE, first)["events"] == 30 * 5
