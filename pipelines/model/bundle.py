@@ -151,10 +151,8 @@ class Bundle:
             if root is None:
                 raise FileNotFoundError(f"model bundle {self.directory} has no lake snapshot to find week {week}'s sources in")
             return self.with_sources(root, week)
-        freshest = None if root is None else freshest_sources_week(root)
-        if freshest is None or (self.sources_week is not None and freshest <= self.sources_week):
-            return self
-        return self.with_sources(root, freshest)
+        week = None if root is None else serving_week(root, self.sources_week)
+        return self if week is None or week == self.sources_week else self.with_sources(root, week)
 
     def tables(self, spark) -> SourceTables:
         return SourceTables(**{name: spark.read.parquet(location) for name, location in self.table_locations().items()})
@@ -183,6 +181,13 @@ def freshest_sources_week(lake_root: str | Path) -> str | None:
         weeks = {path.parent.name.removeprefix("week=") for path in Path(lake_root, name).glob(f"week=*/{SUCCESS_MARKER}")}
         live = weeks if live is None else live & weeks
     return max(live, default=None)
+
+
+def serving_week(lake_root: str | Path, own_week: str | None) -> str | None:
+    """The week whose sources serve a model that reads `own_week`'s: the freshest live week of the
+    lake when it is later, else its own."""
+    freshest = freshest_sources_week(lake_root)
+    return own_week if freshest is None or (own_week is not None and freshest <= own_week) else freshest
 
 
 def top_k_lists(scored, k: int = K):

@@ -116,11 +116,10 @@ class ServedModel:
 
     def _bundle_sources_week(self) -> str | None:
         """The week whose sources the served version reads once reloaded."""
-        from pipelines.model.bundle import freshest_sources_week
+        from pipelines.model.bundle import serving_week
 
         root = self.current.lake_root
-        freshest = None if root is None else freshest_sources_week(root)
-        return self.current.week if freshest is None or (self.current.week and freshest <= self.current.week) else freshest
+        return self.current.week if root is None else serving_week(root, self.current.week)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_seconds):
