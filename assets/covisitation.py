@@ -15,7 +15,14 @@ from assets.events import events
 from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
-from pipelines.covisitation import COVISITATION_TABLE, MATRICES, CovisitationConfig, build_covisitation, validation_frame
+from pipelines.covisitation import (
+    COVISITATION_LISTS,
+    COVISITATION_TABLE,
+    MATRICES,
+    CovisitationConfig,
+    build_covisitation,
+    validation_frame,
+)
 from pipelines.evaluation import active_items, item_coverage, window_events
 from pipelines.quality import coverage_suite, covisitation_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
@@ -26,7 +33,7 @@ COVISITATION_CHECKS = AuditedChecks("covisitation", {
     COVISITATION_CONTRACT_CHECK: "GE: no self pairs, no duplicate neighbours, at most K per item, ranks 1..n, positive finite weights.",
     COVISITATION_COVERAGE_CHECK: (
         "GE: each matrix has neighbours for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items "
-        "(>= 5 events; for buy2buy, >= 5 carts/orders)."
+        "(>= 5 events; for buy2buy, >= 5 carts/orders). The derived two-hop list is reported, not checked."
     ),
 })
 COVISITATION_CONFIG = CovisitationConfig()
@@ -43,7 +50,7 @@ ACTIVE_ITEM_MIN_EVENTS = 5
     description=(
         "Top-K neighbours per item from three co-visitation matrices fitted once on every event of the training "
         "window ending with W (published for W, served during W+1, behind week W+1's labelled rows): clicks (time-weighted, 24 h), carts-orders (type-weighted, 24 h) and "
-        "buy2buy (carts and orders, 14 days) = frequently bought together."
+        "buy2buy (carts and orders, 14 days) = frequently bought together; plus the clicks matrix's two-hop list."
     ),
 )
 def covisitation(
@@ -71,11 +78,11 @@ def covisitation(
         active_buys = active_items(train, ACTIVE_ITEM_MIN_EVENTS, ("carts", "orders"))
         coverage = {
             matrix: item_coverage(written.where(f"matrix = '{matrix}'"), active_buys if matrix == "buy2buy" else active)
-            for matrix in MATRICES
+            for matrix in COVISITATION_LISTS
         }
         return {
-            "rows": {m: counts[m]["rows"] if m in counts else 0 for m in MATRICES},
-            "items": {m: counts[m]["items"] if m in counts else 0 for m in MATRICES},
+            "rows": {m: counts[m]["rows"] if m in counts else 0 for m in COVISITATION_LISTS},
+            "items": {m: counts[m]["items"] if m in counts else 0 for m in COVISITATION_LISTS},
             "coverage": coverage,
         }
 
@@ -118,7 +125,7 @@ def covisitation_coverage(
     import pandas as pd
 
     week = pipeline_config.week(context.partition_key)
-    coverage = lake.lake.read_stats(COVISITATION_TABLE, week)["coverage"]
+    coverage = {m: lake.lake.read_stats(COVISITATION_TABLE, week)["coverage"][m] for m in MATRICES}
     report = validate(
         pd.DataFrame([coverage]), COVISITATION_COVERAGE_CHECK,
         coverage_suite(pipeline_config.min_source_coverage, list(MATRICES)),

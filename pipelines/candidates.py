@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.config import EVENT_TYPES
-from pipelines.covisitation import MATRICES
+from pipelines.covisitation import COVISITATION_LISTS, TWO_HOP
 from pipelines.metrics import K, candidate_recall, score_predictions
 from pipelines.popularity import POPULAR
 from pipelines.spark import broadcast_if_small
@@ -45,10 +45,12 @@ NEIGHBOUR_WEIGHTS = {
     "clicks": "covisitation_clicks_weight",
     "carts_orders": "covisitation_carts_orders_weight",
     "buy2buy": "covisitation_buy2buy_weight",
+    TWO_HOP: "covisitation_clicks_two_hop_weight",
     ALS_LIST: "als_similarity",
 }
-if set(NEIGHBOUR_WEIGHTS) != {*MATRICES, ALS_LIST}:
-    raise ImportError(f"NEIGHBOUR_WEIGHTS names {sorted(NEIGHBOUR_WEIGHTS)}, the neighbour lists are {[*MATRICES, ALS_LIST]}")
+if set(NEIGHBOUR_WEIGHTS) != {*COVISITATION_LISTS, ALS_LIST}:
+    raise ImportError(
+        f"NEIGHBOUR_WEIGHTS names {sorted(NEIGHBOUR_WEIGHTS)}, the neighbour lists are {[*COVISITATION_LISTS, ALS_LIST]}")
 # buy2buy links bought items to bought items: only the session's own carts and orders lead to it.
 BUY_SOURCE_LISTS = ("buy2buy",)
 # The lists whose weights are also summed from the session's latest items alone (the events at most
@@ -66,6 +68,7 @@ PAIR_FEATURES = [f"interaction_{event_type}" for event_type in EVENT_TYPES] + [
     "covisitation_clicks_weight",
     "covisitation_carts_orders_weight",
     "covisitation_buy2buy_weight",
+    "covisitation_clicks_two_hop_weight",
     "als_similarity",
     *[f"{NEIGHBOUR_WEIGHTS[name]}_{suffix}" for name in RECENT_ITEM_LISTS for suffix in RECENT_ITEMS],
 ]
@@ -130,10 +133,10 @@ def neighbour_sources(history):
 
 
 def covisitation_neighbours(covisitation):
-    """`list, aid, neighbour, weight` of every co-visitation matrix (the list is the matrix)."""
+    """`list, aid, neighbour, weight` of every co-visitation list (the list is the table's `matrix`)."""
     from pyspark.sql import functions as F
 
-    return covisitation.where(F.col("matrix").isin(*MATRICES)).select(
+    return covisitation.where(F.col("matrix").isin(*COVISITATION_LISTS)).select(
         F.col("matrix").alias("list"), "aid", "neighbour", "weight")
 
 

@@ -31,6 +31,12 @@ Definitions, applied identically by the tests' brute-force reference:
 4. Each item keeps its `top_k` neighbours by weight, ties broken by neighbour id
    ascending; `rank` runs 1..k.
 
+The table also holds a derived list, `clicks_two_hop`: the items two steps away in the kept
+clicks lists (a -> j -> k, k != a), weighted by the sum over the paths of
+(w(a, j) / a's strongest w) x (w(j, k) / j's strongest w), top `top_k` per item, same tie rule.
+It reaches the items a shopper browses *after* the session's neighbours, which the one-step
+lists miss; the ranker reads it as a feature (no candidate source proposes from it).
+
 How it stays cheap: after collapsing, an item has at most one event per type in a
 session, so events are pivoted to one row per (session, aid) holding the three
 timestamps. The self-join then yields each (session, aid_x, aid_y) exactly once, and the
@@ -58,6 +64,9 @@ from pipelines.config import EVENT_TYPES
 COVISITATION_TABLE = "covisitation"
 DAY_MS = 24 * 3600 * 1000
 MATRICES = ("clicks", "carts_orders", "buy2buy")
+TWO_HOP = "clicks_two_hop"
+# What the table holds: the counted matrices, then the list derived from the clicks matrix.
+COVISITATION_LISTS = (*MATRICES, TWO_HOP)
 COVISITATION_COLUMNS = ("matrix", "aid", "neighbour", "weight", "rank")
 COVISITATION_SCHEMA = "matrix STRING, aid BIGINT, neighbour BIGINT, weight DOUBLE, rank INT"
 NEIGHBOUR_LISTS_SCHEMA = "aid BIGINT, recs ARRAY<BIGINT>, scores ARRAY<DOUBLE>"
@@ -97,7 +106,8 @@ class CovisitationConfig:
 
 
 def build_covisitation(events, config: CovisitationConfig, window_start_ms: int, window_end_ms: int):
-    """The three matrices stacked in one frame of COVISITATION_SCHEMA (lazy).
+    """The three matrices and their two-hop clicks list stacked in one frame of COVISITATION_SCHEMA
+    (lazy; the two-hop list reuses the matrices' shuffle).
 
     `events`: `session, aid, ts, type` rows of the training window; `window_start_ms` and
     `window_end_ms` anchor the clicks time weight (the weight is min at the start, max at
@@ -151,10 +161,37 @@ def build_covisitation(events, config: CovisitationConfig, window_start_ms: int,
     # with three values would leave the sort prefix useless.
     ranking = Window.partitionBy("aid", "matrix_index").orderBy(F.col("weight").desc(), F.col("neighbour").asc())
     matrix_name = F.create_map(*[item for index, name in enumerate(MATRICES) for item in (F.lit(index), F.lit(name))])
-    return (
+    counted = (
         stacked.withColumn("rank", F.row_number().over(ranking))
         .where(F.col("rank") <= config.top_k)
         .select(matrix_name[F.col("matrix_index")].alias("matrix"), "aid", "neighbour", "weight", "rank")
+    )
+    return counted.unionByName(two_hop_list(counted, config.top_k))
+
+
+def two_hop_list(covisitation, top_k: int):
+    """The `TWO_HOP` rows of COVISITATION_SCHEMA from the table's clicks matrix (module docstring).
+
+    Each pair's path products are summed in ascending order: a sum in the order Spark happens to
+    gather them could differ in the last bit from run to run, and so could the ranking."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    clicks = covisitation.where(F.col("matrix") == "clicks")
+    relative = clicks.select(
+        "aid", "neighbour", (F.col("weight") / F.max("weight").over(Window.partitionBy("aid"))).alias("relative"))
+    first = relative.select("aid", F.col("neighbour").alias("via"), F.col("relative").alias("first"))
+    second = relative.select(F.col("aid").alias("via"), "neighbour", F.col("relative").alias("second"))
+    paths = first.join(second, "via").where(F.col("aid") != F.col("neighbour"))
+    products = paths.groupBy("aid", "neighbour").agg(
+        F.array_sort(F.collect_list(F.col("first") * F.col("second"))).alias("products"))
+    summed = products.select(
+        "aid", "neighbour", F.aggregate("products", F.lit(0.0), lambda total, x: total + x).alias("weight"))
+    ranking = Window.partitionBy("aid").orderBy(F.col("weight").desc(), F.col("neighbour").asc())
+    return (
+        summed.withColumn("rank", F.row_number().over(ranking))
+        .where(F.col("rank") <= top_k)
+        .select(F.lit(TWO_HOP).alias("matrix"), "aid", "neighbour", "weight", "rank")
     )
 
 
@@ -262,8 +299,8 @@ def neighbour_lists(covisitation, matrix: str):
     """One row per item of `matrix`: `aid, recs, scores` ordered by rank (NEIGHBOUR_LISTS_SCHEMA)."""
     from pyspark.sql import functions as F
 
-    if matrix not in MATRICES:
-        raise ValueError(f"unknown co-visitation matrix {matrix!r}; expected one of {MATRICES}")
+    if matrix not in COVISITATION_LISTS:
+        raise ValueError(f"unknown co-visitation matrix {matrix!r}; expected one of {COVISITATION_LISTS}")
     ordered = (
         covisitation.where(F.col("matrix") == matrix)
         .groupBy("aid")
@@ -295,7 +332,7 @@ def validation_frame(covisitation):
     previous_neighbour = F.lag("neighbour").over(by_rank)
     return covisitation.select(
         *COVISITATION_COLUMNS,
-        F.col("matrix").isin(*MATRICES).alias("is_known_matrix"),
+        F.col("matrix").isin(*COVISITATION_LISTS).alias("is_known_matrix"),
         (F.col("aid") == F.col("neighbour")).alias("is_self_pair"),
         F.coalesce(~(F.isnan(weight) | (F.abs(weight) == float("inf"))), F.lit(False)).alias("weight_finite"),
         F.coalesce(weight > 0, F.lit(False)).alias("weight_positive"),

@@ -13,7 +13,7 @@ missing):
 - session: length, duration, events by type, distinct items;
 - item: events by type over the window and its last week, click trend, cart and order rates;
 - session x item: events by type with the item in the session, plain and decayed by their age at
-  the session's last event (half-life one hour), seconds and events since the session last touched it, co-visitation weight summed from the session's items for each matrix,
+  the session's last event (half-life one hour), seconds and events since the session last touched it, co-visitation weight summed from the session's items for each matrix and the two-hop clicks list,
   ALS similarity summed from the session's items (built with the candidates, which explode the
   same history and neighbours, and stored in their table).
 """
@@ -33,7 +33,8 @@ ITEM_STATS_TABLE = "item_stats"
 # 2: candidates carry the session x item features (PAIR_FEATURES).
 # 3: ALS proposes 10, top sellers only fill short lists; co-visitation weights of the latest items.
 # 4: rows from week W-1's sources (one fit per week); time-decayed interaction counts per type.
-FEATURE_CODE_VERSION = "4"
+# 5: two-hop clicks co-visitation weight summed from the session's items.
+FEATURE_CODE_VERSION = "5"
 KEY_COLUMNS = ("session", "type", "aid")
 DAY_MS = 24 * 3600 * 1000
 TREND_SMOOTHING = 5.0

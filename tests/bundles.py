@@ -1,6 +1,6 @@
 """A small synthetic shop's model bundle, built without Spark: for the scorer and serving tests.
 
-Source tables with the lake's columns (co-visitation with its three matrices, ALS similar items,
+Source tables with the lake's columns (co-visitation with its matrices and two-hop list, ALS similar items,
 top sellers, item statistics), boosters trained on random rows of FEATURE_COLUMNS, and sessions
 whose items are in the catalogue. `register_bundle` logs a bundle into an MLflow registry exactly as
 the `ranker` asset does (`pipelines.model.log_recommender`).
@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipelines.candidates import CandidateConfig
 from pipelines.config import EVENT_TYPES
-from pipelines.covisitation import MATRICES
+from pipelines.covisitation import COVISITATION_LISTS
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, ITEM_FEATURES, KEY_COLUMNS
 from pipelines.model import INFO_FILE, TABLE_NAMES
 
@@ -28,7 +28,7 @@ def source_tables(seed: int = 0) -> dict[str, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     aids = np.arange(1, CATALOGUE + 1, dtype=np.int64)
     covisitation = []
-    for matrix in MATRICES:
+    for matrix in COVISITATION_LISTS:
         for aid in aids[rng.random(len(aids)) < 0.8]:
             neighbours = rng.choice(aids[aids != aid], size=int(rng.integers(3, 25)), replace=False)
             weights = np.sort(rng.gamma(1.0, 3.0, len(neighbours)))[::-1]

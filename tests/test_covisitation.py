@@ -16,7 +16,9 @@ import pytest
 from pipelines.covisitation import (
     COVISITATION_COLUMNS,
     COVISITATION_SCHEMA,
+    COVISITATION_LISTS,
     MATRICES,
+    TWO_HOP,
     CovisitationConfig,
     build_covisitation,
     neighbour_lists,
@@ -122,7 +124,7 @@ SCENARIOS = {
 
 def collect_matrices(rows) -> dict:
     """{matrix: {aid: [(neighbour, weight, rank), ...] by rank}} of collected covisitation rows."""
-    result: dict = {matrix: defaultdict(list) for matrix in MATRICES}
+    result: dict = {matrix: defaultdict(list) for matrix in COVISITATION_LISTS}
     for row in sorted(rows, key=lambda r: (r.matrix, r.aid, r.rank)):
         result[row.matrix][row.aid].append((row.neighbour, row.weight, row.rank))
     return result
@@ -261,6 +263,24 @@ def test_top_k_keeps_the_heaviest_and_breaks_ties_by_neighbour_id(scenario):
         assert result[matrix][1000] == [(n, weight, rank) for rank, (n, weight) in enumerate(expected, start=1)]
     assert result["clicks"][30] == [(1000, 2 * w, 1)]
     assert len(result["clicks"][1000]) == DEFAULT.top_k < len(TOP_K_NEIGHBOURS)
+
+
+def test_two_hop_reaches_the_neighbours_of_neighbours(spark):
+    # Item 1 is browsed with 2, and 2 with 3 and (in two sessions) 4: from 1, two steps lead to 4
+    # more strongly than to 3, and nothing leads back to 1 itself.
+    rows = [(1, 1, START + HOUR, "clicks"), (1, 2, START + HOUR + 60_000, "clicks"),
+            (2, 2, START + HOUR, "clicks"), (2, 3, START + HOUR + 60_000, "clicks"),
+            (3, 2, START + HOUR, "clicks"), (3, 4, START + HOUR + 60_000, "clicks"),
+            (4, 2, START + HOUR, "clicks"), (4, 4, START + HOUR + 60_000, "clicks")]
+    result = build(spark, rows, DEFAULT)
+    two_hop = {aid: [(n, rank) for n, _, rank in neighbours] for aid, neighbours in result[TWO_HOP].items()}
+    assert two_hop[1] == [(4, 1), (3, 2)]
+    assert two_hop[3] == [(4, 1), (1, 2)]
+    assert 1 not in [n for n, _ in two_hop.get(1, [])]
+    weights_from_1 = {n: w for n, w, _ in result[TWO_HOP][1]}
+    clicks = weights(result, "clicks")
+    strongest_of_2 = max(w for (aid, _), w in clicks.items() if aid == 2)
+    assert weights_from_1[4] == pytest.approx(clicks[(2, 4)] / strongest_of_2)  # 1's only neighbour is 2: relative 1
 
 
 def test_buy2buy_ignores_clicks(scenario):
@@ -428,4 +448,28 @@ def test_matches_brute_force_reference(spark, config):
     got = {tuple(row) for row in build_covisitation(frame, config, start, end).collect()}
     expected = reference_covisitation(rows, config, start, end)
     assert {row[0] for row in expected} == set(MATRICES)
-    assert got == expected
+    assert {row for row in got if row[0] in MATRICES} == expected
+    got_two_hop = {(aid, neighbour, rank): weight for matrix, aid, neighbour, weight, rank in got if matrix == TWO_HOP}
+    expected_two_hop = reference_two_hop(expected, config.top_k)
+    assert len(expected_two_hop) > 100
+    assert got_two_hop.keys() == expected_two_hop.keys()
+    assert all(got_two_hop[key] == pytest.approx(float(weight), rel=1e-12) for key, weight in expected_two_hop.items())
+
+
+def reference_two_hop(table: set, top_k: int) -> dict:
+    """{(aid, neighbour, rank): exact weight} of the two-hop clicks list, path by path."""
+    clicks = defaultdict(dict)
+    for matrix, aid, neighbour, weight, _ in table:
+        if matrix == "clicks":
+            clicks[aid][neighbour] = Fraction(weight)
+    relative = {aid: {n: w / max(ns.values()) for n, w in ns.items()} for aid, ns in clicks.items()}
+    result = {}
+    for aid, firsts in relative.items():
+        weights = defaultdict(Fraction)
+        for via, first in firsts.items():
+            for neighbour, second in relative.get(via, {}).items():
+                if neighbour != aid:
+                    weights[neighbour] += first * second
+        ranked = sorted(weights.items(), key=lambda item: (-item[1], item[0]))[:top_k]
+        result.update({(aid, neighbour, rank): weight for rank, (neighbour, weight) in enumerate(ranked, start=1)})
+    return result

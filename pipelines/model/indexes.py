@@ -10,11 +10,11 @@ import pandas as pd
 
 from pipelines.candidates import NEIGHBOUR_WEIGHTS
 from pipelines.config import EVENT_TYPES
-from pipelines.covisitation import MATRICES
+from pipelines.covisitation import COVISITATION_LISTS
 from pipelines.features import ITEM_FEATURES
 from pipelines.popularity import POPULAR
 
-# The lists a session's items lead to, in NEIGHBOUR_WEIGHTS order (co-visitation matrices, then ALS).
+# The lists a session's items lead to, in NEIGHBOUR_WEIGHTS order (co-visitation lists, then ALS).
 NEIGHBOUR_LISTS = tuple(NEIGHBOUR_WEIGHTS)
 
 
@@ -29,7 +29,7 @@ class NeighbourIndex:
 
     @classmethod
     def from_tables(cls, covisitation: pd.DataFrame, similar_items: pd.DataFrame) -> "NeighbourIndex":
-        covisitation = covisitation[covisitation["matrix"].isin(MATRICES)]
+        covisitation = covisitation[covisitation["matrix"].isin(COVISITATION_LISTS)]
         similar = similar_items[similar_items["score"] > 0]
         frame = pd.concat([
             pd.DataFrame({"list": covisitation["matrix"].map(NEIGHBOUR_LISTS.index).to_numpy(np.int8),
