@@ -21,7 +21,7 @@ from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_r
 from pipelines.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE
 from pipelines.quality import drift_frame, drift_suite, events_suite, quarantine_suite, validate
-from pipelines.raw import RawWeekMissingError, is_s3_uri, stage_raw_week
+from pipelines.raw import RawWeekMissingError, is_s3_uri, staged_raw_week
 from resources import LakeResource, PipelineConfigResource, SparkResource
 
 EVENTS_CONTRACT_CHECK = "events_contract"
@@ -67,16 +67,19 @@ def events(
     week = pipeline_config.week(context.partition_key)
     raw_uri = pipeline_config.raw_uri
     s3_client = s3.get_client() if is_s3_uri(raw_uri) else None
+    audited = lake.lake.audited(week)
+    # This run's own copies of the raw files, removed once the week's events are written.
     try:
-        raw = stage_raw_week(raw_uri, week, Path(lake.root) / "_raw_staging", s3_client=s3_client)
+        with staged_raw_week(raw_uri, week, Path(lake.root) / "_raw_staging", s3_client=s3_client,
+                             max_age_s=lake.lake.staging_max_age_s) as raw:
+            for unreadable in raw.unreadable:
+                context.log.warning(
+                    f"unreadable raw file {unreadable.source} ({unreadable.bytes} bytes) quarantined: {unreadable.error}")
+            for skipped in raw.skipped:
+                context.log.warning(f"raw file {skipped.source} skipped: {skipped.reason}")
+            summary = materialize_events_week(spark.session, audited, raw, pipeline_config.max_line_bytes)
     except RawWeekMissingError as missing:
         raise Failure(description=str(missing), metadata={"raw_uri": raw_uri, "week": week.key}, allow_retries=False)
-    for unreadable in raw.unreadable:
-        context.log.warning(f"unreadable raw file {unreadable.source} ({unreadable.bytes} bytes) quarantined: {unreadable.error}")
-    for skipped in raw.skipped:
-        context.log.warning(f"raw file {skipped.source} skipped: {skipped.reason}")
-    audited = lake.lake.audited(week)
-    summary = materialize_events_week(spark.session, audited, raw, pipeline_config.max_line_bytes)
     context.log.info(
         f"week {week.key}: {summary.events} events, {summary.quarantined} quarantined "
         f"({summary.quarantine_rate:.4%}), {summary.duplicates_removed} duplicates removed"

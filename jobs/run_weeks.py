@@ -1,19 +1,21 @@
 """Materialize the weekly job for every week found in the raw landing zone, oldest first.
 
 `make demo` uses this so a fresh checkout ends with real runs in the local Dagster
-instance ($DAGSTER_HOME): open `dagster dev` afterwards and they are all there. For
+instance ($DAGSTER_HOME, default the project's dagster_home/, whose pools every launch shares):
+open `dagster dev` afterwards and they are all there. For
 launching from the UI or over GraphQL, use a backfill of `weekly_recommender` instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dagster import DagsterInstance
 
 from assets.partitions import weekly_partitions
-from pipelines.config import Settings
+from pipelines.config import Settings, with_dagster_home
 from pipelines.raw import is_s3_uri, raw_week_exists
 from pipelines.weeks import Week
 
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no landed weeks under {settings.raw_uri}: run `recsys generate` or `recsys land` first", file=sys.stderr)
         return 1
     job = defs.resolve_job_def("weekly_recommender")
+    os.environ["DAGSTER_HOME"] = with_dagster_home(dict(os.environ))["DAGSTER_HOME"]
+    print(f"Dagster instance: {os.environ['DAGSTER_HOME']}", flush=True)
     instance = DagsterInstance.get()
     failed_weeks = []
     for key in weeks:

@@ -108,6 +108,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _materialize(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from pipelines.config import with_dagster_home
+
+    env = with_dagster_home(dict(os.environ))
+    print(f"recsys materialize: Dagster instance {env['DAGSTER_HOME']}", file=sys.stderr, flush=True)
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "definitions",
+               "--select", args.select, "--partition", args.partition]
+    return subprocess.run(command, env=env).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-seconds", type=float, default=30.0,
                        help="how often the alias is re-read; a moved alias is loaded and swapped in (0: never)")
     serve.set_defaults(handler=_serve)
+
+    materialize = commands.add_parser(
+        "materialize", help="materialize assets of one week with `dagster asset materialize` on the project's "
+                            "Dagster instance ($DAGSTER_HOME, default dagster_home/), so its pools hold")
+    materialize.add_argument("--select", required=True, help="Dagster asset selection, e.g. '*' or 'events+'")
+    materialize.add_argument("--partition", required=True, help="the week, YYYY-MM-DD (a Monday)")
+    materialize.set_defaults(handler=_materialize)
 
     evaluate = commands.add_parser(
         "evaluate", help="score a Kaggle-format predictions CSV against OTTO labels JSONL (prints JSON)"

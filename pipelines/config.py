@@ -12,6 +12,9 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_RAW_DIR = PROJECT_ROOT / "data" / "sample" / "raw"
+# The project's Dagster instance: its run queue and concurrency pools hold only for launches that
+# share it, so every launcher the project ships defaults DAGSTER_HOME to it (`with_dagster_home`).
+PROJECT_DAGSTER_HOME = PROJECT_ROOT / "dagster_home"
 DEFAULT_PARTITION_START = "2022-08-01"
 DEFAULT_TIMEZONE = "Europe/Berlin"
 DEFAULT_PUBLISH_URI = str(PROJECT_ROOT / "data" / "published")
@@ -119,3 +122,10 @@ class Settings:
             staging_max_age_hours=_env_float("RECSYS_STAGING_MAX_AGE_HOURS", cls.staging_max_age_hours),
             quality=QualityThresholds.from_env(),
         )
+
+
+def with_dagster_home(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` with DAGSTER_HOME defaulted to the project's instance (PROJECT_DAGSTER_HOME): without
+    it Dagster's CLI runs on a throwaway instance, where the project's pools do not hold."""
+    return {**environ, "DAGSTER_HOME": environ.get("DAGSTER_HOME") or str(PROJECT_DAGSTER_HOME)}
+

@@ -6,6 +6,9 @@ Names are data, never patterns: each file is staged under a generated name (a ha
 locally, a download from S3) and Spark reads only those, so `[`, `*`, `{`, `:` in a raw name mean
 nothing to Hadoop. A compressed file that cannot be decompressed to its end is reported as
 unreadable (and quarantined by `pipelines.events`) instead of failing the week's Spark job.
+
+Each run stages into a folder of its own (`staged_raw_week`) and removes it when done: two runs of
+one week never read or delete each other's copies, and S3 downloads do not pile up.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ import bz2
 import gzip
 import os
 import shutil
+import time
+import uuid
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -194,3 +201,30 @@ def stage_raw_week(raw_uri: str, week: Week, staging_dir: str | Path, s3_client=
         else:
             files.append(RawFile(entry.source, str(staged), entry.bytes))
     return RawWeek(week, tuple(files), tuple(unreadable), skipped)
+
+
+@contextmanager
+def staged_raw_week(raw_uri: str, week: Week, staging_root: str | Path, s3_client=None,
+                    max_age_s: float = 24 * 3600.0) -> Iterator[RawWeek]:
+    """`stage_raw_week` into this run's own folder under `staging_root` (`run-<random>/week=...`),
+    removed when the block ends, whatever happens in it. Leftovers of runs that died more than
+    `max_age_s` ago are cleared first; younger ones may be another run's, in use: left alone."""
+    root = Path(staging_root)
+    clear_stale_raw_staging(root, max_age_s)
+    own = root / f"run-{uuid.uuid4().hex[:12]}"
+    try:
+        yield stage_raw_week(raw_uri, week, own, s3_client=s3_client)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def clear_stale_raw_staging(staging_root: Path, max_age_s: float) -> list[Path]:
+    """Remove the entries of `staging_root` last modified more than `max_age_s` ago; returns them."""
+    if not staging_root.is_dir():
+        return []
+    oldest = time.time() - max_age_s
+    stale = [entry for entry in staging_root.iterdir() if entry.stat().st_mtime < oldest]
+    for entry in stale:
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+    return stale
+

@@ -44,19 +44,46 @@ CONTRACT_VARIABLES = (
     "DAGSTER_HOME",
 )
 
-_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+_INTERPOLATION = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<required>:?\?)(?P<message>[^}]*)|:?-(?P<default>[^}]*))?\}")
+ENV_EXAMPLE = DOCKER_DIR / ".env.example"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET")
 
 
-def interpolate(value):
-    """Compose's `${VAR:-default}` with every variable unset (the defaults), and `$$` -> `$`."""
+def env_example() -> dict[str, str]:
+    """docker/.env.example's assignments (commented optional ones left out)."""
+    pairs = (line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z][A-Z0-9_]*=", line))
+    return {name: value for name, value in pairs}
+
+
+# What an operator's docker/.env provides: the example with every required value filled in.
+OPERATOR_ENV = {name: value or f"test-{name.lower()}" for name, value in env_example().items()}
+
+
+def interpolate(value, env: dict[str, str] | None = None):
+    """Compose's interpolation of `${VAR:-default}` and `${VAR:?message}` with `env` (default: an
+    operator's docker/.env, OPERATOR_ENV), and `$$` -> `$`; a required variable missing fails."""
+    env = OPERATOR_ENV if env is None else env
     if isinstance(value, str):
-        pieces = value.split("$$")
-        return "$".join(_INTERPOLATION.sub(lambda m: m.group("default") or "", piece) for piece in pieces)
+
+        def substitute(match):
+            name = match.group("name")
+            if env.get(name):
+                return env[name]
+            if match.group("required") is not None:
+                raise KeyError(f"compose would refuse to start: {name} is required ({match.group('message')})")
+            return match.group("default") or ""
+
+        return "$".join(_INTERPOLATION.sub(substitute, piece) for piece in value.split("$$"))
     if isinstance(value, list):
-        return [interpolate(item) for item in value]
+        return [interpolate(item, env) for item in value]
     if isinstance(value, dict):
-        return {key: interpolate(item) for key, item in value.items()}
+        return {key: interpolate(item, env) for key, item in value.items()}
     return value
+
+
+def variable_references(text: str) -> list[re.Match]:
+    return [match for piece in text.split("$$") for match in _INTERPOLATION.finditer(piece)]
 
 
 def as_env(environment) -> dict[str, str]:
@@ -239,8 +266,6 @@ def test_dagster_services_share_one_environment_covering_the_contract(services):
     env = envs[0]
     missing = [name for name in CONTRACT_VARIABLES if not env.get(name)]
     assert not missing, f"contract variables not set: {missing}"
-    assert env["AWS_ACCESS_KEY_ID"] == as_env(services["minio"]["environment"])["MINIO_ROOT_USER"]
-    assert env["AWS_SECRET_ACCESS_KEY"] == as_env(services["minio"]["environment"])["MINIO_ROOT_PASSWORD"]
     assert env["AWS_REGION"] == "us-east-1"
     assert env["AWS_REQUEST_CHECKSUM_CALCULATION"] == env["AWS_RESPONSE_CHECKSUM_VALIDATION"] == "when_required"
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
@@ -531,3 +556,131 @@ def test_serving_runs_recsys_serve_against_the_stack_mlflow_with_the_lake_mounte
     assert lake_mounts and lake_mounts[0].split(":")[1] == environment["RECSYS_LAKE_DIR"] == "/data/lake"
     assert serving["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert "8000/health" in " ".join(serving["healthcheck"]["test"])
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+PROJECT_BUCKETS = {"recsys-landing", "recsys-published", "recsys-mlflow"}
+
+
+def test_no_password_or_secret_has_a_default():
+    references = variable_references(COMPOSE_FILE.read_text())
+    secrets = {match.group("name") for match in references if SECRET_NAME.search(match.group("name"))}
+    assert secrets >= {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "RECSYS_S3_SECRET_KEY", "MLFLOW_ADMIN_PASSWORD",
+                       "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    for match in references:
+        if SECRET_NAME.search(match.group("name")):
+            assert match.group("required") == ":?", f"{match.group(0)}: a secret must be required, with no default"
+    # Without a docker/.env the stack does not start.
+    with pytest.raises(KeyError, match="POSTGRES_PASSWORD is required"):
+        interpolate(yaml.safe_load(COMPOSE_FILE.read_text())["services"], env={})
+
+
+def test_env_example_documents_every_variable_and_leaves_secrets_empty():
+    example_text = ENV_EXAMPLE.read_text()
+    example = env_example()
+    for name in {match.group("name") for match in variable_references(COMPOSE_FILE.read_text())}:
+        assert re.search(rf"^#? ?{name}=", example_text, re.MULTILINE), f"{name} is not in docker/.env.example"
+        if SECRET_NAME.search(name):
+            assert example.get(name) == "", f"{name} must be set by the operator, not shipped"
+    assert "docker/.env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_mlflow_runs_behind_basic_auth_and_every_client_authenticates(services):
+    import configparser
+
+    mlflow_service = services["mlflow"]
+    argv = as_argv(mlflow_service["command"])
+    assert option(argv, "--app-name") == "basic-auth"
+    environment = as_env(mlflow_service["environment"])
+    config_path = environment["MLFLOW_AUTH_CONFIG_PATH"]
+    ini_mounts = dict((target, source) for source, target in mounts(mlflow_service))
+    assert ini_mounts[config_path] == "./mlflow-auth.ini"
+    config = configparser.ConfigParser()
+    config.read(DOCKER_DIR / "mlflow-auth.ini")
+    assert "admin_password" not in config["mlflow"], "the admin password comes from docker/.env, not a file"
+    assert config["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    auth_db = config["mlflow"]["database_uri"].removeprefix("sqlite:///")
+    assert any(source == "mlflow_auth" and auth_db.startswith(target + "/") for source, target in mounts(mlflow_service))
+    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"] == OPERATOR_ENV["MLFLOW_ADMIN_PASSWORD"]
+    assert environment["MLFLOW_FLASK_SERVER_SECRET_KEY"] == OPERATOR_ENV["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    clients = [name for name, service in services.items() if "MLFLOW_TRACKING_URI" in as_env(service.get("environment"))]
+    assert set(clients) >= {*DAGSTER_SERVICES, "serving"}
+    for name in clients:
+        client_env = as_env(services[name]["environment"])
+        assert client_env["MLFLOW_TRACKING_USERNAME"] == environment["MLFLOW_AUTH_ADMIN_USERNAME"], name
+        assert client_env["MLFLOW_TRACKING_PASSWORD"] == environment["MLFLOW_AUTH_ADMIN_PASSWORD"], name
+
+
+def test_minio_root_credentials_reach_only_minio_and_its_setup(services):
+    root = {OPERATOR_ENV["MINIO_ROOT_USER"], OPERATOR_ENV["MINIO_ROOT_PASSWORD"]}
+    for name, service in services.items():
+        values = set(as_env(service.get("environment")).values()) | set(as_argv(service.get("command")))
+        if name in ("minio", "minio_setup"):
+            assert root <= values, name
+        else:
+            assert not values & root, f"{name} holds MinIO's root credentials"
+    for name in ("code_location", "mlflow"):
+        environment = as_env(services[name]["environment"])
+        assert environment["AWS_ACCESS_KEY_ID"] == OPERATOR_ENV["RECSYS_S3_ACCESS_KEY"], name
+        assert environment["AWS_SECRET_ACCESS_KEY"] == OPERATOR_ENV["RECSYS_S3_SECRET_KEY"], name
+
+
+def test_project_s3_user_is_limited_to_the_project_buckets(services):
+    import json
+
+    policy = json.loads((DOCKER_DIR / "minio-policy.json").read_text())
+    resources = [resource for statement in policy["Statement"] for resource in statement["Resource"]]
+    assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+    assert {resource.removeprefix("arn:aws:s3:::").split("/", 1)[0] for resource in resources} == PROJECT_BUCKETS
+    assert not any("*" in action for statement in policy["Statement"] for action in statement["Action"])
+    setup = services["minio_setup"]
+    script = " ".join(as_argv(setup["command"]))
+    policy_target = dict((source, target) for source, target in mounts(setup))["./minio-policy.json"]
+    assert f"mc admin policy create local recsys-buckets {policy_target}" in script
+    assert 'mc admin user add local "$RECSYS_S3_ACCESS_KEY" "$RECSYS_S3_SECRET_KEY"' in script
+    assert 'mc admin policy attach local recsys-buckets --user "$RECSYS_S3_ACCESS_KEY"' in script
+
+
+def test_mlflow_basic_auth_app_refuses_anonymous_clients(tmp_path):
+    """The server the stack runs, started here: /health is open, the API needs the admin's credentials."""
+    import base64
+    import configparser
+    import json
+    import os
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from tests.processes import free_port, http_ok, managed_process
+
+    config = configparser.ConfigParser()
+    config.read(DOCKER_DIR / "mlflow-auth.ini")
+    config["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'basic_auth.db'}"
+    with open(tmp_path / "auth.ini", "w") as handle:
+        config.write(handle)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+           "MLFLOW_AUTH_ADMIN_USERNAME": "recsys", "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-test-password-1",
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
+    argv = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+            "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--workers", "1"]
+
+    def status(headers: dict) -> int:
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                json.load(response)
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def basic(user: str, password: str) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    with managed_process(argv, tmp_path / "mlflow.log", name="mlflow server", env=env) as server:
+        server.wait_ready(lambda: http_ok(f"{base}/health"), timeout=120)
+        assert status({}) == 401
+        assert status(basic("recsys", "wrong")) == 401
+        assert status(basic("recsys", "a-long-test-password-1")) == 200

@@ -172,3 +172,31 @@ def test_the_quarantine_text_is_valid_utf8(spark, tmp_path):
     table = pq.read_table(lake.partition_dir(QUARANTINE_TABLE, WEEK))  # pyarrow rejects invalid UTF-8
     records = table.column("record").to_pylist()
     assert len(records) == 2 and all("\ufffd" in record for record in records)
+
+
+def test_each_run_stages_raw_files_in_its_own_folder_and_removes_it(tmp_path):
+    import os
+    import time
+
+    from pipelines.raw import staged_raw_week
+
+    _write(tmp_path / "raw" / WEEK.folder / "part.jsonl", _line(1) + "\n")
+    staging = tmp_path / "_raw_staging"
+    died_long_ago = staging / "run-deadbeef" / WEEK.folder
+    died_long_ago.mkdir(parents=True)
+    long_ago = time.time() - 48 * 3600
+    os.utime(staging / "run-deadbeef", (long_ago, long_ago))
+    with staged_raw_week(str(tmp_path / "raw"), WEEK, staging, max_age_s=24 * 3600) as first:
+        assert not (staging / "run-deadbeef").exists(), "a dead run's leftovers older than the age are cleared"
+        with staged_raw_week(str(tmp_path / "raw"), WEEK, staging, max_age_s=24 * 3600) as second:
+            first_dir, second_dir = (Path(raw.files[0].path).parent for raw in (first, second))
+            assert first_dir != second_dir and first_dir.parent.parent == second_dir.parent.parent == staging
+        assert not second_dir.parent.exists(), "the second run removed its own copies"
+        assert Path(first.files[0].path).read_text().startswith('{"session": 1'), "and left the first run's alone"
+    assert list(staging.iterdir()) == []
+    try:
+        with staged_raw_week(str(tmp_path / "raw"), WEEK, staging) as raw:
+            raise RuntimeError("the events step failed")
+    except RuntimeError:
+        pass
+    assert list(staging.iterdir()) == [], "a failed run's copies are removed too"

@@ -27,3 +27,24 @@ def test_spark_conf_in_run_config_keeps_the_deployments_master(monkeypatch):
     monkeypatch.delenv("SPARK_MASTER")
     assert SparkResource().resolved_master == "local[*]"
     assert SparkResource(master="local[1]").resolved_master == "local[1]"
+
+
+def test_the_project_launchers_default_to_the_projects_instance(monkeypatch):
+    """`recsys materialize` and `jobs.run_weeks` share the project's instance unless told otherwise:
+    Dagster's CLI alone would run on a throwaway instance, where the project's pools do not hold."""
+    from pipelines import cli
+    from pipelines.config import PROJECT_DAGSTER_HOME, PROJECT_ROOT, with_dagster_home
+
+    assert PROJECT_DAGSTER_HOME == PROJECT_ROOT / "dagster_home" and (PROJECT_DAGSTER_HOME / "dagster.yaml").exists()
+    assert with_dagster_home({})["DAGSTER_HOME"] == str(PROJECT_DAGSTER_HOME)
+    assert with_dagster_home({"DAGSTER_HOME": ""})["DAGSTER_HOME"] == str(PROJECT_DAGSTER_HOME)
+    assert with_dagster_home({"DAGSTER_HOME": "/elsewhere"})["DAGSTER_HOME"] == "/elsewhere"
+
+    launched = {}
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setattr("subprocess.run", lambda command, env: launched.update(command=command, env=env) or
+                        type("Done", (), {"returncode": 0})())
+    assert cli.main(["materialize", "--select", "events+", "--partition", "2022-08-08"]) == 0
+    assert launched["env"]["DAGSTER_HOME"] == str(PROJECT_DAGSTER_HOME)
+    assert launched["command"][1:] == ["-m", "dagster", "asset", "materialize", "-m", "definitions",
+                                       "--select", "events+", "--partition", "2022-08-08"]
