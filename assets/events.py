@@ -71,7 +71,7 @@ def events(
     # This run's own copies of the raw files, removed once the week's events are written.
     try:
         with staged_raw_week(raw_uri, week, Path(lake.root) / "_raw_staging", s3_client=s3_client,
-                             max_age_s=lake.lake.staging_max_age_s) as raw:
+                             max_age_s=lake.lake.staging_max_age_s, max_line_bytes=pipeline_config.max_line_bytes) as raw:
             for unreadable in raw.unreadable:
                 context.log.warning(
                     f"unreadable raw file {unreadable.source} ({unreadable.bytes} bytes) quarantined: {unreadable.error}")

@@ -10,10 +10,11 @@ row is counted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipelines.config import EVENT_TYPES
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
-from pipelines.raw import RawWeek
+from pipelines.raw import LINE_MAX_LENGTH_OPTION, RawWeek, skipped_line_bytes
 from pipelines.weeks import Week
 
 LINE_SCHEMA = "session STRING, events ARRAY<STRING>, _corrupt STRING"
@@ -45,6 +46,13 @@ TS_OUTSIDE_WEEK = "ts_outside_week"
 QUARANTINE_REASONS = (
     UNREADABLE_FILE, BLANK_LINE, LINE_TOO_LONG, MALFORMED_JSON, INVALID_SESSION, EMPTY_EVENTS,
     MALFORMED_EVENT, INVALID_AID, INVALID_TS, UNKNOWN_TYPE, TS_OUTSIDE_WEEK,
+)
+
+
+# Every parsed record, valid or not (reason null when valid).
+RECORD_SCHEMA = (
+    "reason STRING, source_file STRING, session STRING, session_id BIGINT, event_index INT, record STRING, "
+    "records INT, aid BIGINT, ts BIGINT, type STRING"
 )
 
 
@@ -133,14 +141,28 @@ def _raw_text(column):
 
 
 def _raw_lines(spark, raw: RawWeek):
-    """`line, source_file` of the staged files (`source_file` is the staged file's URI)."""
+    """`line, source_file` of the staged files (`source_file` is the staged file's URI). Lines the
+    staging scan found too long are skipped by the reader, never held whole."""
     from pyspark.sql import functions as F
 
     if not raw.files:
         return spark.createDataFrame([], "line STRING, source_file STRING")
-    return spark.read.text([f.path for f in raw.files]).select(
+    reader = spark.read
+    if raw.scanned_max_line_bytes is not None:
+        reader = reader.option(LINE_MAX_LENGTH_OPTION, str(skipped_line_bytes(raw.scanned_max_line_bytes)))
+    return reader.text([f.path for f in raw.files]).select(
         F.col("value").alias("line"), F.col("_metadata.file_path").alias("source_file")
     )
+
+
+def _long_line_rows(spark, raw: RawWeek):
+    """The quarantine rows of the lines the reader skipped: the first MAX_RECORD_CHARS of each."""
+    rows = [
+        (LINE_TOO_LONG, Path(f.path).name, None, None, None, found.head.decode("utf-8", "replace")[:MAX_RECORD_CHARS],
+         1, None, None, None)
+        for f in raw.files for found in f.long_lines
+    ]
+    return spark.createDataFrame(rows, RECORD_SCHEMA)
 
 
 def _original_source(raw: RawWeek, staged_uri):
@@ -159,6 +181,9 @@ def parse_raw_week(spark, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) ->
     from pyspark.sql import functions as F
 
     week = raw.week
+    if raw.scanned_max_line_bytes not in (None, max_line_bytes):
+        raise ValueError(f"the raw files were scanned for lines over {raw.scanned_max_line_bytes} bytes, "
+                         f"not over {max_line_bytes}: stage them with the limit the parse applies")
     lines = _raw_lines(spark, raw)
     within_limit = F.octet_length("line") <= max_line_bytes
     parsed_lines = lines.withColumn(
@@ -234,6 +259,8 @@ def parse_raw_week(spark, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) ->
     )
     if raw.unreadable:
         records = records.unionByName(_unreadable_file_rows(spark, raw))
+    if any(f.long_lines for f in raw.files):
+        records = records.unionByName(_long_line_rows(spark, raw))
     # Three actions read this frame (quarantine, events, counts): parse the JSON only once.
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
 
@@ -259,11 +286,7 @@ def _unreadable_file_rows(spark, raw: RawWeek):
         (UNREADABLE_FILE, f.source, None, None, None, f"{f.error} ({f.bytes} bytes)", 1, None, None, None)
         for f in raw.unreadable
     ]
-    return spark.createDataFrame(
-        rows,
-        "reason STRING, source_file STRING, session STRING, session_id BIGINT, event_index INT, record STRING, "
-        "records INT, aid BIGINT, ts BIGINT, type STRING",
-    )
+    return spark.createDataFrame(rows, RECORD_SCHEMA)
 
 
 def summarize_parsed_week(parsed: ParsedWeek, written_events) -> EventsSummary:

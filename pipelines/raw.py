@@ -7,6 +7,11 @@ locally, a download from S3) and Spark reads only those, so `[`, `*`, `{`, `:` i
 nothing to Hadoop. A compressed file that cannot be decompressed to its end is reported as
 unreadable (and quarantined by `pipelines.events`) instead of failing the week's Spark job.
 
+Over-long lines are found while staging, by a bounded scan (`long_lines`: chunk by chunk, a line
+is never held whole) that applies the rule of Hadoop's line reader, which Spark then tells to skip
+those same lines (`LINE_MAX_LENGTH_OPTION`): no executor ever holds an over-long line in memory,
+and each one is still quarantined with its first bytes.
+
 Each run stages into a folder of its own (`staged_raw_week`) and removes it when done: two runs of
 one week never read or delete each other's copies, and S3 downloads do not pile up.
 """
@@ -25,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
+
+import numpy as np
 
 from pipelines.weeks import Week
 
@@ -73,11 +80,32 @@ class RawEntry:
         return None if stem.endswith(JSON_LINE_SUFFIXES) else SKIPPED_UNSUPPORTED
 
 
+# Hadoop's LineRecordReader skips a line whose bytes, terminator included, reach this option: Spark
+# passes read options to the Hadoop configuration of a file scan.
+LINE_MAX_LENGTH_OPTION = "mapreduce.input.linerecordreader.line.maxlength"
+
+
+def skipped_line_bytes(max_line_bytes: int) -> int:
+    """The reader's threshold for a limit of `max_line_bytes` bytes before the terminator: every
+    line within the limit is read, whatever its terminator (`\r\n` takes two bytes); a line one or
+    two bytes over it may be read too, and is rejected by its length."""
+    return max_line_bytes + 3
+
+
+@dataclass(frozen=True)
+class LongLine:
+    line: int  # 1-based, in the decompressed file
+    bytes: int  # terminator included
+    head: bytes  # its first bytes, for the quarantine
+
+
 @dataclass(frozen=True)
 class RawFile:
     source: str
     path: str  # the staged local copy Spark reads
     bytes: int
+    # Lines the reader skips (`skipped_line_bytes`), found while staging.
+    long_lines: tuple[LongLine, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +130,8 @@ class RawWeek:
     files: tuple[RawFile, ...]
     unreadable: tuple[UnreadableRawFile, ...] = ()
     skipped: tuple[SkippedRawFile, ...] = field(default=())
+    # The line limit the files' long lines were scanned for; None: not scanned, lines are read whole.
+    scanned_max_line_bytes: int | None = None
 
     @classmethod
     def of_local_files(cls, week: Week, paths: list[str]) -> "RawWeek":
@@ -156,14 +186,60 @@ def raw_week_exists(raw_uri: str, week: Week, s3_client=None) -> bool:
 
 def decompression_error(path: Path, compression: str) -> str | None:
     """None when the whole file decompresses, else the decoder's complaint."""
-    opener = {".gz": gzip.open, ".bz2": bz2.open}[compression]
+    return scan_staged_file(path, compression, None)[0]
+
+
+def scan_staged_file(path: Path, compression: str, max_line_bytes: int | None,
+                     head_bytes: int = 16_000) -> tuple[str | None, tuple[LongLine, ...]]:
+    """(the decoder's complaint or None, the lines over `max_line_bytes`) of a staged file, in one
+    bounded pass; no line scan when `max_line_bytes` is None."""
+    opener = {".gz": gzip.open, ".bz2": bz2.open, "": open}[compression]
+    # A decoder's complaint makes the file unreadable; a plain file's I/O error is the step's failure.
+    decode_errors = (OSError, EOFError, ValueError, zlib.error) if compression else ()
     try:
         with opener(path, "rb") as stream:
-            while stream.read(_DECOMPRESS_CHUNK):
-                pass
-    except (OSError, EOFError, ValueError, zlib.error) as error:
-        return f"{type(error).__name__}: {error}"
-    return None
+            if max_line_bytes is None:
+                while stream.read(_DECOMPRESS_CHUNK):
+                    pass
+                return None, ()
+            return None, tuple(long_lines(stream, skipped_line_bytes(max_line_bytes), head_bytes))
+    except decode_errors as error:
+        return f"{type(error).__name__}: {error}", ()
+
+
+def long_lines(stream, min_bytes: int, head_bytes: int, chunk_bytes: int = _DECOMPRESS_CHUNK) -> list[LongLine]:
+    """The lines of a binary stream taking `min_bytes` or more, terminator included, read
+    `chunk_bytes` at a time. Terminators as Hadoop's line reader has them: `\n`, `\r\n`, a lone `\r`."""
+    found: list[LongLine] = []
+    line_number, line_bytes, head, carry = 1, 0, bytearray(), b""
+    while True:
+        chunk = stream.read(chunk_bytes)
+        data, final = carry + chunk, not chunk
+        carry = b""
+        if not final and data.endswith(b"\r"):  # maybe half of a \r\n: decided with the next chunk
+            carry, data = b"\r", data[:-1]
+        codes = np.frombuffer(data, np.uint8)
+        line_feed, carriage_return = codes == 10, codes == 13
+        lone_return = carriage_return.copy()
+        lone_return[:-1] &= ~line_feed[1:]
+        ends = np.flatnonzero(line_feed | lone_return)
+        if len(ends):
+            sizes = np.diff(ends, prepend=-1)
+            sizes[0] += line_bytes
+            for index in np.flatnonzero(sizes >= min_bytes):
+                start = 0 if index == 0 else int(ends[index - 1]) + 1
+                line_head = (bytes(head) if index == 0 else b"") + data[start:start + head_bytes]
+                found.append(LongLine(line_number + int(index), int(sizes[index]), line_head[:head_bytes]))
+            line_number += len(ends)
+            rest = int(ends[-1]) + 1
+            line_bytes, head = len(data) - rest, bytearray(data[rest:rest + head_bytes])
+        else:
+            line_bytes += len(data)
+            head += data[:max(0, head_bytes - len(head))]
+        if final:
+            if line_bytes >= min_bytes:
+                found.append(LongLine(line_number, line_bytes, bytes(head)))
+            return found
 
 
 def _stage_local(source: Path, target: Path) -> None:
@@ -173,8 +249,11 @@ def _stage_local(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def stage_raw_week(raw_uri: str, week: Week, staging_dir: str | Path, s3_client=None) -> RawWeek:
-    """List, classify and stage the week's raw files under generated names in `staging_dir`."""
+def stage_raw_week(raw_uri: str, week: Week, staging_dir: str | Path, s3_client=None,
+                   max_line_bytes: int | None = None) -> RawWeek:
+    """List, classify and stage the week's raw files under generated names in `staging_dir`;
+    with `max_line_bytes`, each file's longer lines are found (`scan_staged_file`) for the reader
+    to skip and the quarantine to keep."""
     entries = list_week_entries(raw_uri, week, s3_client)
     skipped = tuple(SkippedRawFile(e.source, e.skip_reason, e.bytes) for e in entries if e.skip_reason)
     readable = [entry for entry in entries if entry.skip_reason is None]
@@ -194,18 +273,21 @@ def stage_raw_week(raw_uri: str, week: Week, staging_dir: str | Path, s3_client=
             s3_client.download_file(bucket, entry.s3_key, str(staged))
         else:
             _stage_local(Path(entry.source), staged)
-        error = decompression_error(staged, entry.compression) if entry.compression else None
+        if entry.compression or max_line_bytes is not None:
+            error, found = scan_staged_file(staged, entry.compression, max_line_bytes)
+        else:
+            error, found = None, ()
         if error is not None:
             staged.unlink()
             unreadable.append(UnreadableRawFile(entry.source, entry.bytes, error))
         else:
-            files.append(RawFile(entry.source, str(staged), entry.bytes))
-    return RawWeek(week, tuple(files), tuple(unreadable), skipped)
+            files.append(RawFile(entry.source, str(staged), entry.bytes, found))
+    return RawWeek(week, tuple(files), tuple(unreadable), skipped, scanned_max_line_bytes=max_line_bytes)
 
 
 @contextmanager
 def staged_raw_week(raw_uri: str, week: Week, staging_root: str | Path, s3_client=None,
-                    max_age_s: float = 24 * 3600.0) -> Iterator[RawWeek]:
+                    max_age_s: float = 24 * 3600.0, max_line_bytes: int | None = None) -> Iterator[RawWeek]:
     """`stage_raw_week` into this run's own folder under `staging_root` (`run-<random>/week=...`),
     removed when the block ends, whatever happens in it. Leftovers of runs that died more than
     `max_age_s` ago are cleared first; younger ones may be another run's, in use: left alone."""
@@ -213,7 +295,7 @@ def staged_raw_week(raw_uri: str, week: Week, staging_root: str | Path, s3_clien
     clear_stale_raw_staging(root, max_age_s)
     own = root / f"run-{uuid.uuid4().hex[:12]}"
     try:
-        yield stage_raw_week(raw_uri, week, own, s3_client=s3_client)
+        yield stage_raw_week(raw_uri, week, own, s3_client=s3_client, max_line_bytes=max_line_bytes)
     finally:
         shutil.rmtree(own, ignore_errors=True)
 

@@ -31,6 +31,7 @@ class SessionsSummary:
 
 def build_sessions(events_window, week: Week, max_events: int):
     """`events_window`: `session, aid, ts, type` rows of the window weeks, week W included."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     active = events_window.where((F.col("ts") >= week.start_ms) & (F.col("ts") < week.end_ms)).select(
@@ -41,21 +42,27 @@ def build_sessions(events_window, week: Week, max_events: int):
     # then aid, so a session's history is the same on every run.
     history_events = events_window.join(active, "session", "left_semi").select(
         "session", F.struct(F.col("ts"), type_rank[F.col("type")].alias("type_rank"), "aid", "type").alias("event")
-    )
-    grouped = history_events.groupBy("session").agg(
-        F.array_sort(F.collect_list("event")).alias("ordered"),
+    ).repartition("session")
+    # The cap applies before anything is collected: a session of millions of events (a bot) is
+    # sorted by Spark's spilling sort, and only its `max_events` latest reach a row. The order is
+    # the history's (ts, type, aid), newest first. The totals come from a plain aggregate of the
+    # same partitioning.
+    newest_first = Window.partitionBy("session").orderBy(F.col("event").desc())
+    kept_events = history_events.withColumn("from_end", F.row_number().over(newest_first)).where(
+        F.col("from_end") <= max_events)
+    kept = kept_events.groupBy("session").agg(F.array_sort(F.collect_list("event")).alias("kept"))
+    totals = history_events.groupBy("session").agg(
+        F.count(F.lit(1)).alias("total"),
         F.min("event.ts").alias("first_ts"),
         F.max("event.ts").alias("last_ts"),
         F.sum(F.when(F.col("event.ts") >= week.start_ms, 1).otherwise(0)).alias("n_events_in_week"),
     )
-    total = F.size("ordered")
-    kept = F.when(total > max_events, F.slice("ordered", -max_events, max_events)).otherwise(F.col("ordered"))
-    sessions = grouped.select(
+    sessions = kept.join(totals, "session").select(
         "session",
-        F.transform(kept, lambda e: F.struct(e["ts"].alias("ts"), e["aid"].alias("aid"), e["type"].alias("type"))).alias(
+        F.transform("kept", lambda e: F.struct(e["ts"].alias("ts"), e["aid"].alias("aid"), e["type"].alias("type"))).alias(
             "history"
         ),
-        F.greatest(total - max_events, F.lit(0)).alias("n_trimmed"),
+        F.greatest(F.col("total") - max_events, F.lit(0)).alias("n_trimmed"),
         "first_ts",
         "last_ts",
         "n_events_in_week",

@@ -200,3 +200,52 @@ def test_each_run_stages_raw_files_in_its_own_folder_and_removes_it(tmp_path):
     except RuntimeError:
         pass
     assert list(staging.iterdir()) == [], "a failed run's copies are removed too"
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_over_long_lines_are_quarantined_without_the_reader_holding_them(spark, tmp_path, compressed):
+    """Staged with the limit, the reader skips the lines the staging scan found too long (it never
+    holds them whole) and the quarantine still has each, as the whole-line read would have it."""
+    limit = 4_096
+
+    def padded(session: int, size: int) -> bytes:
+        line = json.dumps({"session": session, "events": [{"aid": 1, "ts": IN_WEEK, "type": "clicks"}], "pad": ""})
+        return (line[:-2] + "x" * (size - len(line)) + line[-2:]).encode()
+
+    content = b"".join([
+        _line(1).encode() + b"\n",
+        padded(2, limit) + b"\n",  # exactly the limit: kept
+        padded(3, limit) + b"\r\n",  # the limit and a CRLF: kept
+        padded(4, limit + 1) + b"\n",  # one byte over: read (bounded), then rejected by its length
+        padded(5, 300_000) + b"\r\n",  # far over, CRLF
+        _line(6).encode() + b"\r",  # a lone CR ends a line too
+        padded(7, 100_000) + b"\r",
+        _line(8).encode() + b"\n",
+        padded(9, limit + 1),  # over by one, last, no terminator: read, then rejected by its length
+    ])
+    name = "part.jsonl.gz" if compressed else "part.jsonl"
+    _write(tmp_path / "raw" / WEEK.folder / name, content)
+
+    outcomes = {}
+    for scanned in (True, False):
+        raw = stage_raw_week(str(tmp_path / "raw"), WEEK, tmp_path / f"staging-{scanned}",
+                             max_line_bytes=limit if scanned else None)
+        read_lengths = [len(row.line) for row in ev._raw_lines(spark, raw).collect()]
+        parsed = ev.parse_raw_week(spark, raw, max_line_bytes=limit)
+        try:
+            quarantine = sorted((row.reason, row.record[:40], len(row.record)) for row in parsed.quarantine.collect())
+            summary = ev.summarize_parsed_week(parsed, parsed.events)
+            sessions = sorted(row.session for row in parsed.events.collect())
+        finally:
+            parsed.release()
+        outcomes[scanned] = (quarantine, summary.raw_lines, summary.quarantine_by_reason, sessions)
+        if scanned:
+            assert [found.line for f in raw.files for found in f.long_lines] == [5, 7]
+            assert max(read_lengths) == limit + 1, "the reader skipped the long lines"
+        else:
+            assert max(read_lengths) == 300_000
+    assert outcomes[True] == outcomes[False]
+    quarantine, raw_lines, by_reason, sessions = outcomes[True]
+    assert raw_lines == 9 and sessions == [1, 2, 3, 6, 8]
+    assert by_reason[ev.LINE_TOO_LONG] == 4
+    assert all(length == ev.MAX_RECORD_CHARS for reason, _, length in quarantine if reason == ev.LINE_TOO_LONG)

@@ -49,6 +49,22 @@ def test_sessions_have_ordered_capped_history_and_stats(window_events):
     assert second.first_ts == IN_WEEK  # window-wide, before the cap
 
 
+def test_the_cap_applies_before_a_sessions_events_are_collected(spark):
+    """A bot's session of many events never becomes one row: the plan ranks each session's events
+    newest first and keeps `max_events` of them *below* the aggregate that collects them."""
+    bot = spark.createDataFrame([(7, 700 + i % 50, IN_WEEK + i, "clicks") for i in range(5_000)], EVENTS_SPARK_SCHEMA)
+    built = build_sessions(bot, WEEK, max_events=4)
+    (row,) = built.collect()
+    assert [e.ts for e in row.history] == [IN_WEEK + i for i in range(4_996, 5_000)] and row.n_trimmed == 4_996
+    plan = built._jdf.queryExecution().optimizedPlan().toString().splitlines()
+    collects = [i for i, line in enumerate(plan) if "collect_list" in line]
+    caps = [i for i, line in enumerate(plan) if "row_number()" in line]
+    cap_filters = [i for i, line in enumerate(plan) if "Filter" in line and "<= 4" in line]
+    assert collects and caps and cap_filters, "\n".join(plan)
+    # In a plan tree a node's input is printed below it: the cap filter and the ranking feed the collect.
+    assert collects[0] < cap_filters[0] < caps[0], "\n".join(plan)
+
+
 def test_summary_reports_trimming(window_events):
     summary = summarize_sessions(build_sessions(window_events, WEEK, max_events=4))
     assert summary.sessions == 2
