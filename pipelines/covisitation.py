@@ -69,7 +69,6 @@ TWO_HOP = "clicks_two_hop"
 COVISITATION_LISTS = (*MATRICES, TWO_HOP)
 COVISITATION_COLUMNS = ("matrix", "aid", "neighbour", "weight", "rank")
 COVISITATION_SCHEMA = "matrix STRING, aid BIGINT, neighbour BIGINT, weight DOUBLE, rank INT"
-NEIGHBOUR_LISTS_SCHEMA = "aid BIGINT, recs ARRAY<BIGINT>, scores ARRAY<DOUBLE>"
 BUY_TYPES = ("carts", "orders")
 # At equal timestamps the cap keeps purchases before clicks: a checkout orders several
 # items at once and those are the events that matter most.
@@ -293,24 +292,6 @@ def _buy_pairs(items, config: CovisitationConfig):
         [_within(F.col(f"x_{tx}"), F.col(f"y_{ty}"), config.buy2buy_window_ms) for tx in BUY_TYPES for ty in BUY_TYPES]
     )
     return pairs.where(hit).select("aid", "neighbour", F.lit(1).alias("buy2buy"))
-
-
-def neighbour_lists(covisitation, matrix: str):
-    """One row per item of `matrix`: `aid, recs, scores` ordered by rank (NEIGHBOUR_LISTS_SCHEMA)."""
-    from pyspark.sql import functions as F
-
-    if matrix not in COVISITATION_LISTS:
-        raise ValueError(f"unknown co-visitation matrix {matrix!r}; expected one of {COVISITATION_LISTS}")
-    ordered = (
-        covisitation.where(F.col("matrix") == matrix)
-        .groupBy("aid")
-        .agg(F.sort_array(F.collect_list(F.struct("rank", "neighbour", "weight"))).alias("ordered"))
-    )
-    return ordered.select(
-        "aid",
-        F.col("ordered.neighbour").cast("array<bigint>").alias("recs"),
-        F.col("ordered.weight").cast("array<double>").alias("scores"),
-    )
 
 
 def validation_frame(covisitation):

@@ -21,7 +21,6 @@ from pipelines.covisitation import (
     TWO_HOP,
     CovisitationConfig,
     build_covisitation,
-    neighbour_lists,
     validation_frame,
 )
 from pipelines.events import EVENTS_SPARK_SCHEMA
@@ -289,22 +288,14 @@ def test_buy2buy_ignores_clicks(scenario):
     assert len(weights(result, "clicks")) == 12
 
 
-def test_neighbour_lists_follow_rank(default_build):
-    covisitation, _ = default_build
-    offset = (list(SCENARIOS).index("neighbour_lists") + 1) * SCENARIO_ID_RANGE
-    lists = neighbour_lists(covisitation, "carts_orders")
-    assert lists.schema.simpleString() == "struct<aid:bigint,recs:array<bigint>,scores:array<double>>"
-    by_aid = {
-        row.aid - offset: ([r - offset for r in row.recs], row.scores)
-        for row in lists.where(lists.aid.between(offset, offset + SCENARIO_ID_RANGE - 1)).collect()
-    }
-    assert by_aid == {
+def test_lists_follow_rank_and_ties_go_to_the_lower_id(scenario):
+    lists = {aid: ([n for n, _, _ in found], [w for _, w, _ in found])
+             for aid, found in scenario("neighbour_lists")["carts_orders"].items()}
+    assert lists == {
         10: ([11, 12], [6.0, 6.0]),  # 11: one cart (6); 12: two orders (3 + 3); the tie goes to the lower id
         11: ([12, 10], [3.0, 1.0]),
         12: ([11, 10], [6.0, 2.0]),
     }
-    with pytest.raises(ValueError, match="unknown co-visitation matrix"):
-        neighbour_lists(covisitation, "similar")
 
 
 def test_validation_frame_flags_broken_rows(spark, default_build):

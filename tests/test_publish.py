@@ -607,22 +607,33 @@ def test_concurrent_publishers_take_turns_and_latest_only_moves_forward(s3, buck
         assert read_manifest(uri, week, client)["publication_id"] == newest.publication_id
 
 
-def _publish_from_a_process(root: str, tables, week: str, run_id: str) -> str:
-    return publish_week(tables, week, MODEL, root, dagster_run_id=run_id, config=PublishConfig(lease_poll_seconds=0.05)).publication_id
+def _publish_from_a_process(root: str, tables, week: str, run_id: str, endpoint: str | None = None) -> str:
+    client = make_s3_client(endpoint_url=endpoint, max_attempts=2) if endpoint else None
+    return publish_week(tables, week, MODEL, root, client, dagster_run_id=run_id,
+                        config=PublishConfig(lease_poll_seconds=0.05)).publication_id
 
 
-def test_concurrent_publisher_processes_on_a_folder(tables, tmp_path):
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_concurrent_publisher_processes(moto_endpoint, s3, bucket, tables, tmp_path, where):
+    """Separate processes, as separate runs are: on S3 only the server's conditional writes keep
+    them apart (no lock of this machine's)."""
     import concurrent.futures
     import multiprocessing
 
-    root = str(tmp_path / "published")
+    root, endpoint, client = ((str(tmp_path / "published"), None, None) if where == "folder"
+                              else (f"s3://{bucket}/race", moto_endpoint, s3))
     with concurrent.futures.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_publish_from_a_process, root, tables, week, f"{week}-{i}")
+        futures = [pool.submit(_publish_from_a_process, root, tables, week, f"{week}-{i}", endpoint)
                    for i in range(3) for week in (WEEK_B, WEEK_A)]
         ids = [future.result() for future in futures]
     assert len(set(ids)) == 6
-    assert _latest_is_consistent(root)["week"] == WEEK_B
-    assert not (Path(root) / LEASE_NAME).exists()
+    assert _latest_is_consistent(root, client)["week"] == WEEK_B
+    for week in (WEEK_A, WEEK_B):
+        assert verify_manifest(root, week, client).ok
+    if where == "folder":
+        assert not (Path(root) / LEASE_NAME).exists()
+    else:
+        assert s3.list_objects_v2(Bucket=bucket, Prefix=f"race/{LEASE_NAME}").get("KeyCount", 0) == 0
 
 
 def test_a_held_lease_makes_a_second_publisher_fail_cleanly(s3, bucket, tables):
