@@ -17,6 +17,7 @@ import assets.recommendations
 import assets.sessions
 import assets.top_sellers
 from jobs import ingest_job, weekly_recommender_job
+from jobs.alerts import run_failure_alert
 from jobs.schedules import late_raw_week_sensor, weekly_recommender_schedule
 from resources import build_resources
 
@@ -41,7 +42,7 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> Definiti
         asset_checks=load_asset_checks_from_modules(STAGE_MODULES),
         jobs=[weekly_recommender_job, ingest_job],
         schedules=[weekly_recommender_schedule],
-        sensors=[late_raw_week_sensor],
+        sensors=[late_raw_week_sensor, run_failure_alert],
         resources=dict(resources) if resources is not None else build_resources(),
         # Also the executor of the implicit asset job that `dagster asset materialize` and the UI's
         # "Materialize selected" run: steps share the run's one Spark driver. The multiprocess

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import warnings
 
-from dagster import BetaWarning, PreviewWarning, TimeWindowPartitionMapping, WeeklyPartitionsDefinition
+import datetime as dt
+
+from dagster import (
+    BetaWarning,
+    FreshnessPolicy,
+    PreviewWarning,
+    TimeWindowPartitionMapping,
+    WeeklyPartitionsDefinition,
+)
 
 from pipelines.config import Settings
 from pipelines.ranker import RankerConfig
@@ -43,3 +51,11 @@ previous_week = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow
 labelled_weeks = TimeWindowPartitionMapping(
     start_offset=-(RankerConfig.label_weeks - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
 )
+
+# What readers consume is due every Monday by 09:00 (the schedule starts the week that just ended
+# at 03:00): a publication missing by then shows as overdue in the UI.
+PUBLISHED_BY = "0 9 * * 1"
+weekly_publication_freshness = FreshnessPolicy.cron(
+    deadline_cron=PUBLISHED_BY, lower_bound_delta=dt.timedelta(hours=6), timezone=SETTINGS.timezone
+)
+

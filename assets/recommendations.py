@@ -21,7 +21,7 @@ from dagster_aws.s3 import S3Resource
 
 from assets.als import als
 from assets.covisitation import covisitation
-from assets.partitions import weekly_partitions
+from assets.partitions import weekly_partitions, weekly_publication_freshness
 from assets.pools import PUBLISH_POOL, SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, markdown_table
 from assets.ranker import RANKER_TABLE, ranker
@@ -199,6 +199,7 @@ def publish_gates(
     group_name="publishing",
     kinds={"s3"},
     retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL),
+    freshness_policy=weekly_publication_freshness,
     description=(
         "Uploads W's four tables to RECSYS_PUBLISH_URI (S3 via dagster-aws, or a folder): data files, then the "
         "week's `_manifest.json` (model, run, row counts, sha256 per file), then `_latest.json` last."

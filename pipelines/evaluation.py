@@ -1,4 +1,4 @@
-"""The evaluation protocol for week W (see DESIGN.md), applied in Spark.
+"""The evaluation protocol for week W (see docs/design.md), applied in Spark.
 
 Evaluation sessions are the sessions whose first event falls in W. Each is cut at a
 seeded random position, as the official otto-de/recsys-dataset test set does
@@ -102,7 +102,7 @@ def summarize_split(eval_sessions, eval_labels) -> EvalSplitSummary:
 def window_events(spark, lake: Lake, window: list[Week]):
     """What week W's sources are fitted on: every event of the training window ending with W
     (`PipelineConfigResource.training_window`), hidden suffixes of W's evaluation sessions included;
-    those sources only ever score week W+1's sessions (see DESIGN.md, "One fit per week")."""
+    those sources only ever score week W+1's sessions (see docs/design.md, "One fit per week")."""
     if not window:
         raise ValueError("a training window holds at least its own week")
     return lake.read_weeks(spark, EVENTS_TABLE, window).drop("week")

@@ -1,4 +1,4 @@
-"""The four published recommendation tables of a week, built in Spark (layout: DESIGN.md, a contract).
+"""The four published recommendation tables of a week, built in Spark (layout: docs/design.md, a contract).
 
 - `top_sellers`: type, rank, aid, score: the window's most popular items per event type;
 - `frequently_bought_together`: aid, recs, scores: the buy2buy co-visitation neighbours;

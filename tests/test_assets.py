@@ -10,6 +10,7 @@ import pytest
 from dagster import DagsterInstance, Definitions
 
 from assets.events import EVENTS_DRIFT_CHECK, EVENTS_QUARANTINE_RATE_CHECK
+from assets.partitions import weekly_partitions
 from assets.sessions import SESSIONS_CONTRACT_CHECK
 from definitions import build_definitions, defs
 from jobs import INGEST_JOB_NAME
@@ -233,3 +234,14 @@ def test_spark_and_publishing_steps_are_in_pools_the_instance_limits_to_one(tmp_
         assert config.pool_config.default_pool_limit == 1
         assert config.pool_config.pool_granularity.value == "op"
         assert config.run_queue_config.max_concurrent_runs == 1
+        # A dead run worker is retried once; a failed step or check is not (it would fail again).
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
+        assert not instance.run_retries_retry_on_asset_or_op_failure
+
+
+def test_what_readers_consume_is_due_every_monday_morning():
+    from dagster import AssetKey
+
+    policy = defs.resolve_asset_graph().get(AssetKey("published_recommendations")).freshness_policy
+    assert policy.deadline_cron == "0 9 * * 1" and policy.timezone == weekly_partitions.timezone
+    assert policy.lower_bound_delta.total_seconds() == 6 * 3600

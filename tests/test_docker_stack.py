@@ -392,6 +392,7 @@ def test_instance_run_policy_matches_local_instance(docker_dagster_yaml):
     local = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())
     assert docker_dagster_yaml["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert docker_dagster_yaml["concurrency"] == local["concurrency"]
+    assert docker_dagster_yaml["run_retries"] == local["run_retries"]
     assert local["concurrency"]["runs"]["max_concurrent_runs"] == 1
     assert local["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
     assert docker_dagster_yaml["run_launcher"]["class"] == "DefaultRunLauncher"
