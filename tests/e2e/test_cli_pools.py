@@ -2,8 +2,9 @@
 
 `recsys materialize` runs `dagster asset materialize` on the project's instance, which bypasses
 the run queue; the `spark` pool (limit 1, op granularity, dagster_home/dagster.yaml) is what
-keeps the two runs' Spark steps apart. The runs' event logs show it: each run's `events` step
-starts only after the other's has ended.
+keeps the two runs' Spark steps apart. The runs' event logs show it: each run's Spark steps run
+only while the other's do not. They also show that a run of several assets (the implicit asset
+job, as "Materialize selected" runs it) executes every step in one process, so one Spark driver.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ WEEKS = ("2022-08-01", "2022-08-08")
 
 
 def test_cli_materializations_started_together_run_their_spark_steps_one_at_a_time(tmp_path):
-    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, EventRecordsFilter
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
     raw = tmp_path / "raw"
     subprocess.run([sys.executable, "-m", "pipelines", "generate", "--sessions", "400", "--weeks", "2",
@@ -39,8 +40,10 @@ def test_cli_materializations_started_together_run_their_spark_steps_one_at_a_ti
            "RECSYS_PUBLISH_URI": str(tmp_path / "published"), "RECSYS_PARTITION_START": WEEKS[0],
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "SPARK_MASTER": "local[1]",
            "RECSYS_SHUFFLE_PARTITIONS": "2", "SPARK_LOCAL_IP": "127.0.0.1"}
+    selections = {WEEKS[0]: "events", WEEKS[1]: "events,sessions"}
     launches = [
-        subprocess.Popen([sys.executable, "-m", "pipelines", "materialize", "--select", "events", "--partition", week],
+        subprocess.Popen([sys.executable, "-m", "pipelines", "materialize", "--select", selections[week],
+                          "--partition", week],
                          cwd=REPO_ROOT, env=env, stdout=(tmp_path / f"{week}.log").open("w"), stderr=subprocess.STDOUT)
         for week in WEEKS
     ]
@@ -55,14 +58,20 @@ def test_cli_materializations_started_together_run_their_spark_steps_one_at_a_ti
         runs = instance.get_runs()
         assert sorted(run.tags.get("dagster/partition") for run in runs) == list(WEEKS)
         assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
-        intervals = []
+        intervals, processes = [], {}
         for run in runs:
-            def step_time(event_type):
-                records = instance.get_event_records(EventRecordsFilter(event_type=event_type), limit=100)
-                return [r.event_log_entry.timestamp for r in records
-                        if r.event_log_entry.run_id == run.run_id and r.event_log_entry.step_key == "events"]
-
-            (started,), (ended,) = step_time(DagsterEventType.STEP_START), step_time(DagsterEventType.STEP_SUCCESS)
-            intervals.append((started, ended))
-    (first_start, first_end), (second_start, second_end) = sorted(intervals)
-    assert first_end <= second_start, f"the two runs' Spark steps overlapped: {sorted(intervals)}"
+            week = run.tags["dagster/partition"]
+            records = [r.event_log_entry for r in instance.get_records_for_run(run.run_id, limit=10_000).records]
+            steps = {}
+            for entry in records:
+                event = entry.dagster_event
+                if event is not None and event.event_type in (DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS):
+                    steps.setdefault(entry.step_key, {})[event.event_type] = entry.timestamp
+                    processes.setdefault(week, set()).add(event.pid)
+            assert sorted(steps) == sorted(selections[week].split(",")), steps
+            intervals += [(times[DagsterEventType.STEP_START], times[DagsterEventType.STEP_SUCCESS], week)
+                          for times in steps.values()]
+    intervals.sort()
+    for (_, end, week), (start, _, next_week) in zip(intervals, intervals[1:]):
+        assert week == next_week or end <= start, f"Spark steps of two runs overlapped: {intervals}"
+    assert all(len(pids) == 1 for pids in processes.values()), f"steps ran in several processes: {processes}"
