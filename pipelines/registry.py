@@ -94,6 +94,13 @@ def decide(score: float, baselines: dict[str, float], champion_score: float | No
     return False, f"score {score:.4f} < champion {champion_score:.4f} - tolerance {tolerance}"
 
 
+def version_description(week: str | None, score: float, baselines: dict[str, float], promoted: bool, reason: str) -> str:
+    """What the MLflow UI shows on a version's page: its week, its scores and the gate's verdict."""
+    compared = ", ".join(f"{name} {value:.4f}" for name, value in baselines.items())
+    return (f"Trained for week {week or 'unknown'}: score {score:.4f} on the week's evaluation sessions "
+            f"({compared}).\n\nGate: {'promoted to champion' if promoted else 'not promoted'}. {reason}")
+
+
 def gate_version(client, name: str, version: str, score: float, baselines: dict[str, float], tolerance: float,
                  extra_tags: dict[str, str] | None = None, champion_score_now: float | None = None,
                  previous_week_forward: tuple[str, float] | None = None,
@@ -135,6 +142,8 @@ def gate_version(client, name: str, version: str, score: float, baselines: dict[
             **{f"baseline.{k}": f"{v:.6f}" for k, v in baselines.items()}, **(extra_tags or {})}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=version_description(
+        (extra_tags or {}).get(WEEK_TAG), score, baselines, promoted, reason))
     if promoted:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
         champion_after = str(version)

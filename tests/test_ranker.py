@@ -230,6 +230,10 @@ def test_gate_promotes_keeps_and_rejects_in_the_registry(tmp_path):
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == within_tolerance.version
     tags = client.get_model_version(name, worse.version).tags
     assert tags[GATE_TAG] == REJECTED and "champion 0.4990" in tags["gate_reason"]
+    described = client.get_model_version(name, worse.version).description
+    assert "score 0.4500" in described and "baseline_covisitation 0.4000" in described
+    assert "not promoted" in described and "champion 0.4990" in described
+    assert "promoted to champion" in client.get_model_version(name, first.version).description
 
     below_baseline = gate_version(client, name, new_version(), 0.39, baselines, 0.002)
     assert not below_baseline.promoted and "baseline_covisitation" in below_baseline.reason
