@@ -31,9 +31,17 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _land(args: argparse.Namespace) -> int:
+    import os
+
+    from tqdm import tqdm
+
     from pipelines.land import land_otto_file
 
-    summary = land_otto_file(args.input, args.out, timezone=args.timezone, max_line_bytes=args.max_line_bytes)
+    # Bytes of the file as read (decompressed for .gz, whose total is unknown beforehand).
+    total = None if args.input.endswith(".gz") else os.path.getsize(args.input)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="landing", file=sys.stderr, mininterval=1.0) as bar:
+        summary = land_otto_file(args.input, args.out, timezone=args.timezone, max_line_bytes=args.max_line_bytes,
+                                 progress=bar.update)
     _print_json(summary)
     if summary.get("rejected"):
         print(f"rejected lines, each with its reason, are in {args.out}/_rejected/{summary['part_file']}", file=sys.stderr)

@@ -25,7 +25,7 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +34,7 @@ from pipelines.weeks import WEEK_FOLDER_PREFIX, Week
 
 REJECTED_FOLDER = "_rejected"
 MAX_LINE_BYTES = 1 << 20
+PROGRESS_EVERY_LINES = 10_000
 MAX_OPEN_FILES = 64
 MAX_REJECTED_TEXT_CHARS = 4000
 # Millisecond timestamps outside [2000-01-01, 2100-01-01) UTC are seconds, negative or garbage.
@@ -64,8 +65,10 @@ def land_otto_file(
     out_dir: str | Path,
     timezone: str = DEFAULT_TIMEZONE,
     max_line_bytes: int = MAX_LINE_BYTES,
+    progress: Callable[[int], object] | None = None,
 ) -> dict:
-    """Write every session of an OTTO JSONL file (plain or gzip) into its week folders.
+    """Write every session of an OTTO JSONL file (plain or gzip) into its week folders;
+    `progress(bytes)` is told every few thousand lines how many more input bytes were read.
 
     Each (session, week) becomes one line holding the session's top-level fields and the
     events of that week, in their original order and with their original fields. A line
@@ -99,8 +102,13 @@ def land_otto_file(
 
     with merged_layout(out_dir, part_name) as staging, _open_jsonl(input_path) as source, \
             _PartWriters(staging, part_name) as writers:
+        unreported_bytes = 0
         for raw_line, size in _bounded_lines(source, max_line_bytes):
             lines += 1
+            unreported_bytes += size + 1
+            if progress is not None and lines % PROGRESS_EVERY_LINES == 0:
+                progress(unreported_bytes)
+                unreported_bytes = 0
             if raw_line is None:
                 reject(LINE_TOO_LONG, lines, source.last_prefix, size)
                 continue
@@ -124,6 +132,8 @@ def land_otto_file(
                 _count(week_events, week.key, len(events))
                 events_landed += len(events)
 
+    if progress is not None and unreported_bytes:
+        progress(unreported_bytes)
     return {
         "lines": lines,
         "sessions_landed": sessions_landed,

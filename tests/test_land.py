@@ -222,3 +222,15 @@ def test_weeks_follow_local_time(tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [json.dumps({"session": 0, "events": events})])
     assert land_otto_file(source, tmp_path / "out", timezone=TIMEZONE)["weeks"] == {"2022-08-01": 1, "2022-08-08": 1}
     assert land_otto_file(source, tmp_path / "utc", timezone="UTC")["weeks"] == {"2022-08-01": 2}
+
+
+def test_progress_is_told_every_byte_read(tmp_path, monkeypatch):
+    lines = [json.dumps({"session": s, "events": [{"aid": 1, "ts": 1659304800000 + s, "type": "clicks"}]})
+             for s in range(25)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    reported = []
+    monkeypatch.setattr(land_module, "PROGRESS_EVERY_LINES", 10)
+    land_otto_file(source, tmp_path / "out", progress=reported.append)
+    assert len(reported) == 3  # after lines 10 and 20, and the rest at the end
+    assert sum(reported) == source.stat().st_size
