@@ -24,7 +24,7 @@ from assets.partitions import labelled_weeks, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from assets.top_sellers import top_sellers
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long, warm_up_week_reason
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE, source_tables
 from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv

@@ -29,7 +29,7 @@ from pipelines.candidates import (  # noqa: E402
     weighted_history,
     with_source_rank,
 )
-from pipelines.config import EVENT_TYPES  # noqa: E402
+from pipelines.vocabulary import EVENT_TYPES  # noqa: E402
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long  # noqa: E402
 from pipelines.lake import Lake  # noqa: E402
 from pipelines.metrics import spark_score  # noqa: E402

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import BUY_TYPES, EVENT_TYPES, INTERACTION_TYPE_WEIGHTS
 from pipelines.covisitation import COVISITATION_LISTS, TWO_HOP
 from pipelines.metrics import K, candidate_recall, score_predictions
 from pipelines.popularity import POPULAR
@@ -36,8 +36,6 @@ CANDIDATES_TABLE = "candidates"
 # LightGBM LambdaRank needs fewer than 10,000 rows per query.
 MAX_CANDIDATES_PER_QUERY = 9_999
 SOURCES = ("history", "covisitation", "als", "top_sellers")
-TYPE_WEIGHTS = {"clicks": 1.0, "carts": 6.0, "orders": 3.0}
-BUY_TYPES = ("carts", "orders")
 ALS_LIST = "als"
 # Neighbour list -> the session x item column its weights are summed into: the co-visitation
 # matrices (pipelines.covisitation) and ALS similar items.
@@ -182,7 +180,7 @@ def history_pairs(history, limit: int):
     rank (null below the `limit` best: recency x type weight, summed)."""
     from pyspark.sql import functions as F
 
-    type_weight = F.create_map(*[x for t, w in TYPE_WEIGHTS.items() for x in (F.lit(t), F.lit(w))])
+    type_weight = F.create_map(*[x for t, w in INTERACTION_TYPE_WEIGHTS.items() for x in (F.lit(t), F.lit(w))])
     decay = F.pow(F.lit(0.5), (F.col("last_ts") - F.col("ts")) / F.lit(1000.0 * INTERACTION_HALF_LIFE_SECONDS))
     per_pair = history.groupBy("session", "aid").agg(
         F.sum(F.col("recency") * type_weight[F.col("type")]).alias("_score"),

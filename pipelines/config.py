@@ -18,7 +18,6 @@ PROJECT_DAGSTER_HOME = PROJECT_ROOT / "dagster_home"
 DEFAULT_PARTITION_START = "2022-08-01"
 DEFAULT_TIMEZONE = "Europe/Berlin"
 DEFAULT_PUBLISH_URI = str(PROJECT_ROOT / "data" / "published")
-EVENT_TYPES = ("clicks", "carts", "orders")
 
 
 def _env(name: str, default: str) -> str:

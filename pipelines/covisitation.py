@@ -59,20 +59,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import BUY_TYPES, DAY_MS, EVENT_TYPES, TYPE_ORDER
 
 COVISITATION_TABLE = "covisitation"
-DAY_MS = 24 * 3600 * 1000
 MATRICES = ("clicks", "carts_orders", "buy2buy")
 TWO_HOP = "clicks_two_hop"
 # What the table holds: the counted matrices, then the list derived from the clicks matrix.
 COVISITATION_LISTS = (*MATRICES, TWO_HOP)
 COVISITATION_COLUMNS = ("matrix", "aid", "neighbour", "weight", "rank")
 COVISITATION_SCHEMA = "matrix STRING, aid BIGINT, neighbour BIGINT, weight DOUBLE, rank INT"
-BUY_TYPES = ("carts", "orders")
-# At equal timestamps the cap keeps purchases before clicks: a checkout orders several
-# items at once and those are the events that matter most.
-TYPE_PRIORITY = {"orders": 2, "carts": 1, "clicks": 0}
 
 
 @dataclass(frozen=True)
@@ -212,7 +207,7 @@ def _capped_session_items(events, max_events: int):
     # hash and sort much faster than strings. Unknown types (the events stage admits none)
     # get no code and are dropped.
     code = F.lit(None).cast("tinyint")
-    for event_type, priority in TYPE_PRIORITY.items():
+    for event_type, priority in TYPE_ORDER.items():
         code = F.when(F.col("type") == event_type, F.lit(priority).cast("tinyint")).otherwise(code)
     coded = events.select("session", "aid", "ts", code.alias("type_code")).where(F.col("type_code").isNotNull())
     # One shuffle by session; the collapse, the cap and the pivot below all group by
@@ -221,7 +216,7 @@ def _capped_session_items(events, max_events: int):
     recency = Window.partitionBy("session").orderBy(F.col("ts").desc(), F.col("type_code").desc(), F.col("aid"))
     capped = latest.withColumn("recency", F.row_number().over(recency)).where(F.col("recency") <= max_events)
     return capped.groupBy("session", "aid").agg(
-        *[F.max(F.when(F.col("type_code") == TYPE_PRIORITY[t], F.col("ts"))).alias(f"ts_{t}") for t in EVENT_TYPES]
+        *[F.max(F.when(F.col("type_code") == TYPE_ORDER[t], F.col("ts"))).alias(f"ts_{t}") for t in EVENT_TYPES]
     )
 
 

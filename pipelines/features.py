@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.candidates import PAIR_FEATURES, SOURCES, CandidateConfig, build_candidates
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import DAY_MS, EVENT_TYPES
 from pipelines.spark import broadcast_if_small
 
 FEATURES_TABLE = "features"
@@ -36,7 +36,6 @@ ITEM_STATS_TABLE = "item_stats"
 # 5: two-hop clicks co-visitation weight summed from the session's items.
 FEATURE_CODE_VERSION = "5"
 KEY_COLUMNS = ("session", "type", "aid")
-DAY_MS = 24 * 3600 * 1000
 TREND_SMOOTHING = 5.0
 
 CANDIDATE_FEATURES = [

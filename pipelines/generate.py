@@ -34,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.config import DEFAULT_TIMEZONE, EVENT_TYPES
+from pipelines.config import DEFAULT_TIMEZONE
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.land import staged_layout
 from pipelines.weeks import Week
 

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import EVENT_TYPES, METRIC_TYPE_WEIGHTS
 
-TYPE_WEIGHTS = {"clicks": 0.10, "carts": 0.30, "orders": 0.60}
 K = 20
 
 
@@ -72,7 +71,7 @@ def score_predictions(predictions: pd.DataFrame, labels: pd.DataFrame, k: int = 
         result[f"ndcg_{event_type}"] = float(rows["ndcg"].mean()) if len(rows) else 0.0
         result[f"mrr_{event_type}"] = float(rows["rr"].mean()) if len(rows) else 0.0
         result[f"sessions_{event_type}"] = int(len(rows))
-    result["score"] = sum(TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
+    result["score"] = sum(METRIC_TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
     return result
 
 
@@ -89,7 +88,7 @@ def candidate_recall(candidates: pd.DataFrame, labels: pd.DataFrame, k: int = K)
         rows = per_query[per_query["type"] == event_type]
         denominator = float(rows["denominator"].sum())
         result[f"recall_{event_type}"] = float(rows["hits"].sum()) / denominator if denominator else 0.0
-    result["score"] = sum(TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
+    result["score"] = sum(METRIC_TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
     return result
 
 
@@ -210,7 +209,7 @@ def spark_score(predictions, labels, k: int = K) -> dict[str, float]:
         result[f"ndcg_{event_type}"] = float(row["ndcg"]) if row else 0.0
         result[f"mrr_{event_type}"] = float(row["mrr"]) if row else 0.0
         result[f"sessions_{event_type}"] = int(row["sessions"]) if row else 0
-    result["score"] = sum(TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
+    result["score"] = sum(METRIC_TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
     return result
 
 
@@ -230,7 +229,7 @@ def spark_candidate_recall(candidates, labels, k: int = K) -> dict[str, float]:
     for event_type in EVENT_TYPES:
         row = per_type.get(event_type)
         result[f"recall_{event_type}"] = float(row["hits"]) / float(row["denominator"]) if row and row["denominator"] else 0.0
-    result["score"] = sum(TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
+    result["score"] = sum(METRIC_TYPE_WEIGHTS[t] * result[f"recall_{t}"] for t in EVENT_TYPES)
     return result
 
 
@@ -250,7 +249,7 @@ def spark_recall_curve(predictions, labels, ks=(1, 2, 5, 10, 15, 20), k: int = K
     for cut in ks:
         recall = {t: (hit_rows.get(t, {}).get(f"at_{cut}", 0) / size_rows[t]["denominator"]) if t in size_rows else 0.0
                   for t in EVENT_TYPES}
-        rows.append({"k": cut, **recall, "score": sum(TYPE_WEIGHTS[t] * recall[t] for t in EVENT_TYPES)})
+        rows.append({"k": cut, **recall, "score": sum(METRIC_TYPE_WEIGHTS[t] * recall[t] for t in EVENT_TYPES)})
     return pd.DataFrame(rows)
 
 

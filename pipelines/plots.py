@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import EVENT_TYPES
 
 
 def _pyplot():

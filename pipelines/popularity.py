@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import DAY_MS, EVENT_TYPES
 
 TOP_SELLERS_TABLE = "top_sellers"
-DAY_MS = 24 * 3600 * 1000
 POPULAR = "popular"
 TRENDING = "trending"
 TOP_SELLERS_COLUMNS = ("list", "type", "rank", "aid", "score", "events")

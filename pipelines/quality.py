@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.config import EVENT_TYPES, QualityThresholds
+from pipelines.config import QualityThresholds
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.weeks import Week
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS
 from pipelines.metrics import K, spark_candidate_recall, spark_score
 from pipelines.popularity import popularity_predictions

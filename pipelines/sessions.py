@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.lake import EVENTS_TABLE, SESSIONS_TABLE, Lake
+from pipelines.vocabulary import TYPE_ORDER
 from pipelines.weeks import Week
 
-TYPE_ORDER = {"clicks": 0, "carts": 1, "orders": 2}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.candidates import CandidateConfig
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.covisitation import COVISITATION_LISTS
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, ITEM_FEATURES, KEY_COLUMNS
 from pipelines.model import INFO_FILE, TABLE_NAMES

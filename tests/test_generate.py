@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.generate import generate_raw
 from pipelines.weeks import Week
 

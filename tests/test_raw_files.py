@@ -195,7 +195,7 @@ def test_each_run_stages_raw_files_in_its_own_folder_and_removes_it(tmp_path):
         assert Path(first.files[0].path).read_text().startswith('{"session": 1'), "and left the first run's alone"
     assert list(staging.iterdir()) == []
     try:
-        with staged_raw_week(str(tmp_path / "raw"), WEEK, staging) as raw:
+        with staged_raw_week(str(tmp_path / "raw"), WEEK, staging):
             raise RuntimeError("the events step failed")
     except RuntimeError:
         pass

@@ -10,7 +10,6 @@ from pipelines.model.bundle import (
     MODEL_ARTIFACT_PATH,
     RECOMMENDATIONS_SCHEMA,
     TABLE_NAMES,
-    TYPE_ORDER,
     Bundle,
     Champion,
     IncompatibleModelError,
@@ -29,7 +28,7 @@ from pipelines.model.bundle import (
 )
 
 __all__ = [
-    "BUNDLE_ARTIFACT", "INFO_FILE", "MODEL_ARTIFACT_PATH", "RECOMMENDATIONS_SCHEMA", "TABLE_NAMES", "TYPE_ORDER", "Bundle",
+    "BUNDLE_ARTIFACT", "INFO_FILE", "MODEL_ARTIFACT_PATH", "RECOMMENDATIONS_SCHEMA", "TABLE_NAMES", "Bundle",
     "Champion", "IncompatibleModelError", "InvalidSessionsError", "RecommenderModel", "load_champion", "load_version", "log_recommender",
     "otto_sessions_to_long", "pip_requirements", "prefixes_from_events", "recommendations_to_long", "save_bundle",
     "spark_recommendations_to_long", "top_k_lists",

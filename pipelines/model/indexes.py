@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.candidates import NEIGHBOUR_WEIGHTS
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.covisitation import COVISITATION_LISTS
 from pipelines.features import ITEM_FEATURES
 from pipelines.popularity import POPULAR

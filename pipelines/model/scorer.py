@@ -24,22 +24,19 @@ import pandas as pd
 
 from pipelines.candidates import (
     BUY_SOURCE_LISTS,
-    BUY_TYPES,
     INTERACTION_HALF_LIFE_SECONDS,
     NEIGHBOUR_WEIGHTS,
     PAIR_FEATURES,
     RECENT_ITEM_LISTS,
     RECENT_ITEMS,
     SOURCES,
-    TYPE_WEIGHTS,
     CandidateConfig,
 )
-from pipelines.config import EVENT_TYPES
 from pipelines.features import FEATURE_COLUMNS, ITEM_FEATURES, SESSION_FEATURES
 from pipelines.metrics import K
 from pipelines.model.indexes import NEIGHBOUR_LISTS, ItemStats, NeighbourIndex, top_seller_columns
 from pipelines.ranker import boosted_scores, prior_from_ranks
-from pipelines.sessions import TYPE_ORDER
+from pipelines.vocabulary import BUY_TYPES, EVENT_TYPES, INTERACTION_TYPE_WEIGHTS, TYPE_ORDER
 
 def sessions_from_events(events: pd.DataFrame, max_events: int = 500) -> pd.DataFrame:
     """`session, aid, ts, type` events -> the same events ordered as the `sessions` asset orders a
@@ -243,7 +240,7 @@ class InMemoryScorer:
         pairs = Groups.of(k_session, k_aid)
         history = {
             "session": k_session[pairs.first], "aid": k_aid[pairs.first],
-            "_score": pairs.sum(recency * np.array([TYPE_WEIGHTS[t] for t in EVENT_TYPE_NAMES])[k_type]),
+            "_score": pairs.sum(recency * np.array([INTERACTION_TYPE_WEIGHTS[t] for t in EVENT_TYPE_NAMES])[k_type]),
             **{f"interaction_{name}": np.bincount(pairs.index[k_type == code], minlength=pairs.size).astype(np.float64)
                for name, code in TYPE_ORDER.items()},
             **{f"interaction_{name}_decayed": pairs.sum(np.where(k_type == code, decay, 0.0))

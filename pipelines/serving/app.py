@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from pipelines.config import EVENT_TYPES
+from pipelines.vocabulary import EVENT_TYPES
 
 log = logging.getLogger("recsys.serve")
 
