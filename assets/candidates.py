@@ -115,7 +115,7 @@ def candidates(
         metadata={
             "week": week.key,
             "sources_week": sources_week.key,
-            "dagster/row_count": written.count(),
+            "dagster/partition_row_count": written.count(),
             "candidates_per_session_and_type": round(per_query, 1),
             "recall_report": MetadataValue.md(report_table(report)),
             "recall": MetadataValue.json(report),

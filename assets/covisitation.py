@@ -98,7 +98,7 @@ def covisitation(
         metadata={
             "week": week.key,
             "training_window": MetadataValue.json([w.key for w in window]),
-            "dagster/row_count": sum(stats["rows"].values()),
+            "dagster/partition_row_count": sum(stats["rows"].values()),
             "rows_per_matrix": MetadataValue.json(stats["rows"]),
             "items_per_matrix": MetadataValue.json(stats["items"]),
             "coverage_of_active_items": MetadataValue.json(stats["coverage"]),

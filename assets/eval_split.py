@@ -62,7 +62,7 @@ def eval_split(
         metadata={
             "week": week.key,
             "seed": pipeline_config.eval_seed,
-            "dagster/row_count": summary["eval_sessions"],
+            "dagster/partition_row_count": summary["eval_sessions"],
             "split": MetadataValue.json(summary),
             "eval_sessions_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_SESSIONS_TABLE, week))),
             "eval_labels_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_LABELS_TABLE, week))),

@@ -94,7 +94,7 @@ def events(
             "unreadable_files": MetadataValue.json(raw_metadata["unreadable_files"]),
             "skipped_files": MetadataValue.json(raw_metadata["skipped_files"]),
             "raw_lines": summary.raw_lines,
-            "dagster/row_count": summary.events,
+            "dagster/partition_row_count": summary.events,
             "events_by_type": MetadataValue.json(summary.events_by_type),
             "sessions": summary.sessions,
             "items": summary.items,

@@ -74,7 +74,7 @@ def features(
         metadata={
             "week": week.key,
             "sources_week": sources_week.key,
-            "dagster/row_count": stats["rows"],
+            "dagster/partition_row_count": stats["rows"],
             "rows_per_type": MetadataValue.json(stats["rows_per_type"]),
             "feature_columns": MetadataValue.json(FEATURE_COLUMNS),
             "n_features": len(FEATURE_COLUMNS),

@@ -86,6 +86,9 @@ class AuditedChecks:
             audit = {"published": False, "failed_checks": [r.check_name for r in failed], "staged": staged}
         else:
             metadata = {**metadata, **(on_pass() if on_pass is not None else {})}
+            schema = column_schema(staged.get(self.asset_name))
+            if schema is not None:
+                metadata = {**metadata, "dagster/column_schema": schema}
             audit = {"published": True, "live": audited.publish()}
         return MaterializeResult(
             metadata={**metadata, "audit": MetadataValue.json(audit), "published_to_lake": not failed},
@@ -109,6 +112,20 @@ class AuditedChecks:
                       "audit": MetadataValue.json({"published": True, "live": audited.publish()})},
             check_results=results,
         )
+
+
+def column_schema(partition_dir: str | None):
+    """The Dagster column schema of a staged Parquet partition (None: no such table, or no files)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    from dagster import TableColumn, TableSchema
+
+    files = sorted(Path(partition_dir).glob("*.parquet")) if partition_dir else []
+    if not files:
+        return None
+    schema = pq.read_schema(files[0])
+    return TableSchema(columns=[TableColumn(name=field.name, type=str(field.type)) for field in schema])
 
 
 def check_result_from_report(report: ValidationReport, **extra_metadata) -> AssetCheckResult:

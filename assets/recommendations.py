@@ -132,7 +132,7 @@ def recommendation_tables(
         context, audited, spark=spark, s3=s3, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
-            "dagster/row_count": row_counts[SESSION_RECOMMENDATIONS],
+            "dagster/partition_row_count": row_counts[SESSION_RECOMMENDATIONS],
             "row_counts": MetadataValue.json(row_counts),
             "model": MetadataValue.json(model),
             **{f"preview_{name}": MetadataValue.md(text) for name, text in previews.items()},

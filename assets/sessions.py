@@ -61,7 +61,7 @@ def sessions(
         metadata={
             "week": week.key,
             "history_window": MetadataValue.json([w.key for w in window]),
-            "dagster/row_count": summary.sessions,
+            "dagster/partition_row_count": summary.sessions,
             "sessions_started_in_week": summary.sessions_started_in_week,
             "history_events": summary.history_events,
             "trimmed_events": summary.trimmed_events,

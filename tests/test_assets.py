@@ -87,8 +87,10 @@ def test_real_otto_sessions_flow_through_land_events_and_sessions(spark, tmp_pat
     metadata = next(
         e for e in results["2022-08-22"].get_asset_materialization_events() if e.asset_key.to_user_string() == "sessions"
     ).materialization.metadata
-    assert metadata["dagster/row_count"].value == len(expected_history)
+    assert metadata["dagster/partition_row_count"].value == len(expected_history)
     assert metadata["history_window"].value == list(FIXTURE_WEEKS)
+    columns = {column.name: column.type for column in metadata["dagster/column_schema"].schema.columns}
+    assert set(columns) >= {"session", "history", "n_events", "started_in_week"} and columns["session"] == "int64"
 
 
 def _write_raw_week(raw_dir, week: Week, lines: list[str]):

@@ -77,7 +77,7 @@ def test_a_postgres_backed_instance_records_runs_materializations_and_checks(spa
             events = reader.get_latest_materialization_event(AssetKey("events"))
             assert events is not None and events.run_id == result.run_id
             assert events.asset_materialization.partition == WEEK
-            assert events.asset_materialization.metadata["dagster/row_count"].value == WEEK_EVENTS
+            assert events.asset_materialization.metadata["dagster/partition_row_count"].value == WEEK_EVENTS
             assert reader.get_latest_materialization_event(AssetKey("sessions")).run_id == result.run_id
         finally:
             reader.dispose()
