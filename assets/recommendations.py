@@ -33,8 +33,6 @@ from pipelines.publish import (
     PUBLISHED_TABLES,
     SESSION_RECOMMENDATIONS,
     ModelInfo,
-    PublishConfig,
-    PublishGateThresholds,
     failed_gates,
     is_s3_uri,
     previous_manifest,
@@ -44,7 +42,7 @@ from pipelines.publish import (
     verify_manifest,
 )
 from pipelines.recommendations import HAND_RULE_MODEL, SUMMARY_TABLE, catalogue, lake_table, write_recommendation_tables
-from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
+from resources import LakeResource, MlflowResource, PipelineConfigResource, PublishResource, SparkResource
 
 PUBLISH_GATES_CHECK = "publish_gates"
 MANIFEST_VERIFIED_CHECK = "published_manifest_verified"
@@ -112,6 +110,7 @@ def recommendation_tables(
     lake: LakeResource,
     s3: S3Resource,
     mlflow_tracking: MlflowResource,
+    publish: PublishResource,
     pipeline_config: PipelineConfigResource,
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
@@ -129,7 +128,7 @@ def recommendation_tables(
     row_counts = write_recommendation_tables(spark.session, audited, week, None if champion is None else champion.bundle, model)
     previews = {name: markdown_table(read(lake_table(name)).limit(5).toPandas()) for name in PUBLISHED_TABLES}
     return RECOMMENDATION_TABLES_CHECKS.audit(
-        context, audited, spark=spark, s3=s3, pipeline_config=pipeline_config,
+        context, audited, spark=spark, s3=s3, publish=publish, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "dagster/partition_row_count": row_counts[SESSION_RECOMMENDATIONS],
@@ -161,6 +160,7 @@ def publish_gates(
     spark: SparkResource,
     lake: StagedLake,
     s3: S3Resource,
+    publish: PublishResource,
     pipeline_config: PipelineConfigResource,
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
@@ -172,7 +172,7 @@ def publish_gates(
         catalogue(lake.lake.read_weeks(spark.session, EVENTS_TABLE, pipeline_config.history_window(context.partition_key))),
         read(SESSIONS_TABLE),
         previous,
-        PublishGateThresholds.from_env(),
+        publish.gates,
         current_row_counts=lake.lake.read_stats(lake_table(SUMMARY_TABLE), week)["row_counts"],
         warm_up=warm_up_reason(pipeline_config, week.key, previous["week"] if previous else None),
     )
@@ -206,7 +206,8 @@ def publish_gates(
     ),
 )
 def published_recommendations(
-    context: AssetExecutionContext, lake: LakeResource, s3: S3Resource, pipeline_config: PipelineConfigResource
+    context: AssetExecutionContext, lake: LakeResource, s3: S3Resource, publish: PublishResource,
+    pipeline_config: PipelineConfigResource,
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
     summary = lake.lake.read_stats(lake_table(SUMMARY_TABLE), week)
@@ -219,7 +220,7 @@ def published_recommendations(
         uri,
         _s3_client(uri, s3),
         dagster_run_id=context.run.run_id,
-        config=PublishConfig.from_env(),
+        config=publish.transfer,
     )
     return MaterializeResult(
         metadata={

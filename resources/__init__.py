@@ -11,6 +11,7 @@ from pydantic import PrivateAttr
 
 from pipelines.config import DEFAULT_PUBLISH_URI, QualityThresholds, Settings
 from pipelines.lake import Lake
+from pipelines.publish import MB, PublishConfig, PublishGateThresholds
 from pipelines.spark import build_spark_session
 from pipelines.weeks import Week
 
@@ -120,6 +121,50 @@ class PipelineConfigResource(ConfigurableResource):
         )
 
 
+class PublishResource(ConfigurableResource):
+    """How the weekly tables are published (RECSYS_PUBLISH_*): the gates they must pass and the
+    transfer and lease knobs. Settable per run in the launchpad; defaults from the environment."""
+
+    min_list_length: int = PublishGateThresholds.min_list_length
+    max_list_length: int = PublishGateThresholds.max_list_length
+    min_row_ratio: float = PublishGateThresholds.min_row_ratio
+    max_row_ratio: float = PublishGateThresholds.max_row_ratio
+    keep_previous: int = PublishConfig.keep_previous
+    lease_ttl_seconds: float = PublishConfig.lease_ttl_seconds
+    lease_wait_seconds: float = PublishConfig.lease_wait_seconds
+    multipart_threshold_mb: float = PublishConfig.multipart_threshold / MB
+    multipart_chunksize_mb: float = PublishConfig.multipart_chunksize / MB
+    max_concurrency: int = PublishConfig.max_concurrency
+    max_attempts: int = PublishConfig.max_attempts
+    verify_checksums: bool = PublishConfig.verify_checksums
+
+    @classmethod
+    def from_env(cls) -> "PublishResource":
+        gates, transfer = PublishGateThresholds.from_env(), PublishConfig.from_env()
+        return cls(
+            min_list_length=gates.min_list_length, max_list_length=gates.max_list_length,
+            min_row_ratio=gates.min_row_ratio, max_row_ratio=gates.max_row_ratio,
+            keep_previous=transfer.keep_previous, lease_ttl_seconds=transfer.lease_ttl_seconds,
+            lease_wait_seconds=transfer.lease_wait_seconds, multipart_threshold_mb=transfer.multipart_threshold / MB,
+            multipart_chunksize_mb=transfer.multipart_chunksize / MB, max_concurrency=transfer.max_concurrency,
+            max_attempts=transfer.max_attempts, verify_checksums=transfer.verify_checksums,
+        )
+
+    @property
+    def gates(self) -> PublishGateThresholds:
+        return PublishGateThresholds(min_list_length=self.min_list_length, max_list_length=self.max_list_length,
+                                     min_row_ratio=self.min_row_ratio, max_row_ratio=self.max_row_ratio)
+
+    @property
+    def transfer(self) -> PublishConfig:
+        return PublishConfig(
+            keep_previous=self.keep_previous, lease_ttl_seconds=self.lease_ttl_seconds,
+            lease_wait_seconds=self.lease_wait_seconds, multipart_threshold=int(self.multipart_threshold_mb * MB),
+            multipart_chunksize=int(self.multipart_chunksize_mb * MB), max_concurrency=self.max_concurrency,
+            max_attempts=self.max_attempts, verify_checksums=self.verify_checksums,
+        )
+
+
 class MlflowResource(ConfigurableResource):
     """MLflow tracking (`MLFLOW_TRACKING_URI`): one MLflow run per weekly partition and Dagster run."""
 
@@ -186,6 +231,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
             registered_model_name=settings.registered_model_name,
             champion_tolerance=settings.champion_tolerance,
         ),
+        "publish": PublishResource.from_env(),
         "pipeline_config": PipelineConfigResource(
             raw_uri=settings.raw_uri,
             publish_uri=settings.publish_uri,

@@ -61,7 +61,7 @@ def make_resources(
 ) -> dict:
     """Resources like the code location's, pointed at test folders; Spark reuses the test session."""
     from pipelines.config import Settings
-    from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource, s3_resource
+    from resources import LakeResource, MlflowResource, PipelineConfigResource, PublishResource, SparkResource, s3_resource
 
     settings = Settings.from_env()
     return {
@@ -71,6 +71,7 @@ def make_resources(
         "mlflow_tracking": MlflowResource(
             tracking_uri=mlflow_uri or f"sqlite:///{Path(lake_dir).parent / 'mlflow.db'}", experiment_name="tests"
         ),
+        "publish": PublishResource(),
         "pipeline_config": PipelineConfigResource(
             raw_uri=raw_uri,
             timezone=TIMEZONE,

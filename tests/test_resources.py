@@ -48,3 +48,21 @@ def test_the_project_launchers_default_to_the_projects_instance(monkeypatch):
     assert launched["env"]["DAGSTER_HOME"] == str(PROJECT_DAGSTER_HOME)
     assert launched["command"][1:] == ["-m", "dagster", "asset", "materialize", "-m", "definitions",
                                        "--select", "events+", "--partition", "2022-08-08"]
+
+
+def test_publish_gates_and_transfer_come_from_one_resource_the_launchpad_can_set(monkeypatch):
+    from definitions import build_definitions
+    from pipelines.publish import MB
+    from resources import PublishResource, build_resources
+
+    monkeypatch.setenv("RECSYS_PUBLISH_MAX_LIST_LENGTH", "15")
+    monkeypatch.setenv("RECSYS_PUBLISH_MULTIPART_CHUNKSIZE_MB", "8")
+    publish = build_resources()["publish"]
+    assert isinstance(publish, PublishResource)
+    assert publish.gates.max_list_length == 15 and publish.transfer.multipart_chunksize == 8 * MB
+    assert PublishResource().gates.max_list_length == 20  # the defaults are the documented ones
+
+    job = build_definitions().resolve_job_def("weekly_recommender")
+    fields = job.run_config_schema.config_type.fields["resources"].config_type.fields["publish"].config_type.fields
+    publish_config = fields["config"].config_type.fields
+    assert {"max_list_length", "min_row_ratio", "lease_wait_seconds", "verify_checksums"} <= set(publish_config)
