@@ -37,6 +37,17 @@ def _land(args: argparse.Namespace) -> int:
 
     from pipelines.land import land_otto_file
 
+    if args.format == "retailrocket":
+        from pipelines.land_flat import land_flat_events
+
+        with tqdm(unit=" rows", unit_scale=True, desc="landing", file=sys.stderr, mininterval=1.0) as bar:
+            summary = land_flat_events(args.input, args.out, timezone=args.timezone,
+                                       session_gap_minutes=args.session_gap_minutes, progress=bar.update)
+        _print_json(summary)
+        if summary.get("rejected"):
+            print(f"rejected rows, each with its reason, are in {args.out}/_rejected/{summary['part_file']}",
+                  file=sys.stderr)
+        return 0
     # Bytes of the file as read (decompressed for .gz, whose total is unknown beforehand).
     total = None if args.input.endswith(".gz") else os.path.getsize(args.input)
     with tqdm(total=total, unit="B", unit_scale=True, desc="landing", file=sys.stderr, mininterval=1.0) as bar:
@@ -143,7 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--timezone", default=DEFAULT_TIMEZONE)
     generate.set_defaults(handler=_generate)
 
-    land = commands.add_parser("land", help="split an OTTO JSONL file (plain or .gz) into weekly raw folders")
+    land = commands.add_parser(
+        "land", help="split an OTTO JSONL file, or a flat event log (Retailrocket CSV), plain or .gz, into weekly raw folders")
+    land.add_argument("--format", choices=["otto", "retailrocket"], default="otto",
+                      help="otto: one JSON session per line; retailrocket: events.csv (timestamp, visitorid, event, "
+                           "itemid, transactionid), cut into sessions by inactivity")
+    land.add_argument("--session-gap-minutes", type=float, default=30.0,
+                      help="retailrocket: a visitor's new session starts after a gap longer than this")
     land.add_argument("--input", required=True)
     land.add_argument("--out", required=True)
     land.add_argument("--timezone", default=DEFAULT_TIMEZONE)
