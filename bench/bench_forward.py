@@ -123,17 +123,19 @@ def log_to_mlflow(bundle: Path, tracking_uri: str) -> str:
 
 
 def hand_rule_csv(spark, bundle: Path, next_sessions, path: Path) -> None:
-    """The hand rule's lists for the same sessions, from the bundle's own tables."""
-    from pipelines.candidates import build_candidates
+    """The hand rule's lists for the same sessions, from the bundle's own tables (as the warm-up
+    week publishes them: `hand_rule_recommendations`)."""
+    from pyspark.sql import functions as F
+
     from pipelines.metrics import spark_write_predictions_csv
     from pipelines.model import Bundle
-    from pipelines.ranker import ranked_by
+    from pipelines.recommendations import hand_rule_recommendations
 
     opened = Bundle(bundle)
-    tables = opened.tables(spark)
-    candidates = build_candidates(next_sessions, tables.covisitation, tables.similar_items, tables.top_sellers,
-                                  opened.candidate_config)
-    spark_write_predictions_csv(ranked_by(candidates, "baseline_rank"), path)
+    lists = hand_rule_recommendations(next_sessions, opened.tables(spark), opened.candidate_config)
+    ranked = lists.select("session", "type", F.posexplode("recs").alias("position", "aid")).select(
+        "session", "type", "aid", (F.col("position") + 1).alias("rank"))
+    spark_write_predictions_csv(ranked, path)
 
 
 def recsys(*args: str) -> dict:
