@@ -36,7 +36,7 @@ from pipelines.ranker import BASELINES, RANKER, RankerConfig, earlier_labelled_w
 from pipelines.registry import RUN_ID_TAG, WEEK_TAG, gate_version
 from pipelines.stages.registered_scores import score_registered_versions
 from pipelines.spark import release_driver_heap
-from pipelines.tracking import code_version, flatten_metrics
+from pipelines.tracking import code_version, flatten_metrics, log_lake_inputs
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
 RANKER_TABLE = "ranker"
@@ -154,6 +154,10 @@ def ranker(
             })
             for path in sorted(scratch.iterdir()):
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
+            trained_on = [week, *(pipeline_config.week(key) for key in earlier)]
+            log_lake_inputs({f"{table}/{labelled.folder}": audited.partition_dir(table, labelled)
+                             for labelled in trained_on for table in (FEATURES_TABLE, EVAL_LABELS_TABLE)},
+                            context="training")
 
             bundle = save_bundle(
                 scratch / "bundle",
@@ -170,6 +174,11 @@ def ranker(
             mlflow.log_params({f"bundle.tables.{name}": location for name, location in saved.info["tables"].items()})
             mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
             model_info = log_recommender(bundle)
+            # The logged model's page shows what it scored, next to its signature.
+            mlflow.log_metrics({f"{RANKER}.score": score, **{f"{name}.score": value for name, value in baselines.items()}},
+                               model_id=model_info.model_id)
+            log_lake_inputs({f"{table}/{week.folder}": location for table, location in saved.info["tables"].items()},
+                            context="serving")
             registered_scores = score_registered_versions(mlflow_tracking, week, week_features, labels,
                                                           scratch / "forward", context.log)
             if registered_scores.champion_now is not None:

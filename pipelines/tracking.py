@@ -111,3 +111,19 @@ def flatten_metrics(prefix: str, values: dict, out: dict[str, float] | None = No
 
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def log_lake_inputs(partitions: dict[str, str | Path], context: str) -> None:
+    """Log lake partitions as the active run's dataset inputs (the MLflow UI's Datasets column):
+    a name, the partition's location and a digest of its files' names and sizes, not the data."""
+    import hashlib
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for name, location in partitions.items():
+        files = sorted(path for path in Path(location).iterdir() if not path.name.startswith((".", "_"))) \
+            if Path(location).is_dir() else []
+        digest = hashlib.sha256("".join(f"{f.name}:{f.stat().st_size};" for f in files).encode()).hexdigest()[:12]
+        mlflow.log_input(MetaDataset(resolve_dataset_source(str(location)), name=name, digest=digest), context=context)

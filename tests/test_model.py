@@ -57,3 +57,23 @@ def test_bundle_holds_the_rankers_and_reads_its_tables_from_the_lake_snapshot(sp
     shutil.rmtree(lake.model_tables_dir("run-1") / "covisitation")
     with pytest.raises(FileNotFoundError, match="covisitation.*must see the lake"):
         opened.tables(spark)
+
+
+def test_lake_partitions_are_logged_as_the_runs_dataset_inputs(tmp_path):
+    import mlflow
+
+    from pipelines.tracking import log_lake_inputs
+
+    partition = tmp_path / "lake" / "features" / "week=2022-08-08"
+    partition.mkdir(parents=True)
+    (partition / "part-0.parquet").write_bytes(b"x" * 10)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        log_lake_inputs({"features/week=2022-08-08": partition}, context="training")
+    (logged,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert logged.dataset.name == "features/week=2022-08-08" and str(partition) in logged.dataset.source
+    assert [tag.value for tag in logged.tags if tag.key == "mlflow.data.context"] == ["training"]
+    (partition / "part-1.parquet").write_bytes(b"y")
+    with mlflow.start_run() as again:
+        log_lake_inputs({"features/week=2022-08-08": partition}, context="training")
+    assert mlflow.get_run(again.info.run_id).inputs.dataset_inputs[0].dataset.digest != logged.dataset.digest
