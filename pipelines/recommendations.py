@@ -33,30 +33,25 @@ def top_sellers_table(top_sellers, k: int = K):
     )
 
 
-def ranked_lists(pairs, k: int = K):
+def neighbour_lists(pairs, k: int = K):
     """`aid, neighbour, score` pairs -> `aid, recs, scores`: the k best neighbours, scores descending."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    order = Window.partitionBy("aid").orderBy(F.desc("score"), F.asc("neighbour"))
-    best = pairs.withColumn("position", F.row_number().over(order)).where(F.col("position") <= k)
-    grouped = best.groupBy("aid").agg(F.sort_array(F.collect_list(F.struct("position", "neighbour", "score"))).alias("ranked"))
-    return grouped.select(
-        F.col("aid").cast("bigint").alias("aid"),
-        F.transform("ranked", lambda r: r["neighbour"].cast("bigint")).alias("recs"),
-        F.transform("ranked", lambda r: r["score"].cast("float")).alias("scores"),
-    )
+    from pipelines.model.bundle import top_k_lists
+
+    lists = top_k_lists(pairs, k, keys=("aid",), item="neighbour")
+    return lists.select(F.col("aid").cast("bigint").alias("aid"), F.col("recs").cast("array<bigint>").alias("recs"), "scores")
 
 
 def frequently_bought_together_table(covisitation, k: int = K):
     from pyspark.sql import functions as F
 
     pairs = covisitation.where(F.col("matrix") == "buy2buy").select("aid", "neighbour", F.col("weight").alias("score"))
-    return ranked_lists(pairs, k)
+    return neighbour_lists(pairs, k)
 
 
 def similar_items_table(similar_items, k: int = K):
-    return ranked_lists(similar_items.select("aid", "neighbour", "score"), k)
+    return neighbour_lists(similar_items.select("aid", "neighbour", "score"), k)
 
 
 def active_sessions(sessions):

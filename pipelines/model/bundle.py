@@ -35,7 +35,7 @@ from pipelines.candidates import CandidateConfig, last_elements
 from pipelines.vocabulary import EVENT_TYPES
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, SourceTables, candidate_features
 from pipelines.metrics import K
-from pipelines.ranker import ranked_top_k, score_rows
+from pipelines.ranker import score_rows
 from pipelines.vocabulary import TYPE_ORDER
 
 BUNDLE_ARTIFACT = "bundle"
@@ -190,18 +190,20 @@ def serving_week(lake_root: str | Path, own_week: str | None) -> str | None:
     return own_week if freshest is None or (own_week is not None and freshest <= own_week) else freshest
 
 
-def top_k_lists(scored, k: int = K):
-    """`session, type, recs, scores` with the k best aids per (session, type), scores descending."""
+def top_k_lists(scored, k: int = K, keys: tuple[str, ...] = ("session", "type"), item: str = "aid"):
+    """`*keys, recs, scores`: per key, the k best `item`s of Spark `scored` by its `score` column
+    (descending, ties by the smaller item, null or NaN scores last), scores as float. The one
+    helper for every published or served list: session lists, neighbour lists."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    best = ranked_top_k(scored, k)
-    grouped = best.groupBy("session", "type").agg(
-        F.sort_array(F.collect_list(F.struct("rank", "aid", "score"))).alias("ranked")
-    )
+    value = F.when(~F.isnan("score"), F.col("score"))
+    order = Window.partitionBy(*keys).orderBy(value.desc_nulls_last(), F.asc(item))
+    best = scored.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") <= k)
+    grouped = best.groupBy(*keys).agg(F.sort_array(F.collect_list(F.struct("_rank", item, "score"))).alias("ranked"))
     return grouped.select(
-        "session",
-        "type",
-        F.transform("ranked", lambda r: r["aid"]).alias("recs"),
+        *keys,
+        F.transform("ranked", lambda r: r[item]).alias("recs"),
         F.transform("ranked", lambda r: r["score"].cast("float")).alias("scores"),
     )
 
