@@ -24,19 +24,21 @@ from assets.partitions import labelled_weeks, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
 from assets.top_sellers import top_sellers
-from pipelines.vocabulary import EVENT_TYPES
+from pipelines.als import ALS_ITEM_FACTORS_TABLE
+from pipelines.diversity import diversity_report
 from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long, warm_up_week_reason
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE, source_tables
 from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv
 from pipelines.model import Bundle, log_recommender, save_bundle
-from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.plots import plot_feature_importance, plot_recall_curves
+from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.quality import ranker_suite, validate
 from pipelines.ranker import BASELINES, RANKER, RankerConfig, earlier_labelled_weeks, evaluate_ranker
 from pipelines.registry import RUN_ID_TAG, WEEK_TAG, gate_version
-from pipelines.stages.registered_scores import score_registered_versions
 from pipelines.spark import release_driver_heap
+from pipelines.stages.registered_scores import score_registered_versions
 from pipelines.tracking import code_version, flatten_metrics, log_lake_inputs
+from pipelines.vocabulary import EVENT_TYPES
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
 RANKER_TABLE = "ranker"
@@ -131,7 +133,11 @@ def ranker(
         with mlflow_tracking.week_run(context) as run:
             try:
                 item_count = audited.read_partition(spark.session, ITEM_STATS_TABLE, sources_week).count()
-                coverage = evaluation.predictions[RANKER].select("aid").distinct().count() / max(item_count, 1)
+                # Lists are built from week W-1's sources: their ALS factors say how alike the items are.
+                diversity = diversity_report(
+                    evaluation.predictions, audited.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, sources_week),
+                    item_count)
+                coverage = diversity[RANKER]["catalogue_coverage"]
                 spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
                 spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
                 curves = {name: spark_recall_curve(frame, labels) for name, frame in evaluation.predictions.items()}
@@ -145,6 +151,7 @@ def ranker(
             mlflow.log_metrics({
                 **flatten_metrics("", metrics),
                 **flatten_metrics("ceiling", evaluation.ceiling),
+                **flatten_metrics("diversity", diversity),
                 "catalogue_coverage": coverage,
                 "ranker.seconds": fit_seconds,
                 "ranker.label_weeks_used": 1 + len(earlier),

@@ -29,11 +29,11 @@ from pipelines.candidates import (  # noqa: E402
     weighted_history,
     with_source_rank,
 )
-from pipelines.vocabulary import EVENT_TYPES  # noqa: E402
 from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long  # noqa: E402
 from pipelines.lake import Lake  # noqa: E402
 from pipelines.metrics import spark_score  # noqa: E402
 from pipelines.spark import build_spark_session  # noqa: E402
+from pipelines.vocabulary import EVENT_TYPES  # noqa: E402
 from pipelines.weeks import Week  # noqa: E402
 
 

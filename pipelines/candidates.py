@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.vocabulary import BUY_TYPES, EVENT_TYPES, INTERACTION_TYPE_WEIGHTS
 from pipelines.covisitation import COVISITATION_LISTS, TWO_HOP
 from pipelines.metrics import K, candidate_recall, score_predictions
 from pipelines.popularity import POPULAR
 from pipelines.spark import broadcast_if_small
+from pipelines.vocabulary import BUY_TYPES, EVENT_TYPES, INTERACTION_TYPE_WEIGHTS
 
 CANDIDATES_TABLE = "candidates"
 # LightGBM LambdaRank needs fewer than 10,000 rows per query.

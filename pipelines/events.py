@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.vocabulary import EVENT_TYPES
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
 from pipelines.raw import LINE_MAX_LENGTH_OPTION, RawWeek, skipped_line_bytes
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.weeks import Week
 
 LINE_SCHEMA = "session STRING, events ARRAY<STRING>, _corrupt STRING"

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.candidates import PAIR_FEATURES, SOURCES, CandidateConfig, build_candidates
-from pipelines.vocabulary import DAY_MS, EVENT_TYPES
 from pipelines.spark import broadcast_if_small
+from pipelines.vocabulary import DAY_MS, EVENT_TYPES
 
 FEATURES_TABLE = "features"
 ITEM_STATS_TABLE = "item_stats"

@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import DEFAULT_TIMEZONE
-from pipelines.vocabulary import EVENT_TYPES
 from pipelines.land import staged_layout
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.weeks import Week
 
 CLICK, CART, ORDER = 0, 1, 2  # positions in EVENT_TYPES

@@ -44,11 +44,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipelines.vocabulary import EVENT_TYPES
 from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS
 from pipelines.metrics import K, spark_candidate_recall, spark_score
 from pipelines.popularity import popularity_predictions
 from pipelines.spark import broadcast_if_small
+from pipelines.vocabulary import EVENT_TYPES
 
 LABEL_COLUMN = "label"
 # Label of a candidate in its target type's truth; 1 marks the related buy type's truth.

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from pipelines.candidates import CandidateConfig
-from pipelines.vocabulary import EVENT_TYPES
 from pipelines.covisitation import COVISITATION_LISTS
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, ITEM_FEATURES, KEY_COLUMNS
 from pipelines.model import INFO_FILE, TABLE_NAMES
+from pipelines.vocabulary import EVENT_TYPES
 
 CATALOGUE = 400
 WEEK_START_MS = 1_659_304_800_000  # 2022-08-01 00:00 Europe/Berlin

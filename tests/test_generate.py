@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.vocabulary import EVENT_TYPES
 from pipelines.generate import generate_raw
+from pipelines.vocabulary import EVENT_TYPES
 from pipelines.weeks import Week
 
 START = "2022-08-01"

@@ -37,7 +37,7 @@ GOOD_ROWS = [
     f"{T0},10,addtocart,401,",
 ]
 BAD_ROWS = {
-    "bad_timestamp": [f"1659,11,view,1,", f"{T0}.5,11,view,1,", f",11,view,1,"],
+    "bad_timestamp": ["1659,11,view,1,", f"{T0}.5,11,view,1,", ",11,view,1,"],
     "bad_visitorid": [f"{T0},x,view,1,", f"{T0},-3,view,1,", f"{T0},{2**31},view,1,"],
     "unknown_event": [f"{T0},12,like,1,"],
     "bad_itemid": [f"{T0},13,view,abc,"],

@@ -32,11 +32,10 @@ except ImportError:  # pragma: no cover
     PythonModel = object
 
 from pipelines.candidates import CandidateConfig, last_elements
-from pipelines.vocabulary import EVENT_TYPES
 from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, SourceTables, candidate_features
 from pipelines.metrics import K
 from pipelines.ranker import score_rows
-from pipelines.vocabulary import TYPE_ORDER
+from pipelines.vocabulary import EVENT_TYPES, TYPE_ORDER
 
 BUNDLE_ARTIFACT = "bundle"
 MODEL_ARTIFACT_PATH = "recommender"

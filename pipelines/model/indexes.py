@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from pipelines.candidates import NEIGHBOUR_WEIGHTS
-from pipelines.vocabulary import EVENT_TYPES
 from pipelines.covisitation import COVISITATION_LISTS
 from pipelines.features import ITEM_FEATURES
 from pipelines.popularity import POPULAR
+from pipelines.vocabulary import EVENT_TYPES
 
 # The lists a session's items lead to, in NEIGHBOUR_WEIGHTS order (co-visitation lists, then ALS).
 NEIGHBOUR_LISTS = tuple(NEIGHBOUR_WEIGHTS)

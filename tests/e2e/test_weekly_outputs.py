@@ -87,6 +87,16 @@ def test_mlflow_has_one_run_per_week_with_baseline_scores(two_weeks):
     assert len(trained) == len(TRAINED)
     assert trained["metrics.baseline_covisitation.score"].notna().all()
     assert trained["metrics.recall.combined.ceiling_recall_orders"].notna().all()
+    # Diversity next to accuracy, for the ranker and both baselines.
+    for ranking in ("ranker", "baseline_covisitation", "baseline_popularity"):
+        assert trained[f"metrics.diversity.{ranking}.intra_list_diversity"].between(0, 2).all(), ranking
+        assert trained[f"metrics.diversity.{ranking}.catalogue_coverage"].between(0, 1).all(), ranking
+    # Popularity gives everyone the same lists: the least of the catalogue.
+    assert (trained["metrics.diversity.baseline_popularity.catalogue_coverage"]
+            < trained["metrics.diversity.ranker.catalogue_coverage"]).all()
+    assert {"training", "serving"} <= {
+        tag.value for run_id in trained["run_id"] for dataset_input in mlflow.get_run(run_id).inputs.dataset_inputs
+        for tag in dataset_input.tags if tag.key == "mlflow.data.context"}
     assert runs["metrics.als.item_factor_norm.mean"].notna().all()
     assert (runs["params.als.rank"] == "8").all()
 
