@@ -84,6 +84,16 @@ def hand_rule_recommendations(sessions, tables, config, k: int = K):
     return top_k_lists(ranked, k)
 
 
+# Each published table's key. Files are cut by a hash of it and rows ordered by it, so a rerun with
+# the same inputs, model and shuffle partitions writes the same bytes (the manifest's sha256s).
+PUBLISHED_KEYS = {
+    "top_sellers": ("type", "rank"),
+    "frequently_bought_together": ("aid",),
+    "similar_items": ("aid",),
+    "session_recommendations": ("session", "type"),
+}
+
+
 def write_recommendation_tables(spark, lake, week, bundle, model: dict) -> dict[str, int]:
     """Stage week W's four published tables in the lake and their summary (row counts, `model`);
     returns the row counts. Every table comes from week W's own sources (fitted through the end of
@@ -107,7 +117,9 @@ def write_recommendation_tables(spark, lake, week, bundle, model: dict) -> dict[
     }
     row_counts = {}
     for name, frame in tables.items():
-        lake.write_partition(frame, lake_table(name), week)
+        keys = PUBLISHED_KEYS[name]
+        files = int(spark.conf.get("spark.sql.shuffle.partitions")) if name == SESSION_RECOMMENDATIONS else 1
+        lake.write_partition(frame.repartition(files, *keys).sortWithinPartitions(*keys), lake_table(name), week)
         row_counts[name] = read(lake_table(name)).count()
     lake.write_document({"row_counts": row_counts, "model": model}, lake_table(SUMMARY_TABLE), week)
     return row_counts
