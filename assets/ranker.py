@@ -132,11 +132,11 @@ def ranker(
         scratch = Path(scratch)
         with mlflow_tracking.week_run(context) as run:
             try:
-                item_count = audited.read_partition(spark.session, ITEM_STATS_TABLE, sources_week).count()
-                # Lists are built from week W-1's sources: their ALS factors say how alike the items are.
+                # Lists are built from week W-1's sources: their items are the catalogue, their ALS
+                # factors say how alike two items are.
                 diversity = diversity_report(
                     evaluation.predictions, audited.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, sources_week),
-                    item_count)
+                    audited.read_partition(spark.session, ITEM_STATS_TABLE, sources_week))
                 coverage = diversity[RANKER]["catalogue_coverage"]
                 spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
                 spark_write_labels_jsonl(labels, scratch / "labels.jsonl")

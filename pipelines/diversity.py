@@ -36,16 +36,20 @@ def intra_list_diversity(predictions, item_factors) -> float | None:
     return None if row is None or row["diversity"] is None else float(row["diversity"])
 
 
-def catalogue_coverage(predictions, catalogue_size: int) -> float:
-    """The share of a catalogue of `catalogue_size` items that appears in Spark `predictions`."""
-    return predictions.select("aid").distinct().count() / max(catalogue_size, 1)
+def catalogue_coverage(predictions, catalogue) -> float:
+    """The share of the `aid`s of Spark `catalogue` that appear in Spark `predictions` (items outside
+    the catalogue, e.g. new ones from a session's own history, do not count)."""
+    items = catalogue.select("aid").distinct()
+    reached = predictions.select("aid").distinct().join(items, "aid", "left_semi").count()
+    return reached / max(items.count(), 1)
 
 
-def diversity_report(predictions: dict, item_factors, catalogue_size: int) -> dict[str, dict[str, float]]:
-    """{ranking: {"intra_list_diversity", "catalogue_coverage"}} for every ranking's top-k lists."""
+def diversity_report(predictions: dict, item_factors, catalogue) -> dict[str, dict[str, float]]:
+    """{ranking: {"intra_list_diversity", "catalogue_coverage"}} for every ranking's top-k lists;
+    `catalogue`: a frame of the catalogue's `aid`s."""
     report = {}
     for name, frame in predictions.items():
         diversity = intra_list_diversity(frame, item_factors)
-        report[name] = {"catalogue_coverage": catalogue_coverage(frame, catalogue_size),
+        report[name] = {"catalogue_coverage": catalogue_coverage(frame, catalogue),
                         **({"intra_list_diversity": diversity} if diversity is not None else {})}
     return report

@@ -35,7 +35,11 @@ def test_no_list_with_two_items_has_no_diversity(spark, factors):
 def test_coverage_and_the_report_per_ranking(spark, factors):
     ranker = _lists(spark, {(1, "clicks"): [1, 2], (2, "clicks"): [2, 3]})
     popular = _lists(spark, {(1, "clicks"): [1, 3], (2, "clicks"): [1, 3]})
-    assert catalogue_coverage(ranker, 10) == pytest.approx(0.3)
-    report = diversity_report({"ranker": ranker, "baseline_popularity": popular}, factors, 10)
+    catalogue = spark.createDataFrame([(aid,) for aid in range(1, 11)], "aid BIGINT")
+    assert catalogue_coverage(ranker, catalogue) == pytest.approx(0.3)
+    # An item outside the catalogue (new this week) does not count.
+    with_new_item = _lists(spark, {(1, "clicks"): [1, 2], (2, "clicks"): [2, 3, 999]})
+    assert catalogue_coverage(with_new_item, catalogue) == pytest.approx(0.3)
+    report = diversity_report({"ranker": ranker, "baseline_popularity": popular}, factors, catalogue)
     assert report["ranker"] == {"catalogue_coverage": pytest.approx(0.3), "intra_list_diversity": pytest.approx(1.0)}
     assert report["baseline_popularity"] == {"catalogue_coverage": pytest.approx(0.2), "intra_list_diversity": pytest.approx(0.0)}
