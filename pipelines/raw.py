@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from pipelines.lake import STAGING_MAX_AGE_S
 from pipelines.weeks import Week
 
 JSON_LINE_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -287,7 +288,7 @@ def stage_raw_week(raw_uri: str, week: Week, staging_dir: str | Path, s3_client=
 
 @contextmanager
 def staged_raw_week(raw_uri: str, week: Week, staging_root: str | Path, s3_client=None,
-                    max_age_s: float = 24 * 3600.0, max_line_bytes: int | None = None) -> Iterator[RawWeek]:
+                    max_age_s: float = STAGING_MAX_AGE_S, max_line_bytes: int | None = None) -> Iterator[RawWeek]:
     """`stage_raw_week` into this run's own folder under `staging_root` (`run-<random>/week=...`),
     removed when the block ends, whatever happens in it. Leftovers of runs that died more than
     `max_age_s` ago are cleared first; younger ones may be another run's, in use: left alone."""
