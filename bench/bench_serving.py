@@ -150,7 +150,7 @@ def main() -> int:
     parity_dir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     with (parity_dir / "sessions.jsonl").open("w") as out:
         for session in sessions[:args.parity_sessions]:
-            out.write(json.dumps(session) + "\n")
+            out.write(json.dumps(session, default=int) + "\n")  # the pyfunc may leave numpy ints in them
     predict = [sys.executable, "-m", "pipelines", "predict", "--sessions", str(parity_dir / "sessions.jsonl"),
                "--out", str(parity_dir / "predictions.csv")] + (["--model-uri", args.model_uri] if args.model_uri else [])
     subprocess.run(predict, cwd=ROOT, check=True, capture_output=True)
