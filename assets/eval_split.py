@@ -15,7 +15,9 @@ from assets.sessions import sessions
 from pipelines.evaluation import (
     EVAL_LABELS_TABLE,
     EVAL_SESSIONS_TABLE,
+    TRAINING_CUTS_TABLE,
     split_evaluation_sessions,
+    split_training_cuts,
     summarize_split,
 )
 from pipelines.lake import SESSIONS_TABLE
@@ -37,7 +39,8 @@ EVAL_SPLIT_CHECKS = AuditedChecks("eval_split", {
     check_specs=EVAL_SPLIT_CHECKS.specs,
     description=(
         "Sessions whose first event is in week W, each cut at a seeded random position as the official "
-        "OTTO test set does: `eval_sessions` (visible prefixes) and `eval_labels` (next click, later carts and orders)."
+        "OTTO test set does: `eval_sessions` (visible prefixes) and `eval_labels` (next click, later carts and orders); "
+        "`training_cuts`: more cuts of the same sessions followed by a cart or an order, that only the ranker trains on."
     ),
 )
 def eval_split(
@@ -56,7 +59,11 @@ def eval_split(
             audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), written_labels
         ).as_dict(),
     )
+    audited.write_partition(
+        split_training_cuts(week_sessions, seed=pipeline_config.eval_seed, cuts=pipeline_config.training_cuts),
+        TRAINING_CUTS_TABLE, week, stats=lambda written: {"training_cuts": written.count()})
     summary = audited.read_stats(EVAL_LABELS_TABLE, week)
+    training_cuts = audited.read_stats(TRAINING_CUTS_TABLE, week)["training_cuts"]
     return EVAL_SPLIT_CHECKS.audit(
         context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
@@ -64,8 +71,11 @@ def eval_split(
             "seed": pipeline_config.eval_seed,
             "dagster/partition_row_count": summary["eval_sessions"],
             "split": MetadataValue.json(summary),
+            "training_cuts_per_session": pipeline_config.training_cuts,
+            "training_cuts": training_cuts,
             "eval_sessions_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_SESSIONS_TABLE, week))),
             "eval_labels_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_LABELS_TABLE, week))),
+            "training_cuts_path": MetadataValue.path(str(lake.lake.partition_dir(TRAINING_CUTS_TABLE, week))),
         },
     )
 

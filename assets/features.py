@@ -11,20 +11,23 @@ from dagster import (
     asset,
 )
 
-from assets.candidates import candidates
+from assets.candidates import CANDIDATE_CONFIG, candidates
 from assets.partitions import previous_week, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from assets.top_sellers import top_sellers
 from pipelines.candidates import CANDIDATES_TABLE
-from pipelines.evaluation import EVAL_SESSIONS_TABLE, warm_up_week_reason
+from pipelines.evaluation import EVAL_SESSIONS_TABLE, TRAINING_CUTS_TABLE, warm_up_week_reason
 from pipelines.features import (
     FEATURE_CODE_VERSION,
     FEATURE_COLUMNS,
     FEATURES_TABLE,
     ITEM_STATS_TABLE,
+    TRAINING_FEATURES_TABLE,
     add_features,
     features_validation_frame,
+    source_tables,
+    training_cut_features,
 )
 from pipelines.quality import features_suite, validate
 from resources import LakeResource, PipelineConfigResource, SparkResource
@@ -47,7 +50,8 @@ FEATURES_CHECKS = AuditedChecks("features", {
         "Per candidate row: candidate (source scores and ranks, hand-rule rank), session (length, duration, counts), "
         "item (week W-1's `item_stats`: popularity by type over its window and its last week, trend, conversion) and "
         "session x item (interactions, recency, co-visitation weights per matrix, ALS similarity) features. Never "
-        "reads a label, nor any event of W outside the visible prefixes."
+        "reads a label, nor any event of W outside the visible prefixes. `training_features`: the same rows for "
+        "the week's training cuts (buy types), built from the same sources."
     ),
 )
 def features(
@@ -68,7 +72,14 @@ def features(
         stats=lambda written: {"rows": written.count(), "candidate_rows": candidate_rows.count(),
                                "rows_per_type": {r["type"]: r["count"] for r in written.groupBy("type").count().collect()}},
     )
+    cuts = audited.read_partition(spark.session, TRAINING_CUTS_TABLE, week)
+    audited.write_partition(
+        training_cut_features(cuts, source_tables(spark.session, audited, sources_week), CANDIDATE_CONFIG),
+        TRAINING_FEATURES_TABLE, week,
+        stats=lambda written: {"rows": written.count(), "queries": written.select("session").distinct().count()},
+    )
     stats = audited.read_stats(FEATURES_TABLE, week)
+    training = audited.read_stats(TRAINING_FEATURES_TABLE, week)
     return FEATURES_CHECKS.audit(
         context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
@@ -76,6 +87,8 @@ def features(
             "sources_week": sources_week.key,
             "dagster/partition_row_count": stats["rows"],
             "rows_per_type": MetadataValue.json(stats["rows_per_type"]),
+            "training_cut_rows": training["rows"],
+            "training_cut_queries": training["queries"],
             "feature_columns": MetadataValue.json(FEATURE_COLUMNS),
             "n_features": len(FEATURE_COLUMNS),
             "seconds": round(time.perf_counter() - started, 1),
@@ -89,8 +102,14 @@ def features_contract(
     context: AssetExecutionContext, spark: SparkResource, lake: StagedLake, pipeline_config: PipelineConfigResource
 ) -> AssetCheckResult:
     week = pipeline_config.week(context.partition_key)
-    stats = lake.lake.read_stats(FEATURES_TABLE, week)
-    summary = features_validation_frame(lake.lake.read_partition(spark.session, FEATURES_TABLE, week))
-    report = validate(summary, FEATURES_CONTRACT_CHECK, features_suite(stats["candidate_rows"]))
-    return check_result_from_report(report, week=week.key, candidate_rows=stats["candidate_rows"],
+    # The evaluation rows, then the training cuts' rows: the first table that fails is reported.
+    expected_rows = {FEATURES_TABLE: lake.lake.read_stats(FEATURES_TABLE, week)["candidate_rows"]}
+    if lake.lake.has_partition(TRAINING_FEATURES_TABLE, week):
+        expected_rows[TRAINING_FEATURES_TABLE] = lake.lake.read_stats(TRAINING_FEATURES_TABLE, week)["rows"]
+    for table, rows in expected_rows.items():
+        summary = features_validation_frame(lake.lake.read_partition(spark.session, table, week))
+        report = validate(summary, FEATURES_CONTRACT_CHECK, features_suite(rows))
+        if not report.success:
+            break
+    return check_result_from_report(report, week=week.key, table=table, expected_rows=rows,
                                     **summary.iloc[0].to_dict())

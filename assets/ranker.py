@@ -26,14 +26,20 @@ from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_r
 from assets.top_sellers import top_sellers
 from pipelines.als import ALS_ITEM_FACTORS_TABLE
 from pipelines.diversity import diversity_report
-from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long, warm_up_week_reason
-from pipelines.features import FEATURE_CODE_VERSION, FEATURE_COLUMNS, FEATURES_TABLE, ITEM_STATS_TABLE, source_tables
+from pipelines.evaluation import EVAL_LABELS_TABLE, TRAINING_CUTS_TABLE, warm_up_week_reason
+from pipelines.features import (
+    FEATURE_CODE_VERSION,
+    FEATURE_COLUMNS,
+    FEATURES_TABLE,
+    ITEM_STATS_TABLE,
+    TRAINING_FEATURES_TABLE,
+    source_tables,
+)
 from pipelines.metrics import spark_recall_curve, spark_write_labels_jsonl, spark_write_predictions_csv
 from pipelines.model import Bundle, log_recommender, save_bundle
 from pipelines.plots import plot_feature_importance, plot_recall_curves
-from pipelines.popularity import TOP_SELLERS_TABLE
 from pipelines.quality import ranker_suite, validate
-from pipelines.ranker import BASELINES, RANKER, RankerConfig, earlier_labelled_weeks, evaluate_ranker
+from pipelines.ranker import BASELINES, RANKER, RankerConfig, evaluate_week
 from pipelines.registry import RUN_ID_TAG, WEEK_TAG, gate_version
 from pipelines.spark import release_driver_heap
 from pipelines.stages.registered_scores import score_registered_versions
@@ -113,17 +119,12 @@ def ranker(
         return RANKER_CHECKS.warm_up(context, audited, reason, metadata={"week": week.key})
     ranker_config = config.to_ranker_config()
     started = time.perf_counter()
-    labels = labels_long(audited.read_partition(spark.session, EVAL_LABELS_TABLE, week))
     # The fits run in this process beside the JVM: it gives its idle heap back first.
     release_driver_heap(spark.session)
-    earlier, skipped_weeks = earlier_labelled_weeks(spark.session, audited, week, ranker_config)
-    for skipped_week, why in skipped_weeks.items():
+    trained = evaluate_week(spark.session, audited, week, sources_week, ranker_config)
+    for skipped_week, why in trained.skipped.items():
         context.log.info(f"ranker: week {skipped_week} not trained on: {why}")
-    week_features = audited.read_partition(spark.session, FEATURES_TABLE, week)
-    # The popularity baseline ranks with the lists the rows were built from (week W-1's).
-    evaluation = evaluate_ranker(week_features, labels,
-                                 audited.read_partition(spark.session, TOP_SELLERS_TABLE, sources_week), ranker_config,
-                                 earlier_weeks=list(earlier.values()))
+    evaluation, week_features, labels = trained.evaluation, trained.features, trained.labels
     fit_seconds = time.perf_counter() - started
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
     baselines = {name: metrics[name]["score"] for name in BASELINES}
@@ -154,16 +155,18 @@ def ranker(
                 **flatten_metrics("diversity", diversity),
                 "catalogue_coverage": coverage,
                 "ranker.seconds": fit_seconds,
-                "ranker.label_weeks_used": 1 + len(earlier),
+                "ranker.label_weeks_used": len(trained.label_weeks),
+                "ranker.training_cut_weeks_used": len(trained.cut_weeks),
                 **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
                 **{f"ranker.sample_rows.{t}": r.sample_rows for t, r in results.items()},
                 **{f"ranker.rounds.{t}": r.rounds for t, r in results.items()},
             })
             for path in sorted(scratch.iterdir()):
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
-            trained_on = [week, *(pipeline_config.week(key) for key in earlier)]
+            trained_on = [(pipeline_config.week(key), (FEATURES_TABLE, EVAL_LABELS_TABLE)) for key in trained.label_weeks]
+            trained_on += [(pipeline_config.week(key), (TRAINING_FEATURES_TABLE, TRAINING_CUTS_TABLE)) for key in trained.cut_weeks]
             log_lake_inputs({f"{table}/{labelled.folder}": audited.partition_dir(table, labelled)
-                             for labelled in trained_on for table in (FEATURES_TABLE, EVAL_LABELS_TABLE)},
+                             for labelled, tables in trained_on for table in tables},
                             context="training")
 
             bundle = save_bundle(
@@ -198,7 +201,8 @@ def ranker(
             "week": week.key, "rows_sources_week": sources_week.key, "metrics": metrics, "ceiling": evaluation.ceiling,
             "coverage": coverage, "model_name": mlflow_tracking.registered_model_name, "mlflow_run_id": run_id,
             "train_rows": {t: r.train_rows for t, r in results.items()},
-            "label_weeks": [week.key, *earlier], "label_weeks_skipped": skipped_weeks,
+            "label_weeks": trained.label_weeks, "training_cut_weeks": trained.cut_weeks,
+            "label_weeks_skipped": trained.skipped,
             "rounds": {t: {"final": r.rounds, "folds": [f.rounds for f in r.folds]} for t, r in results.items()},
             "previous_week_forward": None if previous_week is None else {
                 "week": week.shift(-1).key, "model_version": previous_week[0], "metrics": registered_scores.forward},
@@ -261,7 +265,8 @@ def ranker(
                 "mlflow_run_id": run_id,
                 "fit_seconds": round(fit_seconds, 1),
                 # The weeks whose labelled sessions the ranker trained on; only this week's are scored.
-                "label_weeks": MetadataValue.json({"used": [week.key, *earlier], "skipped": skipped_weeks}),
+                "label_weeks": MetadataValue.json({"used": trained.label_weeks, "training_cuts": trained.cut_weeks,
+                                                   "skipped": trained.skipped}),
                 # The model in MLflow holds the rankers; the tables it reads stay in the lake.
                 "bundle_bytes": bundle_size["bundle"],
                 "bundle_table_bytes": bundle_size["tables"],

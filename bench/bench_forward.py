@@ -82,18 +82,13 @@ def lake_without_als(spark, lake: Lake, week: Week, root: Path) -> Lake:
 def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
     """Evaluate the ranker on W's labelled rows (as the `ranker` asset does: the popularity baseline from
     W-1's lists, the rows' sources) and save W's bundle with W's sources."""
-    from pipelines.features import FEATURES_TABLE, source_tables
+    from pipelines.features import source_tables
     from pipelines.model import save_bundle
-    from pipelines.popularity import TOP_SELLERS_TABLE
-    from pipelines.ranker import RankerConfig, earlier_labelled_weeks, evaluate_ranker
+    from pipelines.ranker import RankerConfig, evaluate_week
 
-    read = lambda table: lake.read_partition(spark, table, week)  # noqa: E731
     release_driver_heap(spark)
     started = time.perf_counter()
-    earlier, _ = earlier_labelled_weeks(spark, lake, week, RankerConfig())
-    evaluation = evaluate_ranker(read(FEATURES_TABLE), labels_long(read(EVAL_LABELS_TABLE)),
-                                 lake.read_partition(spark, TOP_SELLERS_TABLE, week.shift(-1)),
-                                 RankerConfig(), earlier_weeks=list(earlier.values()))
+    evaluation = evaluate_week(spark, lake, week, week.shift(-1), RankerConfig()).evaluation
     evaluation.release()
     seconds = time.perf_counter() - started
     tables_dir = lake.model_tables_dir(f"bench-forward-{week.key}")

@@ -88,6 +88,8 @@ class Settings:
     # A raw line longer than this is quarantined `line_too_long` without being parsed.
     max_line_bytes: int = 1 << 20
     eval_seed: int = 42
+    # More cuts of each evaluation session that the ranker trains on (`split_training_cuts`).
+    training_cuts: int = 2
     experiment_name: str = "session-recommender"
     registered_model_name: str = "session-recommender"
     # The champion alias moves to a new version unless it scores below the champion minus this.
@@ -115,6 +117,7 @@ class Settings:
             max_session_events=_env_int("RECSYS_MAX_SESSION_EVENTS", 500),
             max_line_bytes=_env_int("RECSYS_MAX_LINE_BYTES", cls.max_line_bytes),
             eval_seed=_env_int("RECSYS_EVAL_SEED", 42),
+            training_cuts=_env_int("RECSYS_TRAINING_CUTS", cls.training_cuts),
             experiment_name=_env("RECSYS_MLFLOW_EXPERIMENT", "session-recommender"),
             registered_model_name=_env("RECSYS_MODEL_NAME", "session-recommender"),
             champion_tolerance=_env_float("RECSYS_CHAMPION_TOLERANCE", 0.002),

@@ -7,6 +7,9 @@ after the cut give the labels (`clicks`: the next clicked aid, `carts`/`orders`:
 carted/ordered after the cut). The cut is a hash of (session, seed), so it is the same on
 every run and on every executor without a driver-side random stream.
 
+Training cuts (`split_training_cuts`) are more cuts of the same sessions, at other positions, that
+only the ranker trains on: each is a query of its own, in the fold of the session it was cut from.
+
 The labelled rows of W are built from week W-1's sources, fitted on `window_events` through the
 end of W-1: no event of a week-W session reaches the features of its own rows.
 """
@@ -20,6 +23,9 @@ from pipelines.weeks import Week
 
 EVAL_SESSIONS_TABLE = "eval_sessions"
 EVAL_LABELS_TABLE = "eval_labels"
+TRAINING_CUTS_TABLE = "training_cuts"
+# Hashed query ids and one slot per cut: more would only repeat sessions in the training sample.
+MAX_TRAINING_CUTS = 4
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,31 @@ class EvalSplitSummary:
         return dict(self.__dict__)
 
 
+def cut_position(n_events, seed: int, *salts):
+    """A Spark column: a cut uniform in 1..n-1, like random.randint(1, n - 1), fixed by the
+    session, `seed` and `salts` (each salt draws an independent cut)."""
+    from pyspark.sql import functions as F
+
+    hashed = F.xxhash64(F.col("session"), F.lit(seed), *[F.lit(salt) for salt in salts])
+    return (F.pmod(hashed, n_events - 1) + 1).cast("int")
+
+
+def labels_after_cut(hidden: str = "hidden"):
+    """The label columns of a cut from its hidden events: `clicks` (the next clicked aid, null if
+    none), `carts`, `orders` (every aid carted or ordered after the cut)."""
+    from pyspark.sql import functions as F
+
+    hidden_aids = lambda kind: F.array_distinct(  # noqa: E731
+        F.transform(F.filter(hidden, lambda e: e["type"] == kind), lambda e: e["aid"])
+    )
+    return [
+        # try_element_at: no click after the cut is null, not an error under ANSI mode.
+        F.try_element_at(F.filter(hidden, lambda e: e["type"] == "clicks"), F.lit(1))["aid"].alias("clicks"),
+        hidden_aids("carts").alias("carts"),
+        hidden_aids("orders").alias("orders"),
+    ]
+
+
 def split_evaluation_sessions(sessions, seed: int):
     """(`eval_sessions`, `eval_labels`) frames from week W's `sessions` table.
 
@@ -47,15 +78,11 @@ def split_evaluation_sessions(sessions, seed: int):
 
     candidates = sessions.where(F.col("started_in_week") & (F.col("n_events") >= 2)).select("session", "history")
     n_events = F.size("history")
-    # Uniform in 1..n-1, like random.randint(1, n - 1).
-    cut = (F.pmod(F.xxhash64(F.col("session"), F.lit(seed)), n_events - 1) + 1).cast("int")
+    cut = cut_position(n_events, seed)
     split = candidates.select(
         "session",
         F.slice("history", 1, cut).alias("prefix"),
         F.slice("history", cut + 1, n_events - cut).alias("hidden"),
-    )
-    hidden_aids = lambda kind: F.array_distinct(  # noqa: E731
-        F.transform(F.filter("hidden", lambda e: e["type"] == kind), lambda e: e["aid"])
     )
     eval_sessions = split.select(
         "session",
@@ -64,14 +91,38 @@ def split_evaluation_sessions(sessions, seed: int):
         F.size("hidden").alias("n_hidden"),
         F.element_at("prefix", -1)["ts"].alias("cut_ts"),
     )
-    eval_labels = split.select(
-        "session",
-        # try_element_at: no click after the cut is null, not an error under ANSI mode.
-        F.try_element_at(F.filter("hidden", lambda e: e["type"] == "clicks"), F.lit(1))["aid"].alias("clicks"),
-        hidden_aids("carts").alias("carts"),
-        hidden_aids("orders").alias("orders"),
-    )
+    eval_labels = split.select("session", *labels_after_cut())
     return eval_sessions, eval_labels
+
+
+def split_training_cuts(sessions, seed: int, cuts: int):
+    """Training-only queries of week W: up to `cuts` more cuts of each evaluation session, at
+    other positions than its evaluation cut, kept where a cart or an order follows the cut (the
+    buy targets are where labelled sessions are scarce; clicks have one in nearly every session).
+
+    `session, origin, prefix, clicks, carts, orders`: `session` is the query's own negative id
+    (hashed from the origin session and the cut; evaluation sessions are never negative), `origin`
+    the evaluation session it was cut from. Nothing here is scored or reported: the ranker trains
+    on these queries beside the evaluation cuts, in the fold of their origin session."""
+    from pyspark.sql import functions as F
+
+    if not 0 <= cuts <= MAX_TRAINING_CUTS:
+        raise ValueError(f"training cuts per session must be within 0..{MAX_TRAINING_CUTS}, not {cuts}")
+    started = sessions.where(F.col("started_in_week") & (F.col("n_events") >= 3)).select("session", "history")
+    n_events = F.size("history")
+    others = F.array_distinct(F.array(*[cut_position(n_events, seed, "training", c) for c in range(1, max(cuts, 1) + 1)]))
+    extra = F.array_except(others, F.array(cut_position(n_events, seed)))
+    exploded = started.select("session", "history", F.posexplode(extra).alias("slot", "cut"))
+    query = -(F.pmod(F.xxhash64(F.col("session"), F.lit(seed), F.lit("training"), F.col("slot")), F.lit(1 << 62)) + 1)
+    split = exploded.select(
+        query.alias("query"),
+        F.col("session").alias("origin"),
+        F.slice("history", 1, F.col("cut")).alias("prefix"),
+        F.slice("history", F.col("cut") + 1, n_events - F.col("cut")).alias("hidden"),
+    )
+    labelled = split.select(F.col("query").alias("session"), "origin", "prefix", *labels_after_cut())
+    # With no cuts the frame keeps its schema and holds no row.
+    return labelled.where(((F.size("carts") > 0) | (F.size("orders") > 0)) & F.lit(cuts > 0))
 
 
 def summarize_split(eval_sessions, eval_labels) -> EvalSplitSummary:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from pipelines.candidates import PAIR_FEATURES, SOURCES, CandidateConfig, build_candidates
 from pipelines.spark import broadcast_if_small
-from pipelines.vocabulary import DAY_MS, EVENT_TYPES
+from pipelines.vocabulary import BUY_TYPES, DAY_MS, EVENT_TYPES
 
 FEATURES_TABLE = "features"
+TRAINING_FEATURES_TABLE = "training_features"
 ITEM_STATS_TABLE = "item_stats"
 # Bumped when the candidate or feature rows change meaning: the `candidates` and `features` assets
 # carry it as their Dagster code version, so partitions written by older code show as stale.
@@ -34,7 +35,8 @@ ITEM_STATS_TABLE = "item_stats"
 # 3: ALS proposes 10, top sellers only fill short lists; co-visitation weights of the latest items.
 # 4: rows from week W-1's sources (one fit per week); time-decayed interaction counts per type.
 # 5: two-hop clicks co-visitation weight summed from the session's items.
-FEATURE_CODE_VERSION = "5"
+# 6: training-cut queries get feature rows of their own (`training_features`).
+FEATURE_CODE_VERSION = "6"
 KEY_COLUMNS = ("session", "type", "aid")
 TREND_SMOOTHING = 5.0
 
@@ -149,6 +151,15 @@ def candidate_features(sessions, tables: SourceTables, config: CandidateConfig):
     """Candidates and features in one go: what the served model computes for new sessions."""
     candidates = build_candidates(sessions, tables.covisitation, tables.similar_items, tables.top_sellers, config)
     return add_features(candidates, sessions, tables.item_stats)
+
+
+def training_cut_features(cuts, tables: SourceTables, config: CandidateConfig):
+    """The feature rows of week W's training cuts (`split_training_cuts`), built like the
+    evaluation rows (same sources, same candidates) for the buy types they were kept for."""
+    from pyspark.sql import functions as F
+
+    rows = candidate_features(cuts.select("session", "prefix"), tables, config)
+    return rows.where(F.col("type").isin(*BUY_TYPES))
 
 
 def features_validation_frame(features):

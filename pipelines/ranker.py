@@ -29,7 +29,10 @@ Several weeks of labels: the labelled sessions of up to `label_weeks - 1` earlie
 the training sample (`labelled_rows_of_weeks`), each week's rows as its own `features` partition
 holds them, built with that week's sources and visible prefixes, so no week's hidden events reach
 its features. The folds, by session hash, cut across every week; only week W's rows are scored and
-measured, each by the fold model that never saw the session.
+measured, each by the fold model that never saw the session. Training cuts (more cuts of the same
+sessions, followed by a cart or an order: `TrainingCuts`) join the sample as queries of their own,
+drawn, held out and folded with their origin session, so no fold model sees a cut of a session it
+scores; they are never scored.
 
 LightGBM's OpenMP threads do not survive being copied into a child process: nothing here starts
 one, and every process pool of the project and its tests uses the `spawn` start method.
@@ -124,7 +127,7 @@ class RankerConfig:
 @dataclass
 class FoldRecord:
     fold: int
-    # Sessions the fold's model was fitted on (none of them in the fold it scores).
+    # Sessions the fold's model was fitted on, training cuts by their origin (none in the fold it scores).
     train_sessions: set[int]
     held_out_sessions: int
     train_rows: int
@@ -157,19 +160,19 @@ class TargetResult:
 # --- Spark: labels, folds, the training sample ---------------------------------------------
 
 
-def session_uniform(seed: int, salt: str):
-    """A Spark column: a uniform number in [0, 1) per session, fixed by `seed` and `salt` (draws
-    with different salts are independent), the same on every partitioning and machine."""
+def session_uniform(seed: int, salt: str, column: str = "session"):
+    """A Spark column: a uniform number in [0, 1) per session id in `column`, fixed by `seed` and
+    `salt` (draws with different salts are independent), the same on every partitioning and machine."""
     from pyspark.sql import functions as F
 
-    return F.pmod(F.xxhash64("session", F.lit(seed), F.lit(salt)), F.lit(1 << 30)) / float(1 << 30)
+    return F.pmod(F.xxhash64(column, F.lit(seed), F.lit(salt)), F.lit(1 << 30)) / float(1 << 30)
 
 
-def fold_column(folds: int, seed: int):
-    """A Spark column: the session's fold, 0..folds-1."""
+def fold_column(folds: int, seed: int, column: str = "session"):
+    """A Spark column: the fold, 0..folds-1, of the session id in `column`."""
     from pyspark.sql import functions as F
 
-    return F.floor(session_uniform(seed, "fold") * folds).cast("int")
+    return F.floor(session_uniform(seed, "fold", column) * folds).cast("int")
 
 
 _XXH_PRIMES = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
@@ -236,26 +239,44 @@ def graded_labels(labels):
     return graded.groupBy(*KEY_COLUMNS).agg(F.max(LABEL_COLUMN).cast("tinyint").alias(LABEL_COLUMN))
 
 
-def labelled_rows(features, graded, config: RankerConfig):
-    """Spark: the candidate feature rows of every type with `label` and `fold`."""
+def labelled_rows(features, graded, config: RankerConfig, origins=None):
+    """Spark: the candidate feature rows of every type with `label`, `origin` (the evaluation
+    session the query was cut from: itself, or `origins`' `session, origin` for training cuts) and
+    `fold` (the origin's, so no fold model trains on a cut of a session it scores)."""
+    from pyspark.sql import functions as F
+
     rows = features.select(*KEY_COLUMNS, *FEATURE_COLUMNS)
+    rows = (rows.withColumn("origin", F.col("session")) if origins is None
+            else rows.join(broadcast_if_small(origins.select("session", "origin")), "session"))
     return (
         rows.join(broadcast_if_small(graded), list(KEY_COLUMNS), "left")
         .fillna(0, subset=[LABEL_COLUMN])
-        .withColumn("fold", fold_column(config.folds, config.seed))
+        .withColumn("fold", fold_column(config.folds, config.seed, "origin"))
     )
 
 
-def labelled_rows_of_weeks(features, labels, config: RankerConfig, earlier_weeks=()):
-    """`labelled_rows` of week W (`features`, long `labels`) and of `earlier_weeks` ((features,
-    labels) pairs, newest first), each week labelled by its own truth. A session whose events run
-    into a later week is that week's: its earlier rows are left out, so no session is two queries."""
+@dataclass(frozen=True)
+class TrainingCuts:
+    """One week's training-cut queries (`pipelines.evaluation.split_training_cuts`) as Spark frames."""
+
+    features: object  # `training_features` rows
+    labels: object  # long labels: session, type, aid
+    origins: object  # session, origin
+
+
+def labelled_rows_of_weeks(features, labels, config: RankerConfig, earlier_weeks=(), training_cuts=()):
+    """`labelled_rows` of week W (`features`, long `labels`), of `earlier_weeks` ((features,
+    labels) pairs, newest first), each week labelled by its own truth, and of `training_cuts`
+    (`TrainingCuts` of any of those weeks). A session whose events run into a later week is that
+    week's: its earlier evaluation rows are left out, so no session is two evaluation queries."""
     rows = labelled_rows(features, graded_labels(labels), config)
     later_sessions = features.select("session")
     for week_features, week_labels in earlier_weeks:
         week_rows = labelled_rows(week_features, graded_labels(week_labels), config)
         rows = rows.unionByName(week_rows.join(later_sessions.distinct(), "session", "left_anti"))
         later_sessions = later_sessions.unionByName(week_features.select("session"))
+    for cuts in training_cuts:
+        rows = rows.unionByName(labelled_rows(cuts.features, graded_labels(cuts.labels), config, cuts.origins))
     return rows
 
 
@@ -281,6 +302,57 @@ def earlier_labelled_weeks(spark, lake, week, config: RankerConfig) -> tuple[dic
     return weeks, skipped
 
 
+def training_cuts_of_weeks(spark, lake, weeks) -> tuple[dict, dict[str, str]]:
+    """{week key: `TrainingCuts`} of the `weeks` whose training cuts the lake holds with every
+    feature column, and why any other week's are left out."""
+    from pipelines.evaluation import TRAINING_CUTS_TABLE, labels_long
+    from pipelines.features import TRAINING_FEATURES_TABLE
+
+    found, skipped = {}, {}
+    for week in weeks:
+        if not (lake.has_partition(TRAINING_FEATURES_TABLE, week) and lake.has_partition(TRAINING_CUTS_TABLE, week)):
+            skipped[week.key] = "no training cuts in the lake"
+            continue
+        cut_features = lake.read_partition(spark, TRAINING_FEATURES_TABLE, week)
+        if set(FEATURE_COLUMNS) - set(cut_features.columns):
+            skipped[week.key] = "training cuts of older code"
+            continue
+        cuts = lake.read_partition(spark, TRAINING_CUTS_TABLE, week)
+        found[week.key] = TrainingCuts(cut_features, labels_long(cuts), cuts.select("session", "origin"))
+    return found, skipped
+
+
+@dataclass
+class WeekTraining:
+    """What the `ranker` stage trained and scored for week W (`evaluate_week`)."""
+
+    evaluation: "RankerEvaluation"
+    features: object  # W's evaluation rows (Spark)
+    labels: object  # W's long labels (Spark)
+    label_weeks: list[str]  # W, then the earlier weeks whose evaluation sessions were trained on
+    cut_weeks: list[str]  # the weeks whose training cuts were trained on
+    skipped: dict[str, str]  # week key -> why its labels or its training cuts were left out
+
+
+def evaluate_week(spark, lake, week, sources_week, config: RankerConfig) -> WeekTraining:
+    """`evaluate_ranker` on week W's labelled rows as the `ranker` stage trains it: W's and the
+    earlier weeks' evaluation rows (`earlier_labelled_weeks`), the training cuts of those weeks,
+    and the popularity baseline from the lists the rows were built from (`sources_week`'s)."""
+    from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long
+    from pipelines.features import FEATURES_TABLE
+    from pipelines.popularity import TOP_SELLERS_TABLE
+
+    earlier, skipped = earlier_labelled_weeks(spark, lake, week, config)
+    label_weeks = [week, *(week.shift(-back) for back in range(1, config.label_weeks) if week.shift(-back).key in earlier)]
+    cuts, skipped_cuts = training_cuts_of_weeks(spark, lake, label_weeks)
+    skipped.update({key: f"training cuts: {why}" for key, why in skipped_cuts.items()})
+    features = lake.read_partition(spark, FEATURES_TABLE, week)
+    labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week))
+    evaluation = evaluate_ranker(features, labels, lake.read_partition(spark, TOP_SELLERS_TABLE, sources_week),
+                                 config, earlier_weeks=list(earlier.values()), training_cuts=list(cuts.values()))
+    return WeekTraining(evaluation, features, labels, [w.key for w in label_weeks], list(cuts), skipped)
+
+
 def sampled_sessions_per_type(config: RankerConfig) -> int:
     """Sessions with a positive drawn per type: enough that each fold's fit (on the other folds,
     less the held-out validation sessions) still sees up to `max_train_sessions`."""
@@ -289,16 +361,16 @@ def sampled_sessions_per_type(config: RankerConfig) -> int:
 
 
 def sessions_with_a_positive(labelled):
-    """Spark `type, session, rows`: for every type, the sessions with a positive among their
+    """Spark `type, session, origin, rows`: for every type, the sessions with a positive among their
     candidate rows, and how many rows they have (one pass over every type's rows; persist it when
     several types are sampled)."""
     from pyspark.sql import functions as F
 
     return (
         labelled.groupBy("type", "session")
-        .agg(F.max(LABEL_COLUMN).alias("best_label"), F.count(F.lit(1)).alias("rows"))
+        .agg(F.max(LABEL_COLUMN).alias("best_label"), F.count(F.lit(1)).alias("rows"), F.max("origin").alias("origin"))
         .where(F.col("best_label") > 0)
-        .select("type", "session", "rows")
+        .select("type", "session", "origin", "rows")
     )
 
 
@@ -317,15 +389,17 @@ def training_sample(labelled, event_type: str, config: RankerConfig, positives=N
 
     positives = sessions_with_a_positive(labelled) if positives is None else positives
     rows = labelled.where(F.col("type") == event_type)
-    with_positive = positives.where(F.col("type") == event_type).select("session", "rows")
+    with_positive = positives.where(F.col("type") == event_type).select("session", "origin", "rows")
     totals = with_positive.agg(F.count(F.lit(1)).alias("sessions"), F.sum("rows").alias("rows")).first()
     if totals["sessions"] == 0:
         raise ValueError(f"{event_type}: no evaluation session has a positive; too little data to train a ranker")
     share = min(1.0, sampled_sessions_per_type(config) / totals["sessions"], config.max_sample_rows / totals["rows"])
-    chosen = with_positive.select("session").where(session_uniform(config.seed, "sample") < share).withColumn(
-        "validation", session_uniform(config.seed, "validation") < config.validation_share)
+    # Drawn by origin session: a training cut goes with its session into the sample and the validation share.
+    chosen = with_positive.where(session_uniform(config.seed, "sample", "origin") < share).select(
+        "session", (session_uniform(config.seed, "validation", "origin") < config.validation_share).alias("validation"))
     kept = rows.join(broadcast_if_small(chosen), "session").select(
-        "session", "aid", LABEL_COLUMN, "fold", "validation", *[F.col(c).cast("float").alias(c) for c in FEATURE_COLUMNS])
+        "session", "origin", "aid", LABEL_COLUMN, "fold", "validation",
+        *[F.col(c).cast("float").alias(c) for c in FEATURE_COLUMNS])
     sample = kept.toArrow().to_pandas(split_blocks=True, self_destruct=True)
     return sample.sort_values(["session", "aid"], kind="stable", ignore_index=True)
 
@@ -490,7 +564,7 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
     train_all = training_rows(sample, config.negatives_per_session[event_type], config.seed).reset_index(drop=True)
     binned = binned_rows(train_all, config)
     # The features now live in `binned`; the fits only select sessions.
-    train_all = train_all[["session", "aid", LABEL_COLUMN, "fold"]]
+    train_all = train_all[["session", "origin", "aid", LABEL_COLUMN, "fold"]]
     records, fold_models = [], {}
     for fold in range(config.folds):
         train = train_all[train_all["fold"] != fold]
@@ -501,7 +575,7 @@ def fit_target(sample: pd.DataFrame, event_type: str, config: RankerConfig) -> T
         fold_models[fold] = model
         records.append(FoldRecord(
             fold=fold,
-            train_sessions=set(train.loc[~train["session"].isin(held["session"].unique()), "session"].unique().tolist()),
+            train_sessions=set(train.loc[~train["origin"].isin(held["origin"].unique()), "origin"].unique().tolist()),
             held_out_sessions=int(held["session"].nunique()),
             train_rows=len(train),
             rounds=rounds,
@@ -685,9 +759,9 @@ BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
 
 
 def evaluate_ranker(features, labels, top_sellers, config: RankerConfig, types=EVENT_TYPES, k: int = K,
-                    earlier_weeks=()) -> RankerEvaluation:
-    """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`) and
-    those of `earlier_weeks` ((features, labels), newest first), score W's out-of-fold
+                    earlier_weeks=(), training_cuts=()) -> RankerEvaluation:
+    """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`), those
+    of `earlier_weeks` ((features, labels), newest first) and `training_cuts`, score W's out-of-fold
     predictions, the hand rule on the same candidate rows and the popularity baseline
     (`top_sellers`' lists) on the same sessions."""
     from pyspark import StorageLevel
@@ -698,7 +772,7 @@ def evaluate_ranker(features, labels, top_sellers, config: RankerConfig, types=E
     scored = positives = None
     timings: dict[str, float] = {}
     try:
-        rows = labelled_rows_of_weeks(features, labels, config, earlier_weeks)
+        rows = labelled_rows_of_weeks(features, labels, config, earlier_weeks, training_cuts)
         positives = sessions_with_a_positive(rows).persist(StorageLevel.MEMORY_AND_DISK)
         for event_type in types:
             clock = time.perf_counter()

@@ -77,6 +77,7 @@ class PipelineConfigResource(ConfigurableResource):
     max_session_events: int = 500
     max_line_bytes: int = Settings.max_line_bytes
     eval_seed: int = 42
+    training_cuts: int = Settings.training_cuts
     max_quarantine_rate: float = QualityThresholds.max_quarantine_rate
     drift_min_volume_ratio: float = QualityThresholds.min_volume_ratio
     drift_max_volume_ratio: float = QualityThresholds.max_volume_ratio
@@ -242,6 +243,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
             max_session_events=settings.max_session_events,
             max_line_bytes=settings.max_line_bytes,
             eval_seed=settings.eval_seed,
+            training_cuts=settings.training_cuts,
             max_quarantine_rate=quality.max_quarantine_rate,
             drift_min_volume_ratio=quality.min_volume_ratio,
             drift_max_volume_ratio=quality.max_volume_ratio,
