@@ -34,13 +34,13 @@ from pipelines.publish import (
     SESSION_RECOMMENDATIONS,
     ModelInfo,
     failed_gates,
-    is_s3_uri,
     previous_manifest,
     publish_week,
     run_publish_gates,
     s3_client_from_resource,
     verify_manifest,
 )
+from pipelines.raw import is_s3_uri
 from pipelines.recommendations import HAND_RULE_MODEL, SUMMARY_TABLE, catalogue, lake_table, write_recommendation_tables
 from resources import LakeResource, MlflowResource, PipelineConfigResource, PublishResource, SparkResource
 

@@ -20,17 +20,18 @@ DEFAULT_TIMEZONE = "Europe/Berlin"
 DEFAULT_PUBLISH_URI = str(PROJECT_ROOT / "data" / "published")
 
 
-def _env(name: str, default: str) -> str:
+def env_or_default(name: str, default: str) -> str:
+    """The environment variable's value, stripped, or `default` when it is unset or blank."""
     value = os.environ.get(name, "").strip()
     return value or default
 
 
 def _env_float(name: str, default: float) -> float:
-    return float(_env(name, str(default)))
+    return float(env_or_default(name, str(default)))
 
 
 def _env_int(name: str, default: int) -> int:
-    return int(_env(name, str(default)))
+    return int(env_or_default(name, str(default)))
 
 
 def _absolute_uri(value: str) -> str:
@@ -102,13 +103,13 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         return cls(
-            raw_uri=_absolute_uri(_env("RECSYS_RAW_URI", str(SAMPLE_RAW_DIR))),
-            lake_dir=_absolute_uri(_env("RECSYS_LAKE_DIR", "data/lake")),
-            publish_uri=_absolute_uri(_env("RECSYS_PUBLISH_URI", DEFAULT_PUBLISH_URI)),
-            partition_start=_env("RECSYS_PARTITION_START", DEFAULT_PARTITION_START),
-            timezone=_env("RECSYS_TIMEZONE", DEFAULT_TIMEZONE),
-            spark_master=_env("SPARK_MASTER", "local[*]"),
-            mlflow_tracking_uri=_env(
+            raw_uri=_absolute_uri(env_or_default("RECSYS_RAW_URI", str(SAMPLE_RAW_DIR))),
+            lake_dir=_absolute_uri(env_or_default("RECSYS_LAKE_DIR", "data/lake")),
+            publish_uri=_absolute_uri(env_or_default("RECSYS_PUBLISH_URI", DEFAULT_PUBLISH_URI)),
+            partition_start=env_or_default("RECSYS_PARTITION_START", DEFAULT_PARTITION_START),
+            timezone=env_or_default("RECSYS_TIMEZONE", DEFAULT_TIMEZONE),
+            spark_master=env_or_default("SPARK_MASTER", "local[*]"),
+            mlflow_tracking_uri=env_or_default(
                 "MLFLOW_TRACKING_URI", f"sqlite:///{PROJECT_ROOT / 'data' / 'mlflow' / 'mlflow.db'}"
             ),
             aws_endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
@@ -118,8 +119,8 @@ class Settings:
             max_line_bytes=_env_int("RECSYS_MAX_LINE_BYTES", cls.max_line_bytes),
             eval_seed=_env_int("RECSYS_EVAL_SEED", 42),
             training_cuts=_env_int("RECSYS_TRAINING_CUTS", cls.training_cuts),
-            experiment_name=_env("RECSYS_MLFLOW_EXPERIMENT", "session-recommender"),
-            registered_model_name=_env("RECSYS_MODEL_NAME", "session-recommender"),
+            experiment_name=env_or_default("RECSYS_MLFLOW_EXPERIMENT", "session-recommender"),
+            registered_model_name=env_or_default("RECSYS_MODEL_NAME", "session-recommender"),
             champion_tolerance=_env_float("RECSYS_CHAMPION_TOLERANCE", 0.002),
             staging_max_age_hours=_env_float("RECSYS_STAGING_MAX_AGE_HOURS", cls.staging_max_age_hours),
             quality=QualityThresholds.from_env(),

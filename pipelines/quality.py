@@ -412,7 +412,7 @@ def ranker_suite(tolerance: float) -> list:
     ]
 
 
-# --- published recommendation tables (pre-publication gates, see pipelines/publish.py) ----
+# --- published recommendation tables (pre-publication gates, see pipelines/publish/gates.py)
 
 
 def published_lists_suite(key_columns, min_length: int = 1, max_length: int = 20) -> list:
