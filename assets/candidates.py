@@ -21,9 +21,9 @@ from assets.top_sellers import top_sellers
 from pipelines.metrics import K, spark_score
 from pipelines.popularity import popularity_predictions
 from pipelines.candidates import (
+    CANDIDATE_CONFIG,
     CANDIDATES_TABLE,
     MAX_CANDIDATES_PER_QUERY,
-    CandidateConfig,
     build_candidates,
     label_hits,
     recall_report,
@@ -38,7 +38,6 @@ CANDIDATES_CONTRACT_CHECK = "candidates_contract"
 CANDIDATES_CHECKS = AuditedChecks("candidates", {
     CANDIDATES_CONTRACT_CHECK: "GE: one row per (session, type, aid), known types, every row from a source, < 10,000 per query.",
 })
-CANDIDATE_CONFIG = CandidateConfig()
 
 
 def report_table(report: dict) -> str:

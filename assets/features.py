@@ -11,12 +11,12 @@ from dagster import (
     asset,
 )
 
-from assets.candidates import CANDIDATE_CONFIG, candidates
+from assets.candidates import candidates
 from assets.partitions import previous_week, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from assets.top_sellers import top_sellers
-from pipelines.candidates import CANDIDATES_TABLE
+from pipelines.candidates import CANDIDATE_CONFIG, CANDIDATES_TABLE
 from pipelines.evaluation import EVAL_SESSIONS_TABLE, TRAINING_CUTS_TABLE, warm_up_week_reason
 from pipelines.features import (
     FEATURE_CODE_VERSION,

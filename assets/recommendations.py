@@ -24,7 +24,7 @@ from assets.covisitation import covisitation
 from assets.partitions import weekly_partitions, weekly_publication_freshness
 from assets.pools import PUBLISH_POOL, SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, markdown_table
-from assets.ranker import RANKER_TABLE, ranker
+from assets.ranker import ranker
 from assets.sessions import sessions
 from assets.top_sellers import top_sellers
 from pipelines.lake import EVENTS_TABLE, SESSIONS_TABLE
@@ -42,6 +42,7 @@ from pipelines.publish import (
 )
 from pipelines.raw import is_s3_uri
 from pipelines.recommendations import HAND_RULE_MODEL, SUMMARY_TABLE, catalogue, lake_table, write_recommendation_tables
+from pipelines.stages.ranker_week import RANKER_TABLE
 from resources import LakeResource, MlflowResource, PipelineConfigResource, PublishResource, SparkResource
 
 PUBLISH_GATES_CHECK = "publish_gates"

@@ -86,6 +86,11 @@ class CandidateConfig:
     max_prefix_events: int = 100
 
 
+# What every stage builds candidates with: the week's candidates, the training cuts' rows and the
+# served model's (it is saved in each bundle).
+CANDIDATE_CONFIG = CandidateConfig()
+
+
 def weighted_history(sessions, max_prefix_events: int):
     """`session, aid, ts, type, recency, position_from_end, last_ts` for the last `max_prefix_events`
     prefix events (recency in (0, 1], last event = 1; position_from_end 0 for the last event;

@@ -116,7 +116,7 @@ def assert_same_rows(expected: list[dict], actual: list[dict], keys: list[str], 
 def replayed_here(spark, cluster_lake: Path, staged: Path) -> dict[str, Path]:
     """Candidates, features and the session lists re-built in local mode from the cluster lake's
     own inputs, with the functions the assets call; returns where each landed."""
-    from assets.candidates import CANDIDATE_CONFIG
+    from pipelines.candidates import CANDIDATE_CONFIG
     from pipelines.candidates import build_candidates
     from pipelines.features import add_features
     lake, week = Lake(str(cluster_lake)), Week.parse(WEEK, TIMEZONE)
@@ -226,7 +226,7 @@ def assert_replayed_ranker_and_lists(spark, cluster_lake: Path, cluster_mlflow: 
     """The ranker re-evaluated here on the cluster's features scores what the cluster logged (the
     sample is drawn by hashes of the session and LightGBM is deterministic), and what the cluster
     published is recomputed here: its champion from its MLflow registry, or the hand rule."""
-    from assets.candidates import CANDIDATE_CONFIG
+    from pipelines.candidates import CANDIDATE_CONFIG
     from pipelines.evaluation import labels_long
     from pipelines.features import source_tables
     from pipelines.model import load_version

@@ -1,0 +1,71 @@
+"""The `ranker` stage without Dagster (`pipelines.stages.ranker_week`): a lake of two weeks (the
+warm-up week and one with labelled rows), then the stage's two steps called directly, as the bench
+and the asset call them: train, score, log and stage the record; register and gate once audited."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from dagster import DagsterInstance
+
+from definitions import build_definitions
+from pipelines.generate import generate_raw
+from pipelines.lake import Lake
+from pipelines.ranker import RankerConfig
+from pipelines.registry import CHAMPION_ALIAS
+from pipelines.stages.ranker_week import RANKER_TABLE, register_and_gate, train_ranker_week
+from pipelines.tracking import experiment_id
+from pipelines.weeks import Week
+from resources import MlflowResource
+from tests.conftest import TIMEZONE, make_resources
+from tests.spark_stages import FAST_ALS, FEATURE_ASSETS, materialize
+
+WEEKS = ("2022-08-01", "2022-08-08")
+LOOSE = {"drift_min_volume_ratio": 0.01, "drift_max_volume_ratio": 100.0, "drift_max_type_share_delta": 1.0,
+         "min_source_coverage": 0.0}
+FAST = RankerConfig(folds=2, num_boost_round=10, min_data_in_leaf=5, num_threads=1)
+
+
+@pytest.mark.timeout(900)
+def test_the_ranker_stage_trains_logs_stages_its_record_and_gates_after_the_audit(spark, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    raw_dir, lake_dir, tracking_uri = tmp_path / "raw", tmp_path / "lake", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    generate_raw(raw_dir, n_sessions=800, n_weeks=len(WEEKS), start=WEEKS[0], seed=3, timezone=TIMEZONE)
+    definitions = build_definitions(make_resources(str(raw_dir), str(lake_dir), mlflow_uri=tracking_uri, **LOOSE))
+    runs = materialize(definitions, [(week, FEATURE_ASSETS) for week in WEEKS], {"ops": {"als": {"config": FAST_ALS}}},
+                       instance=DagsterInstance.ephemeral())
+    assert all(run["success"] for run in runs), [run["failures"] for run in runs]
+
+    week, sources_week = (Week.parse(key, TIMEZONE) for key in reversed(WEEKS))
+    audited = Lake(str(lake_dir)).audited(week)
+    tracking = MlflowResource(tracking_uri=tracking_uri, experiment_name="stage", registered_model_name="stage")
+
+    def open_run():
+        mlflow.set_tracking_uri(tracking_uri)
+        return mlflow.start_run(experiment_id=experiment_id(tracking_uri, "stage"))
+
+    trained = train_ranker_week(spark, audited, week, sources_week, FAST, tracking, open_run)
+    assert trained.trained.label_weeks == [week.key] and trained.trained.cut_weeks == [week.key]
+    assert trained.summary == audited.read_stats(RANKER_TABLE, week)
+    assert set(trained.baselines) == {"baseline_covisitation", "baseline_popularity"}
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(trained.run_id)
+    assert run.data.metrics["ranker.score"] == pytest.approx(trained.score)
+    assert run.data.metrics["ranker.training_cut_weeks_used"] == 1
+    assert {a.path for a in client.list_artifacts(trained.run_id, "evaluation")} >= {
+        "evaluation/oof_predictions.csv", "evaluation/labels.jsonl", "evaluation/recall_at_k.png"}
+    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert {f"training_features/{week.folder}", f"features/{week.folder}"} <= inputs
+    assert not client.search_model_versions("name='stage'"), "nothing is registered before the audit"
+
+    # The gate promotes a first version only if it is at most the tolerance below the hand rule.
+    lenient = dataclasses.replace(trained, baselines={name: 0.0 for name in trained.baselines})
+    outcome = register_and_gate(lenient, tracking, audited)
+    assert outcome.version == "1" and outcome.decision.promoted
+    assert str(client.get_model_version_by_alias("stage", CHAMPION_ALIAS).version) == "1"
+    record = audited.read_stats(RANKER_TABLE, week)
+    assert str(record["model_version"]) == "1" and record["gate"] == outcome.decision.as_dict()
+    assert client.get_run(trained.run_id).data.tags["model.gate"] == "promoted"
