@@ -1,7 +1,5 @@
 """`candidates`: the union of every source's proposals for W's evaluation sessions, with the recall report."""
 
-import time
-
 from dagster import (
     AssetCheckResult,
     AssetDep,
@@ -16,20 +14,16 @@ from assets.covisitation import covisitation
 from assets.eval_split import eval_split
 from assets.partitions import previous_week, weekly_partitions
 from assets.pools import SPARK_POOL
-from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, table_preview
 from assets.top_sellers import top_sellers
-from pipelines.metrics import K, spark_score
-from pipelines.popularity import popularity_predictions
 from pipelines.candidates import (
     CANDIDATE_CONFIG,
     CANDIDATES_TABLE,
     MAX_CANDIDATES_PER_QUERY,
-    build_candidates,
-    label_hits,
-    recall_report,
+    materialize_candidates_week,
 )
-from pipelines.evaluation import EVAL_LABELS_TABLE, EVAL_SESSIONS_TABLE, labels_long, warm_up_week_reason
-from pipelines.features import FEATURE_CODE_VERSION, source_tables
+from pipelines.evaluation import warm_up_week_reason
+from pipelines.features import FEATURE_CODE_VERSION
 from pipelines.quality import candidates_suite, candidates_validation_frame, validate
 from pipelines.tracking import flatten_metrics
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
@@ -40,8 +34,8 @@ CANDIDATES_CHECKS = AuditedChecks("candidates", {
 })
 
 
-def report_table(report: dict) -> str:
-    """Recall per source as Markdown: recall@20 and the candidate ceiling per type."""
+def report_table(report: dict):
+    """Recall per source as a table: recall@20 and the candidate ceiling per type."""
     import pandas as pd
 
     rows = []
@@ -53,7 +47,7 @@ def report_table(report: dict) -> str:
             **{f"{t} ceiling": round(values.get(f"ceiling_recall_{t}", float("nan")), 4) for t in ("clicks", "carts", "orders")},
             "score@20": round(values.get("at20_score", values.get("score", float("nan"))), 4),
         })
-    return markdown_table(pd.DataFrame(rows))
+    return table_preview(pd.DataFrame(rows))
 
 
 @asset(
@@ -86,41 +80,29 @@ def candidates(
     sources_week = pipeline_config.sources_week(context.partition_key)
     if sources_week is None:
         return CANDIDATES_CHECKS.warm_up(context, audited, warm_up_week_reason(week), metadata={"week": week.key})
-    read = lambda table: audited.read_partition(spark.session, table, week)  # noqa: E731
-    started = time.perf_counter()
-    sources = source_tables(spark.session, audited, sources_week)
-    table = build_candidates(
-        read(EVAL_SESSIONS_TABLE), sources.covisitation, sources.similar_items, sources.top_sellers, CANDIDATE_CONFIG,
-    )
-    audited.write_partition(table, CANDIDATES_TABLE, week)
-    written = read(CANDIDATES_TABLE)
-    labels = labels_long(read(EVAL_LABELS_TABLE))
-    report = recall_report(label_hits(written, labels), labels.toPandas())
-    report["baseline_popularity"] = spark_score(popularity_predictions(labels, sources.top_sellers, K), labels)
-    per_query = written.groupBy("session", "type").count().agg({"count": "avg"}).first()[0]
-    seconds = time.perf_counter() - started
-
+    summary = materialize_candidates_week(spark.session, audited, week, sources_week, CANDIDATE_CONFIG)
+    report = summary.report
     with mlflow_tracking.week_run(context):
         mlflow.log_params({f"candidates.{k}": v for k, v in CANDIDATE_CONFIG.__dict__.items()})
         mlflow.log_metrics(flatten_metrics("recall", report))
         mlflow.log_metrics({
             "baseline_covisitation.score": report["baseline_covisitation"]["score"],
             "baseline_popularity.score": report["baseline_popularity"]["score"],
-            "candidates.seconds": seconds,
-            "candidates.per_query": per_query,
+            "candidates.seconds": summary.seconds,
+            "candidates.per_query": summary.per_query,
         })
     return CANDIDATES_CHECKS.audit(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "sources_week": sources_week.key,
-            "dagster/partition_row_count": written.count(),
-            "candidates_per_session_and_type": round(per_query, 1),
-            "recall_report": MetadataValue.md(report_table(report)),
+            "dagster/partition_row_count": summary.rows,
+            "candidates_per_session_and_type": round(summary.per_query, 1),
+            "recall_report": report_table(report),
             "recall": MetadataValue.json(report),
             "baseline_covisitation_score": report["baseline_covisitation"]["score"],
             "baseline_popularity_score": report["baseline_popularity"]["score"],
-            "seconds": round(seconds, 1),
+            "seconds": round(summary.seconds, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(CANDIDATES_TABLE, week))),
         },
     )

@@ -1,7 +1,5 @@
 """`features`: label-free features for every candidate row of W's evaluation sessions, and item statistics."""
 
-import time
-
 from dagster import (
     AssetCheckResult,
     AssetDep,
@@ -16,18 +14,15 @@ from assets.partitions import previous_week, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from assets.top_sellers import top_sellers
-from pipelines.candidates import CANDIDATE_CONFIG, CANDIDATES_TABLE
-from pipelines.evaluation import EVAL_SESSIONS_TABLE, TRAINING_CUTS_TABLE, warm_up_week_reason
+from pipelines.candidates import CANDIDATE_CONFIG
+from pipelines.evaluation import warm_up_week_reason
 from pipelines.features import (
     FEATURE_CODE_VERSION,
     FEATURE_COLUMNS,
     FEATURES_TABLE,
-    ITEM_STATS_TABLE,
     TRAINING_FEATURES_TABLE,
-    add_features,
     features_validation_frame,
-    source_tables,
-    training_cut_features,
+    materialize_features_week,
 )
 from pipelines.quality import features_suite, validate
 from resources import LakeResource, PipelineConfigResource, SparkResource
@@ -62,36 +57,19 @@ def features(
     sources_week = pipeline_config.sources_week(context.partition_key)
     if sources_week is None:
         return FEATURES_CHECKS.warm_up(context, audited, warm_up_week_reason(week), metadata={"week": week.key})
-    started = time.perf_counter()
-    eval_sessions = audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week)
-    candidate_rows = audited.read_partition(spark.session, CANDIDATES_TABLE, week)
-    table = add_features(candidate_rows, eval_sessions.select("session", "prefix"),
-                         audited.read_partition(spark.session, ITEM_STATS_TABLE, sources_week))
-    audited.write_partition(
-        table, FEATURES_TABLE, week,
-        stats=lambda written: {"rows": written.count(), "candidate_rows": candidate_rows.count(),
-                               "rows_per_type": {r["type"]: r["count"] for r in written.groupBy("type").count().collect()}},
-    )
-    cuts = audited.read_partition(spark.session, TRAINING_CUTS_TABLE, week)
-    audited.write_partition(
-        training_cut_features(cuts, source_tables(spark.session, audited, sources_week), CANDIDATE_CONFIG),
-        TRAINING_FEATURES_TABLE, week,
-        stats=lambda written: {"rows": written.count(), "queries": written.select("session").distinct().count()},
-    )
-    stats = audited.read_stats(FEATURES_TABLE, week)
-    training = audited.read_stats(TRAINING_FEATURES_TABLE, week)
+    summary = materialize_features_week(spark.session, audited, week, sources_week, CANDIDATE_CONFIG)
     return FEATURES_CHECKS.audit(
         context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "sources_week": sources_week.key,
-            "dagster/partition_row_count": stats["rows"],
-            "rows_per_type": MetadataValue.json(stats["rows_per_type"]),
-            "training_cut_rows": training["rows"],
-            "training_cut_queries": training["queries"],
+            "dagster/partition_row_count": summary.rows,
+            "rows_per_type": MetadataValue.json(summary.rows_per_type),
+            "training_cut_rows": summary.training_cut_rows,
+            "training_cut_queries": summary.training_cut_queries,
             "feature_columns": MetadataValue.json(FEATURE_COLUMNS),
             "n_features": len(FEATURE_COLUMNS),
-            "seconds": round(time.perf_counter() - started, 1),
+            "seconds": round(summary.seconds, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(FEATURES_TABLE, week))),
         },
     )

@@ -144,12 +144,30 @@ def check_result_from_report(report: ValidationReport, **extra_metadata) -> Asse
     )
 
 
-def markdown_table(frame, max_rows: int = 20) -> str:
-    """A small pandas frame as a Markdown table for `MetadataValue.md` (no tabulate dependency)."""
-    if frame is None or len(frame) == 0:
-        return "(empty)"
+def table_preview(frame, max_rows: int = 20):
+    """A small pandas frame as a table the Dagster UI renders (`MetadataValue.table`): numbers stay
+    numbers, lists (recommendation lists) show their first ten items as text."""
+    import numpy as np
+    from dagster import TableColumn, TableRecord, TableSchema
+
+    def cell(value):
+        if isinstance(value, (list, tuple, np.ndarray)):
+            items = list(value)
+            return ", ".join(str(item) for item in items[:10]) + (f", … ({len(items)})" if len(items) > 10 else "")
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, (float, np.floating)):
+            return float(value)
+        return str(value)
+
+    def column_type(dtype) -> str:
+        return {"b": "bool", "i": "int", "u": "int", "f": "float"}.get(dtype.kind, "string")
+
     shown = frame.head(max_rows)
-    header = "| " + " | ".join(map(str, shown.columns)) + " |"
-    rule = "|" + "---|" * len(shown.columns)
-    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
+    schema = TableSchema(columns=[TableColumn(str(name), column_type(dtype)) for name, dtype in shown.dtypes.items()])
+    records = [TableRecord({str(name): cell(value) for name, value in row.items()}) for _, row in shown.iterrows()]
+    return MetadataValue.table(records, schema=schema)

@@ -16,7 +16,7 @@ from assets.covisitation import covisitation
 from assets.features import features
 from assets.partitions import labelled_weeks, weekly_partitions
 from assets.pools import SPARK_POOL
-from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, table_preview
 from assets.top_sellers import top_sellers
 from pipelines.evaluation import warm_up_week_reason
 from pipelines.quality import ranker_suite, validate
@@ -49,7 +49,7 @@ class RankerRunConfig(Config):
         return RankerConfig(**self.model_dump())
 
 
-def scores_table(metrics: dict) -> str:
+def scores_table(metrics: dict):
     import pandas as pd
 
     rows = [
@@ -57,7 +57,7 @@ def scores_table(metrics: dict) -> str:
          "ndcg@20 orders": round(values["ndcg_orders"], 4), "mrr@20 clicks": round(values["mrr_clicks"], 4)}
         for name, values in metrics.items()
     ]
-    return markdown_table(pd.DataFrame(rows))
+    return table_preview(pd.DataFrame(rows))
 
 
 @asset(
@@ -104,7 +104,7 @@ def ranker(
             # The week before's partition gets its model's forward score once this week's rows exist.
             context.log_event(AssetObservation(asset_key=context.asset_key, partition=week.shift(-1).key, metadata={
                 "forward_score": previous_week[1], "forward_week": week.key, "model": f"{name} v{previous_week[0]}",
-                "forward_scores": MetadataValue.md(scores_table({"forward": trained.registered_scores.forward})),
+                "forward_scores": scores_table({"forward": trained.registered_scores.forward}),
             }))
         return {"model": f"{name} v{outcome.version}", "champion_gate": MetadataValue.json(outcome.decision.as_dict()),
                 "model_uri": f"models:/{name}/{outcome.version}",
@@ -136,7 +136,7 @@ def ranker_metadata(trained: TrainedWeek, model_name: str) -> dict:
         **({} if previous_week is None else {
             "previous_week_model_forward_score": previous_week[1],
             "previous_week_model": f"{model_name} v{previous_week[0]}"}),
-        "scores": MetadataValue.md(scores_table(trained.metrics)),
+        "scores": scores_table(trained.metrics),
         "candidate_ceiling": MetadataValue.json(evaluation.ceiling),
         "catalogue_coverage": trained.coverage,
         "mlflow_run_id": trained.run_id,

@@ -23,7 +23,7 @@ from assets.als import als
 from assets.covisitation import covisitation
 from assets.partitions import weekly_partitions, weekly_publication_freshness
 from assets.pools import PUBLISH_POOL, SPARK_POOL
-from assets.quality_checks import AuditedChecks, StagedLake, markdown_table
+from assets.quality_checks import AuditedChecks, StagedLake, table_preview
 from assets.ranker import ranker
 from assets.sessions import sessions
 from assets.top_sellers import top_sellers
@@ -127,7 +127,7 @@ def recommendation_tables(
     context.log.info(f"session recommendations from {model['name']} v{model['version']} with week {week.key}'s "
                      f"sources: {chosen_as}")
     row_counts = write_recommendation_tables(spark.session, audited, week, None if champion is None else champion.bundle, model)
-    previews = {name: markdown_table(read(lake_table(name)).limit(5).toPandas()) for name in PUBLISHED_TABLES}
+    previews = {name: table_preview(read(lake_table(name)).limit(5).toPandas()) for name in PUBLISHED_TABLES}
     return RECOMMENDATION_TABLES_CHECKS.audit(
         context, audited, spark=spark, s3=s3, publish=publish, pipeline_config=pipeline_config,
         metadata={
@@ -135,7 +135,7 @@ def recommendation_tables(
             "dagster/partition_row_count": row_counts[SESSION_RECOMMENDATIONS],
             "row_counts": MetadataValue.json(row_counts),
             "model": MetadataValue.json(model),
-            **{f"preview_{name}": MetadataValue.md(text) for name, text in previews.items()},
+            **{f"preview_{name}": preview for name, preview in previews.items()},
         },
     )
 

@@ -14,7 +14,7 @@ from dagster import (
 from assets.events import events
 from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
-from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, markdown_table
+from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, table_preview
 from pipelines.evaluation import window_events
 from pipelines.features import ITEM_STATS_TABLE, build_item_stats
 from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
@@ -81,7 +81,7 @@ def top_sellers(
             "training_window": MetadataValue.json([w.key for w in window]),
             "item_stats_items": audited.read_stats(ITEM_STATS_TABLE, week)["items"],
             "popular_per_type": MetadataValue.json(per_type),
-            "top5": MetadataValue.md(markdown_table(preview)),
+            "top5": table_preview(preview),
             "seconds": round(seconds, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(TOP_SELLERS_TABLE, week))),
         },

@@ -51,3 +51,21 @@ def test_the_action_runs_only_after_a_passed_audit_and_its_writes_go_live_with_t
     else:
         assert acted == [] and "model" not in result.metadata
         assert not lake.has_partition("thing", WEEK)
+
+
+def test_table_previews_keep_numbers_and_show_lists_as_text():
+    import numpy as np
+    import pandas as pd
+    from dagster import TableMetadataValue
+
+    from assets.quality_checks import table_preview
+
+    frame = pd.DataFrame({"aid": np.array([7, 8], dtype=np.int64), "score": [0.5, np.nan],
+                          "recs": [np.arange(12), [3]], "type": ["carts", "orders"]})
+    preview = table_preview(frame, max_rows=1)
+    assert isinstance(preview, TableMetadataValue)
+    assert [(c.name, c.type) for c in preview.schema.columns] == [
+        ("aid", "int"), ("score", "float"), ("recs", "string"), ("type", "string")]
+    assert [r.data for r in preview.records] == [
+        {"aid": 7, "score": 0.5, "recs": "0, 1, 2, 3, 4, 5, 6, 7, 8, 9, … (12)", "type": "carts"}]
+    assert table_preview(frame.iloc[1:]).records[0].data["score"] is None
