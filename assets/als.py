@@ -17,7 +17,6 @@ from dagster import (
     asset,
 )
 
-from assets.events import events
 from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
@@ -70,7 +69,7 @@ class AlsRunConfig(Config):
 
 @asset(
     pool=SPARK_POOL,
-    deps=[AssetDep(events, partition_mapping=training_window)],
+    deps=[AssetDep("events", partition_mapping=training_window)],
     partitions_def=weekly_partitions,
     group_name="candidate_sources",
     kinds={"spark", "parquet"},

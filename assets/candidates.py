@@ -9,13 +9,9 @@ from dagster import (
     asset,
 )
 
-from assets.als import als
-from assets.covisitation import covisitation
-from assets.eval_split import eval_split
 from assets.partitions import previous_week, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, table_preview
-from assets.top_sellers import top_sellers
 from pipelines.candidates import (
     CANDIDATE_CONFIG,
     CANDIDATES_TABLE,
@@ -53,7 +49,8 @@ def report_table(report: dict):
 @asset(
     pool=SPARK_POOL,
     code_version=FEATURE_CODE_VERSION,
-    deps=[eval_split, *(AssetDep(source, partition_mapping=previous_week) for source in (top_sellers, covisitation, als))],
+    deps=["eval_split",
+          *(AssetDep(source, partition_mapping=previous_week) for source in ("top_sellers", "covisitation", "als"))],
     partitions_def=weekly_partitions,
     group_name="candidates",
     kinds={"spark", "parquet"},

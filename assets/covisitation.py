@@ -11,7 +11,6 @@ from dagster import (
     asset,
 )
 
-from assets.events import events
 from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
@@ -42,7 +41,7 @@ ACTIVE_ITEM_MIN_EVENTS = 5
 
 @asset(
     pool=SPARK_POOL,
-    deps=[AssetDep(events, partition_mapping=training_window)],
+    deps=[AssetDep("events", partition_mapping=training_window)],
     partitions_def=weekly_partitions,
     group_name="candidate_sources",
     kinds={"spark", "parquet"},

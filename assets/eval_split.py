@@ -11,7 +11,6 @@ from dagster import (
 from assets.partitions import weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
-from assets.sessions import sessions
 from pipelines.evaluation import (
     EVAL_LABELS_TABLE,
     EVAL_SESSIONS_TABLE,
@@ -32,7 +31,7 @@ EVAL_SPLIT_CHECKS = AuditedChecks("eval_split", {
 
 @asset(
     pool=SPARK_POOL,
-    deps=[sessions],
+    deps=["sessions"],
     partitions_def=weekly_partitions,
     group_name="evaluation",
     kinds={"spark", "parquet"},

@@ -9,11 +9,9 @@ from dagster import (
     asset,
 )
 
-from assets.candidates import candidates
 from assets.partitions import previous_week, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
-from assets.top_sellers import top_sellers
 from pipelines.candidates import CANDIDATE_CONFIG
 from pipelines.evaluation import warm_up_week_reason
 from pipelines.features import (
@@ -36,7 +34,7 @@ FEATURES_CHECKS = AuditedChecks("features", {
 @asset(
     pool=SPARK_POOL,
     code_version=FEATURE_CODE_VERSION,
-    deps=[candidates, AssetDep(top_sellers, partition_mapping=previous_week)],
+    deps=["candidates", AssetDep("top_sellers", partition_mapping=previous_week)],
     partitions_def=weekly_partitions,
     group_name="ranking",
     kinds={"spark", "parquet"},

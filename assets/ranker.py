@@ -11,13 +11,9 @@ from dagster import (
     asset,
 )
 
-from assets.als import als
-from assets.covisitation import covisitation
-from assets.features import features
 from assets.partitions import labelled_weeks, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, table_preview
-from assets.top_sellers import top_sellers
 from pipelines.evaluation import warm_up_week_reason
 from pipelines.quality import ranker_suite, validate
 from pipelines.ranker import BASELINES, RankerConfig
@@ -62,7 +58,7 @@ def scores_table(metrics: dict):
 
 @asset(
     pool=SPARK_POOL,
-    deps=[AssetDep(features, partition_mapping=labelled_weeks), top_sellers, covisitation, als],
+    deps=[AssetDep("features", partition_mapping=labelled_weeks), "top_sellers", "covisitation", "als"],
     partitions_def=weekly_partitions,
     group_name="ranking",
     kinds={"lightgbm", "mlflow"},

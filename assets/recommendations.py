@@ -19,14 +19,9 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from assets.als import als
-from assets.covisitation import covisitation
 from assets.partitions import weekly_partitions, weekly_publication_freshness
 from assets.pools import PUBLISH_POOL, SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, table_preview
-from assets.ranker import ranker
-from assets.sessions import sessions
-from assets.top_sellers import top_sellers
 from pipelines.lake import EVENTS_TABLE, SESSIONS_TABLE
 from pipelines.publish import (
     GATE_ROW_COUNTS,
@@ -92,7 +87,7 @@ def _s3_client(uri: str, s3: S3Resource):
 
 @asset(
     pool=SPARK_POOL,
-    deps=[ranker, top_sellers, covisitation, als, sessions],
+    deps=["ranker", "top_sellers", "covisitation", "als", "sessions"],
     partitions_def=weekly_partitions,
     group_name="publishing",
     kinds={"spark", "parquet"},

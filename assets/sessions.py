@@ -11,7 +11,6 @@ from dagster import (
     asset,
 )
 
-from assets.events import events
 from assets.partitions import history_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
@@ -33,7 +32,7 @@ SESSIONS_CHECKS = AuditedChecks("sessions", {
 
 @asset(
     pool=SPARK_POOL,
-    deps=[AssetDep(events, partition_mapping=history_window)],
+    deps=[AssetDep("events", partition_mapping=history_window)],
     partitions_def=weekly_partitions,
     group_name="ingest",
     kinds={"spark", "parquet"},
