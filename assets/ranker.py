@@ -18,6 +18,7 @@ from pipelines.evaluation import warm_up_week_reason
 from pipelines.quality import ranker_suite, validate
 from pipelines.ranker import BASELINES, RankerConfig
 from pipelines.stages.ranker_week import RANKER_TABLE, TrainedWeek, register_and_gate, train_ranker_week
+from pipelines.tracking import ui_links
 from pipelines.vocabulary import EVENT_TYPES
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
@@ -104,21 +105,13 @@ def ranker(
             }))
         return {"model": f"{name} v{outcome.version}", "champion_gate": MetadataValue.json(outcome.decision.as_dict()),
                 "model_uri": f"models:/{name}/{outcome.version}",
-                **mlflow_links(mlflow_tracking.tracking_uri, trained, name, outcome.version)}
+                **{key: MetadataValue.url(url) for key, url in ui_links(
+                    mlflow_tracking.tracking_uri, trained.run_id, name, outcome.version, trained.experiment_id).items()}}
 
     return RANKER_CHECKS.audit(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         on_pass=register_and_gate_passed, metadata=ranker_metadata(trained, mlflow_tracking.registered_model_name),
     )
-
-
-def mlflow_links(tracking_uri: str, trained: TrainedWeek, name: str, version: str) -> dict:
-    """Links to the week's MLflow run and model version, where the tracking server's UI serves them."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return {}
-    ui = tracking_uri.rstrip("/")
-    return {"mlflow_run": MetadataValue.url(f"{ui}/#/experiments/{trained.experiment_id}/runs/{trained.run_id}"),
-            "mlflow_model_version": MetadataValue.url(f"{ui}/#/models/{name}/versions/{version}")}
 
 
 def ranker_metadata(trained: TrainedWeek, model_name: str) -> dict:

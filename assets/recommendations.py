@@ -36,8 +36,17 @@ from pipelines.publish import (
     verify_manifest,
 )
 from pipelines.raw import is_s3_uri
-from pipelines.recommendations import HAND_RULE_MODEL, SUMMARY_TABLE, catalogue, lake_table, write_recommendation_tables
+from pipelines.recommendations import (
+    HAND_RULE_MODEL,
+    SUMMARY_TABLE,
+    catalogue,
+    lake_table,
+    model_for_week,
+    row_count_warm_up,
+    write_recommendation_tables,
+)
 from pipelines.stages.ranker_week import RANKER_TABLE
+from pipelines.tracking import ui_links
 from resources import LakeResource, MlflowResource, PipelineConfigResource, PublishResource, SparkResource
 
 PUBLISH_GATES_CHECK = "publish_gates"
@@ -51,34 +60,16 @@ RECOMMENDATION_TABLES_CHECKS = AuditedChecks("recommendation_tables", {
 })
 
 
-USE_CURRENT_CHAMPION = "champion"
-
-
 class RecommendationTablesConfig(Config):
     """Which registered version writes the session lists (launchpad: `ops.recommendation_tables.config`)."""
 
     model_version: str = ""  # "": the champion right after this week's ranker gate; "champion": the current one; or "7"
 
 
-def model_for_week(mlflow_tracking: MlflowResource, ranker_summary: dict | None, model_version: str):
-    """The version a week publishes with: by default the one that was champion right after the
-    week's own ranker gate, so a rerun or backfill of the week gives the same lists whatever the
-    alias points at today. `model_version` overrides it ("champion" or a version number). None, with
-    the reason, when there is no such version: in the warm-up week (its ranker trained nothing) and
-    until a version passes the gate; the hand rule then writes the session lists."""
-    if model_version == USE_CURRENT_CHAMPION:
-        return mlflow_tracking.load_champion(), "the current champion (explicit override)"
-    if model_version:
-        return mlflow_tracking.load_version(model_version), f"version {model_version} (explicit override)"
-    if (ranker_summary or {}).get("warm_up"):
-        return None, ranker_summary["warm_up"]
-    if ranker_summary is None or "gate" not in ranker_summary:
-        raise LookupError("this week's ranker left no summary in the lake: materialize the week's ranker first")
-    chosen = ranker_summary["gate"].get("champion_after")
-    if chosen is None:
-        return None, ("no version has passed the champion gate yet (this week's: "
-                      f"{ranker_summary['gate'].get('reason', 'no reason recorded')})")
-    return mlflow_tracking.load_version(str(chosen)), "the champion after this week's ranker gate"
+def model_links(tracking_uri: str, model: dict) -> dict:
+    """Links to the MLflow run and model version that wrote the session lists (none for the hand rule)."""
+    links = ui_links(tracking_uri, model["mlflow_run_id"] or None, model["name"], model["version"] or None)
+    return {key: MetadataValue.url(url) for key, url in links.items()}
 
 
 def _s3_client(uri: str, s3: S3Resource):
@@ -130,24 +121,10 @@ def recommendation_tables(
             "dagster/partition_row_count": row_counts[SESSION_RECOMMENDATIONS],
             "row_counts": MetadataValue.json(row_counts),
             "model": MetadataValue.json(model),
+            **model_links(mlflow_tracking.tracking_uri, model),
             **{f"preview_{name}": preview for name, preview in previews.items()},
         },
     )
-
-
-def warm_up_reason(pipeline_config: PipelineConfigResource, week: str, previous_week: str | None) -> str | None:
-    """Why this week's row counts cannot be held against the previous published week's, if they cannot:
-    item tables grow with the training window until it is full (the first weeks after the partition start)."""
-    if previous_week is None:
-        return None
-    partial = {
-        key: len(weeks) for key in (week, previous_week)
-        if len(weeks := pipeline_config.training_window(key)) < pipeline_config.training_weeks
-    }
-    if not partial:
-        return None
-    return "training window not full yet (" + ", ".join(
-        f"week {key} learned from {n} of {pipeline_config.training_weeks} weeks" for key, n in sorted(partial.items())) + ")"
 
 
 @RECOMMENDATION_TABLES_CHECKS.implements(PUBLISH_GATES_CHECK)
@@ -170,7 +147,7 @@ def publish_gates(
         previous,
         publish.gates,
         current_row_counts=lake.lake.read_stats(lake_table(SUMMARY_TABLE), week)["row_counts"],
-        warm_up=warm_up_reason(pipeline_config, week.key, previous["week"] if previous else None),
+        warm_up=row_count_warm_up(pipeline_config, week.key, previous["week"] if previous else None),
     )
     failed = failed_gates(results)
     return AssetCheckResult(
@@ -203,7 +180,7 @@ def publish_gates(
 )
 def published_recommendations(
     context: AssetExecutionContext, lake: LakeResource, s3: S3Resource, publish: PublishResource,
-    pipeline_config: PipelineConfigResource,
+    mlflow_tracking: MlflowResource, pipeline_config: PipelineConfigResource,
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
     summary = lake.lake.read_stats(lake_table(SUMMARY_TABLE), week)
@@ -228,6 +205,7 @@ def published_recommendations(
             "bytes_uploaded": result.bytes_uploaded,
             "row_counts": MetadataValue.json(result.row_counts),
             "model": MetadataValue.json(model),
+            **model_links(mlflow_tracking.tracking_uri, model),
             "stale_objects_deleted": len(result.deleted),
             "cleanup_errors": MetadataValue.json(result.cleanup_errors),
         }

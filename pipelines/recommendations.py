@@ -123,3 +123,43 @@ def write_recommendation_tables(spark, lake, week, bundle, model: dict) -> dict[
         row_counts[name] = read(lake_table(name)).count()
     lake.write_document({"row_counts": row_counts, "model": model}, lake_table(SUMMARY_TABLE), week)
     return row_counts
+
+
+# Which registered version a week publishes with (`model_for_week`): this one means the alias as it is now.
+USE_CURRENT_CHAMPION = "champion"
+
+
+def model_for_week(mlflow_tracking, ranker_summary: dict | None, model_version: str):
+    """The version a week publishes with: by default the one that was champion right after the
+    week's own ranker gate, so a rerun or backfill of the week gives the same lists whatever the
+    alias points at today. `model_version` overrides it ("champion" or a version number). None, with
+    the reason, when there is no such version: in the warm-up week (its ranker trained nothing) and
+    until a version passes the gate; the hand rule then writes the session lists."""
+    if model_version == USE_CURRENT_CHAMPION:
+        return mlflow_tracking.load_champion(), "the current champion (explicit override)"
+    if model_version:
+        return mlflow_tracking.load_version(model_version), f"version {model_version} (explicit override)"
+    if (ranker_summary or {}).get("warm_up"):
+        return None, ranker_summary["warm_up"]
+    if ranker_summary is None or "gate" not in ranker_summary:
+        raise LookupError("this week's ranker left no summary in the lake: materialize the week's ranker first")
+    chosen = ranker_summary["gate"].get("champion_after")
+    if chosen is None:
+        return None, ("no version has passed the champion gate yet (this week's: "
+                      f"{ranker_summary['gate'].get('reason', 'no reason recorded')})")
+    return mlflow_tracking.load_version(str(chosen)), "the champion after this week's ranker gate"
+
+
+def row_count_warm_up(pipeline_config, week: str, previous_week: str | None) -> str | None:
+    """Why this week's row counts cannot be held against the previous published week's, if they cannot:
+    item tables grow with the training window until it is full (the first weeks after the partition start)."""
+    if previous_week is None:
+        return None
+    partial = {
+        key: len(weeks) for key in (week, previous_week)
+        if len(weeks := pipeline_config.training_window(key)) < pipeline_config.training_weeks
+    }
+    if not partial:
+        return None
+    return "training window not full yet (" + ", ".join(
+        f"week {key} learned from {n} of {pipeline_config.training_weeks} weeks" for key, n in sorted(partial.items())) + ")"

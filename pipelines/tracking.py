@@ -127,3 +127,23 @@ def log_lake_inputs(partitions: dict[str, str | Path], context: str) -> None:
             if Path(location).is_dir() else []
         digest = hashlib.sha256("".join(f"{f.name}:{f.stat().st_size};" for f in files).encode()).hexdigest()[:12]
         mlflow.log_input(MetaDataset(resolve_dataset_source(str(location)), name=name, digest=digest), context=context)
+
+
+def ui_links(tracking_uri: str, run_id: str | None = None, model_name: str | None = None,
+             version: str | int | None = None, experiment: str | None = None) -> dict[str, str]:
+    """URLs of a run and of a registered model version in the MLflow UI, when `tracking_uri` is the
+    tracking server's (its address is the UI's); none for a local store, which has no UI address.
+    `experiment`: the run's experiment id, looked up when not given."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return {}
+    ui = tracking_uri.rstrip("/")
+    links = {}
+    if run_id:
+        if not experiment:
+            from mlflow import MlflowClient
+
+            experiment = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+        links["mlflow_run"] = f"{ui}/#/experiments/{experiment}/runs/{run_id}"
+    if model_name and version not in (None, ""):
+        links["mlflow_model_version"] = f"{ui}/#/models/{model_name}/versions/{version}"
+    return links

@@ -550,15 +550,15 @@ def test_row_count_gate_against_the_previous_manifest():
 
 
 def test_row_counts_are_enforced_once_both_weeks_learned_from_a_full_window():
-    from assets.recommendations import warm_up_reason
+    from pipelines.recommendations import row_count_warm_up
     from resources import PipelineConfigResource
 
     config = PipelineConfigResource(raw_uri="unused", timezone="Europe/Berlin", partition_start="2022-08-01", training_weeks=4)
-    assert warm_up_reason(config, "2022-08-22", None) is None
-    reason = warm_up_reason(config, "2022-08-22", "2022-08-15")  # 08-22's window holds 4 weeks, 08-15's 3
+    assert row_count_warm_up(config, "2022-08-22", None) is None
+    reason = row_count_warm_up(config, "2022-08-22", "2022-08-15")  # 08-22's window holds 4 weeks, 08-15's 3
     assert reason == "training window not full yet (week 2022-08-15 learned from 3 of 4 weeks)"
-    assert "week 2022-08-08 learned from 2 of 4" in warm_up_reason(config, "2022-08-15", "2022-08-08")
-    assert warm_up_reason(config, "2022-08-29", "2022-08-22") is None
+    assert "week 2022-08-08 learned from 2 of 4" in row_count_warm_up(config, "2022-08-15", "2022-08-08")
+    assert row_count_warm_up(config, "2022-08-29", "2022-08-22") is None
 
 
 # --- concurrency and dying servers -----------------------------------------------------

@@ -525,7 +525,7 @@ def test_a_champion_that_cannot_be_scored_is_not_compared_and_a_moved_alias_is_l
 
 
 def test_a_week_publishes_with_the_champion_its_own_ranker_gate_chose():
-    from assets.recommendations import model_for_week
+    from pipelines.recommendations import model_for_week
 
     class Registry:
         def __init__(self):

@@ -69,3 +69,15 @@ def test_the_ranker_stage_trains_logs_stages_its_record_and_gates_after_the_audi
     record = audited.read_stats(RANKER_TABLE, week)
     assert str(record["model_version"]) == "1" and record["gate"] == outcome.decision.as_dict()
     assert client.get_run(trained.run_id).data.tags["model.gate"] == "promoted"
+
+
+def test_mlflow_ui_links_only_where_a_tracking_server_serves_them(tmp_path):
+    from pipelines.recommendations import HAND_RULE_MODEL
+    from pipelines.tracking import ui_links
+
+    assert ui_links(f"sqlite:///{tmp_path / 'mlflow.db'}", "abc", "stage", "3") == {}
+    assert ui_links("http://mlflow:5000/", "abc", "stage", 3, experiment="7") == {
+        "mlflow_run": "http://mlflow:5000/#/experiments/7/runs/abc",
+        "mlflow_model_version": "http://mlflow:5000/#/models/stage/versions/3",
+    }
+    assert ui_links("http://mlflow:5000", None, HAND_RULE_MODEL, None) == {}

@@ -18,6 +18,7 @@ import assets.covisitation
 from assets.partitions import weekly_partitions
 from definitions import build_definitions
 from pipelines.lake import Lake
+from pipelines.recommendations import HAND_RULE_MODEL
 from resources import MlflowResource
 from tests.conftest import make_resources
 from tests.e2e.conftest import (
@@ -358,6 +359,14 @@ def test_the_week_befores_model_is_scored_forward_and_rescores_from_its_logged_l
     assert run_link.startswith(resource.tracking_uri) and run_link.endswith(f"/runs/{second['run_id']}")
     assert version_link.endswith(f"/versions/{metadata['model_uri'].rsplit('/', 1)[1]}")
     assert f"v{version.version} scored {forward:.4f} forward" in metadata["champion_gate"]["reason"]
+    # The published tables link to the version that wrote their session lists (none for the hand rule).
+    for asset in ("recommendation_tables", "published_recommendations"):
+        published = _metadata(two_weeks, asset, TRAINED[1])
+        model = published["model"]
+        assert ("mlflow_model_version" in published) == (model["name"] != HAND_RULE_MODEL)
+        if model["name"] != HAND_RULE_MODEL:
+            assert published["mlflow_model_version"].endswith(f"/models/{model['name']}/versions/{model['version']}")
+            assert published["mlflow_run"].endswith(f"/runs/{model['mlflow_run_id']}")
     observed = [r.asset_observation for r in two_weeks["instance"].fetch_observations(AssetKey("ranker"), limit=100).records
                 if r.asset_observation.partition == TRAINED[0]]
     assert observed and observed[0].metadata["forward_score"].value == pytest.approx(forward, abs=1e-12)
