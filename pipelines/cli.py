@@ -15,17 +15,26 @@ def _print_json(payload: dict) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from pipelines.generate import generate_raw
 
-    summary = generate_raw(
-        out_dir=args.out,
-        n_sessions=args.sessions,
-        n_weeks=args.weeks,
-        start=args.start,
-        seed=args.seed,
-        timezone=args.timezone,
-        files_per_week=args.files_per_week,
-    )
+    with tqdm(unit=" events", unit_scale=True, desc="simulating", file=sys.stderr, mininterval=1.0) as bar:
+        def progress(written: int, total: int) -> None:
+            if bar.total != total:
+                bar.total, bar.desc = total, "writing"
+            bar.update(written)
+
+        summary = generate_raw(
+            out_dir=args.out,
+            n_sessions=args.sessions,
+            n_weeks=args.weeks,
+            start=args.start,
+            seed=args.seed,
+            timezone=args.timezone,
+            files_per_week=args.files_per_week,
+            progress=progress,
+        )
     _print_json(summary)
     return 0
 
@@ -88,7 +97,7 @@ def _predict(args: argparse.Namespace) -> int:
     python_model.use_sources(args.week)
     python_model.scorer  # noqa: B018 - the tables load here, so predict_seconds is prediction only
     loaded = time.perf_counter()
-    recommendations = model.predict(sessions)
+    recommendations = predict_in_batches(model, sessions)
     scored = time.perf_counter()
     write_predictions_csv(recommendations_to_long(recommendations), args.out)
     _print_json({
@@ -103,6 +112,29 @@ def _predict(args: argparse.Namespace) -> int:
         "sessions_per_second": round(len(sessions) / max(scored - loaded, 1e-9), 1),
     })
     return 0
+
+
+# Sessions per `predict` call: a progress step of a few seconds, and bounded memory per call.
+PREDICT_BATCH_SESSIONS = 5_000
+
+
+def predict_in_batches(model, sessions, batch_sessions: int = PREDICT_BATCH_SESSIONS):
+    """`model.predict` over `sessions` in batches of `batch_sessions` sessions (every row of a session
+    in the same batch), with a progress bar of sessions; each session is scored on its own, so the
+    lists equal one call's."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    if len(sessions) == 0:
+        return model.predict(sessions)
+    batch_of_row = pd.factorize(sessions["session"])[0] // batch_sessions
+    batches = []
+    with tqdm(total=int(sessions["session"].nunique()), unit=" sessions", unit_scale=True, desc="predicting",
+              file=sys.stderr, mininterval=1.0) as bar:
+        for _, batch in sessions.groupby(batch_of_row, sort=True):
+            batches.append(model.predict(batch))
+            bar.update(int(batch["session"].nunique()))
+    return pd.concat(batches, ignore_index=True)
 
 
 def registered_version(model_uri: str, tracking_uri: str) -> str | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -112,6 +113,7 @@ def generate_raw(
     seed: int,
     timezone: str = DEFAULT_TIMEZONE,
     files_per_week: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Write `n_sessions` synthetic sessions over `n_weeks` weeks from Monday `start`.
 
@@ -122,7 +124,8 @@ def generate_raw(
     previous `week=*` folders of `out_dir` are replaced.
 
     Returns {"sessions", "events", "weeks": {week key: events}, "types": {type: events},
-    "items": distinct aids, "seconds": wall time}.
+    "items": distinct aids, "seconds": wall time}. `progress(events_written, events_total)` is called
+    after every batch written.
     """
     if n_sessions < 1 or n_weeks < 1 or files_per_week < 1:
         raise ValueError("n_sessions, n_weeks and files_per_week must all be at least 1")
@@ -140,7 +143,7 @@ def generate_raw(
     events = _simulate(behaviour_rng, lengths, start_ms, catalogue, week_bounds_ms)
 
     with staged_layout(out_dir) as staging:
-        week_events = _write_layout(staging, events, weeks, week_bounds_ms, files_per_week)
+        week_events = _write_layout(staging, events, weeks, week_bounds_ms, files_per_week, progress)
 
     type_counts = np.bincount(events.type, minlength=len(EVENT_TYPES))
     return {
@@ -538,7 +541,8 @@ def _in_session_id_order(
 
 
 def _write_layout(
-    root: Path, events: _Events, weeks: list[Week], week_bounds_ms: np.ndarray, files_per_week: int
+    root: Path, events: _Events, weeks: list[Week], week_bounds_ms: np.ndarray, files_per_week: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[int]:
     """Write every week folder and return the number of events in each week."""
     event_week = np.searchsorted(week_bounds_ms, events.ts, side="right") - 1
@@ -559,6 +563,8 @@ def _write_layout(
             with open(folder / f"part-{part:05d}.jsonl", "wb") as handle:
                 for batch in _session_aligned_batches(events.session[rows]):
                     handle.write(_jsonl_bytes(events, rows[batch]))
+                    if progress is not None:
+                        progress(batch.stop - batch.start, len(events.ts))
     return week_events
 
 

@@ -100,3 +100,30 @@ def test_predict_says_which_week_it_served_and_reproduces_an_earlier_week(regist
     assert main(["predict", "--sessions", str(sessions), "--out", str(tmp_path / "x.csv"), "--model-uri",
                  registered["uri"], "--week", "2022-08-15"]) == 2
     assert "week 2022-08-15's sources are not live" in capsys.readouterr().err
+
+
+def test_predict_in_batches_keeps_a_sessions_rows_together_and_equals_one_call():
+    import pandas as pd
+
+    from pipelines.cli import predict_in_batches
+
+    class EchoModel:
+        """One list per session: every aid its rows hold, in row order; records each batch."""
+
+        def __init__(self):
+            self.batches = []
+
+        def predict(self, frame):
+            self.batches.append(sorted(set(frame["session"])))
+            rows = [{"session": s, "type": "clicks", "recs": [a for e in group["events"] for a in e]}
+                    for s, group in frame.groupby("session", sort=False)]
+            return pd.DataFrame(rows, columns=["session", "type", "recs"])
+
+    sessions = pd.DataFrame({"session": [5, 1, 5, 9, 2, 1, 7], "events": [[1], [2], [3], [4], [5], [6], [7]]})
+    model = EchoModel()
+    batched = predict_in_batches(model, sessions, batch_sessions=2)
+    assert model.batches == [[1, 5], [2, 9], [7]]
+    whole = EchoModel().predict(sessions)
+    key = ["session", "type"]
+    assert batched.sort_values(key, ignore_index=True).equals(whole.sort_values(key, ignore_index=True))
+    assert len(predict_in_batches(EchoModel(), sessions.iloc[:0])) == 0
