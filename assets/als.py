@@ -26,10 +26,8 @@ from pipelines.als import (
     SIMILAR_ITEMS_TABLE,
     AlsConfig,
     factor_validation_frame,
-    fit_als,
-    similar_items,
+    materialize_als_week,
 )
-from pipelines.evaluation import active_items, item_coverage, window_events
 from pipelines.quality import (
     coverage_suite,
     factors_suite,
@@ -48,7 +46,6 @@ ALS_CHECKS = AuditedChecks("als", {
     SIMILAR_ITEMS_CHECK: "GE: similar items have no self pairs or duplicates, at most K per item, cosine in [-1, 1].",
     ALS_COVERAGE_CHECK: "GE: ALS has factors for at least RECSYS_MIN_SOURCE_COVERAGE of the window's active items.",
 })
-ACTIVE_ITEM_MIN_EVENTS = 5
 
 
 class AlsRunConfig(Config):
@@ -93,25 +90,9 @@ def als(
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
     window = pipeline_config.training_window(context.partition_key)
-    train = window_events(spark.session, audited, window)
-
-    als_config = config.to_als_config()
-    result = fit_als(train, als_config, checkpoint_dir=str(Path(lake.root) / "_checkpoints" / "als"))
-    try:
-        audited.write_partition(result.item_factors, ALS_ITEM_FACTORS_TABLE, week)
-        audited.write_partition(result.session_factors, ALS_SESSION_FACTORS_TABLE, week)
-    finally:
-        result.release()
-    # Similar items come from the stored factors, so what was checked is what is used.
-    item_factors = audited.read_partition(spark.session, ALS_ITEM_FACTORS_TABLE, week)
-    coverage = item_coverage(item_factors, active_items(train, ACTIVE_ITEM_MIN_EVENTS))
-    audited.write_partition(
-        similar_items(item_factors, als_config),
-        SIMILAR_ITEMS_TABLE,
-        week,
-        stats=lambda written: {**result.stats, "coverage": {"als_items": coverage}, "similar_items_rows": written.count()},
-    )
-    stats = audited.read_stats(SIMILAR_ITEMS_TABLE, week)
+    stats = materialize_als_week(spark.session, audited, week, window, config.to_als_config(),
+                                 checkpoint_dir=str(Path(lake.root) / "_checkpoints" / "als"))
+    coverage = stats["coverage"]["als_items"]
 
     with mlflow_tracking.week_run(context):
         mlflow.log_params({f"als.{k}": v for k, v in stats["params"].items()})

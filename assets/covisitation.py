@@ -1,7 +1,5 @@
 """`covisitation`: clicks, carts-orders and buy2buy co-visitation matrices of the training window."""
 
-import time
-
 from dagster import (
     AssetCheckResult,
     AssetDep,
@@ -15,14 +13,12 @@ from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.covisitation import (
-    COVISITATION_LISTS,
+    COVISITATION_CONFIG,
     COVISITATION_TABLE,
     MATRICES,
-    CovisitationConfig,
-    build_covisitation,
+    materialize_covisitation_week,
     validation_frame,
 )
-from pipelines.evaluation import active_items, item_coverage, window_events
 from pipelines.quality import coverage_suite, covisitation_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
@@ -35,8 +31,6 @@ COVISITATION_CHECKS = AuditedChecks("covisitation", {
         "(>= 5 events; for buy2buy, >= 5 carts/orders). The derived two-hop list is reported, not checked."
     ),
 })
-COVISITATION_CONFIG = CovisitationConfig()
-ACTIVE_ITEM_MIN_EVENTS = 5
 
 
 @asset(
@@ -64,44 +58,22 @@ def covisitation(
     week = pipeline_config.week(context.partition_key)
     window = pipeline_config.training_window(context.partition_key)
     audited = lake.lake.audited(week)
-    started = time.perf_counter()
-    train = window_events(spark.session, audited, window)
-    table = build_covisitation(train, COVISITATION_CONFIG, window[0].start_ms, week.end_ms)
-
-    def summarize(written) -> dict:
-        from pyspark.sql import functions as F
-
-        per_matrix = written.groupBy("matrix").agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("aid").alias("items"))
-        counts = {r["matrix"]: r for r in per_matrix.collect()}
-        active = active_items(train, ACTIVE_ITEM_MIN_EVENTS)
-        active_buys = active_items(train, ACTIVE_ITEM_MIN_EVENTS, ("carts", "orders"))
-        coverage = {
-            matrix: item_coverage(written.where(f"matrix = '{matrix}'"), active_buys if matrix == "buy2buy" else active)
-            for matrix in COVISITATION_LISTS
-        }
-        return {
-            "rows": {m: counts[m]["rows"] if m in counts else 0 for m in COVISITATION_LISTS},
-            "items": {m: counts[m]["items"] if m in counts else 0 for m in COVISITATION_LISTS},
-            "coverage": coverage,
-        }
-
-    audited.write_partition(table, COVISITATION_TABLE, week, stats=summarize)
-    seconds = time.perf_counter() - started
-    stats = audited.read_stats(COVISITATION_TABLE, week)
+    summary = materialize_covisitation_week(spark.session, audited, week, window, COVISITATION_CONFIG)
     with mlflow_tracking.week_run(context):
         mlflow.log_params({f"covisitation.{k}": v for k, v in COVISITATION_CONFIG.__dict__.items()})
-        mlflow.log_metrics({"covisitation.seconds": seconds, **{f"covisitation.rows.{m}": v for m, v in stats["rows"].items()},
-                            **{f"covisitation.coverage.{m}": v for m, v in stats["coverage"].items()}})
+        mlflow.log_metrics({"covisitation.seconds": summary.seconds,
+                            **{f"covisitation.rows.{m}": v for m, v in summary.rows.items()},
+                            **{f"covisitation.coverage.{m}": v for m, v in summary.coverage.items()}})
     return COVISITATION_CHECKS.audit(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "training_window": MetadataValue.json([w.key for w in window]),
-            "dagster/partition_row_count": sum(stats["rows"].values()),
-            "rows_per_matrix": MetadataValue.json(stats["rows"]),
-            "items_per_matrix": MetadataValue.json(stats["items"]),
-            "coverage_of_active_items": MetadataValue.json(stats["coverage"]),
-            "seconds": round(seconds, 1),
+            "dagster/partition_row_count": sum(summary.rows.values()),
+            "rows_per_matrix": MetadataValue.json(summary.rows),
+            "items_per_matrix": MetadataValue.json(summary.items),
+            "coverage_of_active_items": MetadataValue.json(summary.coverage),
+            "seconds": round(summary.seconds, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(COVISITATION_TABLE, week))),
         },
     )

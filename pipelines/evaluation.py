@@ -177,7 +177,11 @@ def labels_long(eval_labels):
     return clicks.unionByName(carts).unionByName(orders)
 
 
-def active_items(events, min_events: int, types: tuple[str, ...] | None = None):
+# An item is active in a window with this many events: what the sources' coverage checks count.
+ACTIVE_ITEM_MIN_EVENTS = 5
+
+
+def active_items(events, min_events: int = ACTIVE_ITEM_MIN_EVENTS, types: tuple[str, ...] | None = None):
     """Items with at least `min_events` events (of `types`, if given) in `events`: the ones a source should cover."""
     from pyspark.sql import functions as F
 
