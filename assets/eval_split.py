@@ -15,11 +15,8 @@ from pipelines.evaluation import (
     EVAL_LABELS_TABLE,
     EVAL_SESSIONS_TABLE,
     TRAINING_CUTS_TABLE,
-    split_evaluation_sessions,
-    split_training_cuts,
-    summarize_split,
+    materialize_eval_split_week,
 )
-from pipelines.lake import SESSIONS_TABLE
 from pipelines.quality import eval_split_suite, eval_split_validation_frame, validate
 from resources import LakeResource, PipelineConfigResource, SparkResource
 
@@ -47,29 +44,15 @@ def eval_split(
 ) -> MaterializeResult:
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
-    week_sessions = audited.read_partition(spark.session, SESSIONS_TABLE, week)
-    eval_sessions, eval_labels = split_evaluation_sessions(week_sessions, seed=pipeline_config.eval_seed)
-    audited.write_partition(eval_sessions, EVAL_SESSIONS_TABLE, week)
-    audited.write_partition(
-        eval_labels,
-        EVAL_LABELS_TABLE,
-        week,
-        stats=lambda written_labels: summarize_split(
-            audited.read_partition(spark.session, EVAL_SESSIONS_TABLE, week), written_labels
-        ).as_dict(),
-    )
-    audited.write_partition(
-        split_training_cuts(week_sessions, seed=pipeline_config.eval_seed, cuts=pipeline_config.training_cuts),
-        TRAINING_CUTS_TABLE, week, stats=lambda written: {"training_cuts": written.count()})
-    summary = audited.read_stats(EVAL_LABELS_TABLE, week)
-    training_cuts = audited.read_stats(TRAINING_CUTS_TABLE, week)["training_cuts"]
+    summary, training_cuts = materialize_eval_split_week(spark.session, audited, week, pipeline_config.eval_seed,
+                                                         pipeline_config.training_cuts)
     return EVAL_SPLIT_CHECKS.audit(
         context, audited, spark=spark, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "seed": pipeline_config.eval_seed,
-            "dagster/partition_row_count": summary["eval_sessions"],
-            "split": MetadataValue.json(summary),
+            "dagster/partition_row_count": summary.eval_sessions,
+            "split": MetadataValue.json(summary.as_dict()),
             "training_cuts_per_session": pipeline_config.training_cuts,
             "training_cuts": training_cuts,
             "eval_sessions_path": MetadataValue.path(str(lake.lake.partition_dir(EVAL_SESSIONS_TABLE, week))),

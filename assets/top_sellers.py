@@ -1,7 +1,5 @@
 """`top_sellers`: recency-weighted bestsellers per event type and trending items of the window."""
 
-import time
-
 from dagster import (
     AssetCheckResult,
     AssetDep,
@@ -14,9 +12,12 @@ from dagster import (
 from assets.partitions import training_window, weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report, table_preview
-from pipelines.evaluation import window_events
-from pipelines.features import ITEM_STATS_TABLE, build_item_stats
-from pipelines.popularity import TOP_SELLERS_TABLE, TopSellersConfig, build_top_sellers, top_sellers_validation_frame, types_present
+from pipelines.popularity import (
+    TOP_SELLERS_CONFIG,
+    TOP_SELLERS_TABLE,
+    materialize_top_sellers_week,
+    top_sellers_validation_frame,
+)
 from pipelines.quality import per_type_counts_suite, top_sellers_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 
@@ -26,7 +27,6 @@ TOP_SELLERS_CHECKS = AuditedChecks("top_sellers", {
     TOP_SELLERS_CONTRACT_CHECK: "GE: known types and lists, ranks within top-N, positive finite scores, no duplicate aid in a list.",
     TOP_SELLERS_PER_TYPE_CHECK: "GE: the popular list is non-empty for clicks, carts and orders (it is every list's fallback).",
 })
-TOP_SELLERS_CONFIG = TopSellersConfig()
 
 
 @asset(
@@ -49,39 +49,25 @@ def top_sellers(
     mlflow_tracking: MlflowResource,
     pipeline_config: PipelineConfigResource,
 ) -> MaterializeResult:
+    import mlflow
+
     week = pipeline_config.week(context.partition_key)
     audited = lake.lake.audited(week)
     window = pipeline_config.training_window(context.partition_key)
-    started = time.perf_counter()
-    train = window_events(spark.session, audited, window)
-    # Scored from the end of W: the sources serve the week after it.
-    table = build_top_sellers(train, reference_ms=week.end_ms, config=TOP_SELLERS_CONFIG)
-    audited.write_partition(table, TOP_SELLERS_TABLE, week, num_files=1, stats=lambda written: {"popular_per_type": types_present(written)})
-    audited.write_partition(build_item_stats(train, week.end_ms), ITEM_STATS_TABLE, week,
-                            stats=lambda written: {"items": written.count()})
-    seconds = time.perf_counter() - started
-    per_type = audited.read_stats(TOP_SELLERS_TABLE, week)["popular_per_type"]
-    preview = (
-        audited.read_partition(spark.session, TOP_SELLERS_TABLE, week)
-        .where("list = 'popular' and rank <= 5")
-        .orderBy("type", "rank")
-        .toPandas()
-    )
-    import mlflow
-
+    summary = materialize_top_sellers_week(spark.session, audited, week, window, TOP_SELLERS_CONFIG)
     with mlflow_tracking.week_run(context):
         mlflow.log_params({f"top_sellers.{k}": v for k, v in TOP_SELLERS_CONFIG.__dict__.items()})
         mlflow.log_params({"training.window": ",".join(w.key for w in window)})
-        mlflow.log_metric("top_sellers.seconds", seconds)
+        mlflow.log_metric("top_sellers.seconds", summary.seconds)
     return TOP_SELLERS_CHECKS.audit(
         context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
         metadata={
             "week": week.key,
             "training_window": MetadataValue.json([w.key for w in window]),
-            "item_stats_items": audited.read_stats(ITEM_STATS_TABLE, week)["items"],
-            "popular_per_type": MetadataValue.json(per_type),
-            "top5": table_preview(preview),
-            "seconds": round(seconds, 1),
+            "item_stats_items": summary.item_stats_items,
+            "popular_per_type": MetadataValue.json(summary.popular_per_type),
+            "top5": table_preview(summary.preview),
+            "seconds": round(summary.seconds, 1),
             "path": MetadataValue.path(str(lake.lake.partition_dir(TOP_SELLERS_TABLE, week))),
         },
     )
