@@ -280,7 +280,7 @@ def main() -> int:
         next_week = run_week(definitions, instance, weeks[-1], steps=INGEST_STEPS)
         if not next_week["success"]:
             raise SystemExit(f"week {weeks[-1]}'s evaluation split failed: {next_week['failures']}")
-        forward = forward_score(workdir, resources["mlflow_tracking"], timed)
+        forward = forward_score(workdir, resources["mlflow_tracking"].process_config_and_initialize(), timed)
         report["forward"] = {key: forward[key] for key in
                              ("model_version", "week", "scored_week", "sessions", "forward", "forward_hand_rule", "gain")}
         print(json.dumps(report["forward"], indent=2), flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
@@ -218,24 +218,33 @@ def s3_resource(settings: Settings) -> S3Resource:
     )
 
 
+def deploy_value(name: str, value: str | None):
+    """`EnvVar(name)` where the deployment sets the variable to exactly the value the settings
+    resolved: the launchpad then shows which variable a value comes from, and each run reads it
+    when it starts. Otherwise the value itself (a default, or a relative path the settings made
+    absolute). Outside a run, read such a resource through `process_config_and_initialize()`."""
+    return EnvVar(name) if value is not None and os.environ.get(name, "").strip() == str(value) else value
+
+
 def build_resources(settings: Settings | None = None) -> dict[str, object]:
     """Resources for the environment described by `settings` (default: the process environment)."""
     settings = settings or Settings.from_env()
     quality = settings.quality
     return {
         "spark": SparkResource(master=settings.spark_master),
-        "lake": LakeResource(root=settings.lake_dir, staging_max_age_hours=settings.staging_max_age_hours),
+        "lake": LakeResource(root=deploy_value("RECSYS_LAKE_DIR", settings.lake_dir),
+                             staging_max_age_hours=settings.staging_max_age_hours),
         "s3": s3_resource(settings),
         "mlflow_tracking": MlflowResource(
-            tracking_uri=settings.mlflow_tracking_uri,
-            experiment_name=settings.experiment_name,
-            registered_model_name=settings.registered_model_name,
+            tracking_uri=deploy_value("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+            experiment_name=deploy_value("RECSYS_MLFLOW_EXPERIMENT", settings.experiment_name),
+            registered_model_name=deploy_value("RECSYS_MODEL_NAME", settings.registered_model_name),
             champion_tolerance=settings.champion_tolerance,
         ),
         "publish": PublishResource.from_env(),
         "pipeline_config": PipelineConfigResource(
-            raw_uri=settings.raw_uri,
-            publish_uri=settings.publish_uri,
+            raw_uri=deploy_value("RECSYS_RAW_URI", settings.raw_uri),
+            publish_uri=deploy_value("RECSYS_PUBLISH_URI", settings.publish_uri),
             timezone=settings.timezone,
             partition_start=settings.partition_start,
             history_weeks=settings.history_weeks,

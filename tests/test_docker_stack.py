@@ -289,11 +289,16 @@ def test_stack_environment_is_accepted_by_the_project_settings(stack_env):
 def test_stack_environment_builds_the_resources(stack_env):
     from resources import build_resources
 
+    from dagster import EnvVar
+
     resources = build_resources()
-    assert resources["lake"].root == "/data/lake"
+    # Deploy-time values reach the launchpad as the variables they come from, read at run time.
+    assert resources["lake"].root == EnvVar("RECSYS_LAKE_DIR")
+    assert resources["pipeline_config"].raw_uri == EnvVar("RECSYS_RAW_URI")
+    assert resources["lake"].process_config_and_initialize().root == "/data/lake"
+    assert resources["pipeline_config"].process_config_and_initialize().raw_uri == "s3://recsys-landing/raw"
     assert resources["s3"].endpoint_url == "http://minio:9000"
     assert resources["s3"].region_name == "us-east-1"
-    assert resources["pipeline_config"].raw_uri == "s3://recsys-landing/raw"
 
 
 def test_buckets_used_by_the_stack_are_created(services):

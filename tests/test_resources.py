@@ -66,3 +66,21 @@ def test_publish_gates_and_transfer_come_from_one_resource_the_launchpad_can_set
     fields = job.run_config_schema.config_type.fields["resources"].config_type.fields["publish"].config_type.fields
     publish_config = fields["config"].config_type.fields
     assert {"max_list_length", "min_row_ratio", "lease_wait_seconds", "verify_checksums"} <= set(publish_config)
+
+
+def test_deploy_time_values_are_env_vars_only_where_the_environment_sets_them(monkeypatch, tmp_path):
+    from dagster import EnvVar
+
+    from resources import build_resources, deploy_value
+
+    monkeypatch.setenv("RECSYS_LAKE_DIR", str(tmp_path / "lake"))
+    monkeypatch.setenv("RECSYS_PUBLISH_URI", "relative/published")  # made absolute by the settings
+    monkeypatch.delenv("RECSYS_RAW_URI", raising=False)
+    assert deploy_value("RECSYS_LAKE_DIR", str(tmp_path / "lake")) == EnvVar("RECSYS_LAKE_DIR")
+    assert deploy_value("RECSYS_LAKE_DIR", "/elsewhere") == "/elsewhere"
+    resources = build_resources()
+    assert isinstance(resources["lake"].root, EnvVar)
+    assert resources["lake"].process_config_and_initialize().root == str(tmp_path / "lake")
+    publish_uri = resources["pipeline_config"].publish_uri
+    assert not isinstance(publish_uri, EnvVar) and publish_uri.endswith("relative/published") and publish_uri != "relative/published"
+    assert not isinstance(resources["pipeline_config"].raw_uri, EnvVar)
