@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipelines.diversity import MMR_POOL, mmr_ranking_name, mmr_rerank, unit_factors
 from pipelines.features import FEATURE_COLUMNS, KEY_COLUMNS
 from pipelines.metrics import K, spark_candidate_recall, spark_score
 from pipelines.popularity import popularity_predictions
@@ -334,10 +335,12 @@ class WeekTraining:
     skipped: dict[str, str]  # week key -> why its labels or its training cuts were left out
 
 
-def evaluate_week(spark, lake, week, sources_week, config: RankerConfig) -> WeekTraining:
+def evaluate_week(spark, lake, week, sources_week, config: RankerConfig, mmr_lambdas=()) -> WeekTraining:
     """`evaluate_ranker` on week W's labelled rows as the `ranker` stage trains it: W's and the
     earlier weeks' evaluation rows (`earlier_labelled_weeks`), the training cuts of those weeks,
-    and the popularity baseline from the lists the rows were built from (`sources_week`'s)."""
+    the popularity baseline from the lists the rows were built from (`sources_week`'s), and the MMR
+    reranks at `mmr_lambdas` with `sources_week`'s ALS item factors."""
+    from pipelines.als import ALS_ITEM_FACTORS_TABLE
     from pipelines.evaluation import EVAL_LABELS_TABLE, labels_long
     from pipelines.features import FEATURES_TABLE
     from pipelines.popularity import TOP_SELLERS_TABLE
@@ -349,7 +352,9 @@ def evaluate_week(spark, lake, week, sources_week, config: RankerConfig) -> Week
     features = lake.read_partition(spark, FEATURES_TABLE, week)
     labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week))
     evaluation = evaluate_ranker(features, labels, lake.read_partition(spark, TOP_SELLERS_TABLE, sources_week),
-                                 config, earlier_weeks=list(earlier.values()), training_cuts=list(cuts.values()))
+                                 config, earlier_weeks=list(earlier.values()), training_cuts=list(cuts.values()),
+                                 item_factors=lake.read_partition(spark, ALS_ITEM_FACTORS_TABLE, sources_week),
+                                 mmr_lambdas=mmr_lambdas)
     return WeekTraining(evaluation, features, labels, [w.key for w in label_weeks], list(cuts), skipped)
 
 
@@ -759,11 +764,12 @@ BASELINES = (BASELINE_COVISITATION, BASELINE_POPULARITY)
 
 
 def evaluate_ranker(features, labels, top_sellers, config: RankerConfig, types=EVENT_TYPES, k: int = K,
-                    earlier_weeks=(), training_cuts=()) -> RankerEvaluation:
+                    earlier_weeks=(), training_cuts=(), item_factors=None, mmr_lambdas=()) -> RankerEvaluation:
     """Fit every target on week W's evaluation sessions (Spark `features` and long `labels`), those
     of `earlier_weeks` ((features, labels), newest first) and `training_cuts`, score W's out-of-fold
     predictions, the hand rule on the same candidate rows and the popularity baseline
-    (`top_sellers`' lists) on the same sessions."""
+    (`top_sellers`' lists) on the same sessions; with `item_factors`, also the out-of-fold lists
+    reranked by MMR at each of `mmr_lambdas` (`pipelines.diversity`)."""
     from pyspark import StorageLevel
 
     labels = labels.select(*KEY_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
@@ -794,6 +800,10 @@ def evaluate_ranker(features, labels, top_sellers, config: RankerConfig, types=E
             BASELINE_COVISITATION: ranked_by(scored, "baseline_rank", k),
             BASELINE_POPULARITY: popularity_predictions(labels, top_sellers, k),
         }
+        if item_factors is not None and mmr_lambdas:
+            unit = unit_factors(item_factors)
+            pool = ranked_top_k(scored, MMR_POOL).select("session", "type", "aid", SCORE_COLUMN)
+            rankings.update({mmr_ranking_name(lam): mmr_rerank(pool, unit, lam, k) for lam in mmr_lambdas})
         predictions = {name: frame.persist(StorageLevel.MEMORY_AND_DISK) for name, frame in rankings.items()}
         metrics = {name: spark_score(frame, labels, k) for name, frame in predictions.items()}
         truth = broadcast_if_small(labels.select(*KEY_COLUMNS).distinct())

@@ -10,6 +10,7 @@ import pytest
 from dagster import DagsterInstance
 
 from definitions import build_definitions
+from pipelines.diversity import MMR_LAMBDAS, mmr_ranking_name
 from pipelines.generate import generate_raw
 from pipelines.lake import Lake
 from pipelines.ranker import RankerConfig
@@ -55,6 +56,11 @@ def test_the_ranker_stage_trains_logs_stages_its_record_and_gates_after_the_audi
     run = client.get_run(trained.run_id)
     assert run.data.metrics["ranker.score"] == pytest.approx(trained.score)
     assert run.data.metrics["ranker.training_cut_weeks_used"] == 1
+    # The MMR trade-off beside the ranker's: accuracy and diversity at each lambda.
+    for lam in MMR_LAMBDAS:
+        name = mmr_ranking_name(lam)
+        assert 0 < run.data.metrics[f"{name}.score"] <= run.data.metrics["ranker.score"] + 0.05
+        assert f"diversity.{name}.intra_list_diversity" in run.data.metrics
     assert {a.path for a in client.list_artifacts(trained.run_id, "evaluation")} >= {
         "evaluation/oof_predictions.csv", "evaluation/labels.jsonl", "evaluation/recall_at_k.png"}
     inputs = {d.dataset.name for d in run.inputs.dataset_inputs}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipelines.als import ALS_ITEM_FACTORS_TABLE
 from pipelines.candidates import CANDIDATE_CONFIG
-from pipelines.diversity import diversity_report
+from pipelines.diversity import MMR_LAMBDAS, diversity_report
 from pipelines.evaluation import EVAL_LABELS_TABLE, TRAINING_CUTS_TABLE
 from pipelines.features import (
     FEATURE_CODE_VERSION,
@@ -87,7 +87,7 @@ def train_ranker_week(spark, lake, week, sources_week, config: RankerConfig, tra
     started = time.perf_counter()
     # The fits run in this process beside the JVM: it gives its idle heap back first.
     release_driver_heap(spark)
-    trained = evaluate_week(spark, lake, week, sources_week, config)
+    trained = evaluate_week(spark, lake, week, sources_week, config, mmr_lambdas=MMR_LAMBDAS)
     for skipped_week, why in trained.skipped.items():
         log.info(f"ranker: week {skipped_week} not trained on: {why}")
     evaluation, labels = trained.evaluation, trained.labels
