@@ -35,7 +35,8 @@ def test_the_ranker_stage_trains_logs_stages_its_record_and_gates_after_the_audi
 
     raw_dir, lake_dir, tracking_uri = tmp_path / "raw", tmp_path / "lake", f"sqlite:///{tmp_path / 'mlflow.db'}"
     generate_raw(raw_dir, n_sessions=800, n_weeks=len(WEEKS), start=WEEKS[0], seed=3, timezone=TIMEZONE)
-    definitions = build_definitions(make_resources(str(raw_dir), str(lake_dir), mlflow_uri=tracking_uri, **LOOSE))
+    definitions = build_definitions(make_resources(str(raw_dir), str(lake_dir), mlflow_uri=tracking_uri,
+                                                   training_cuts=2, **LOOSE))
     runs = materialize(definitions, [(week, FEATURE_ASSETS) for week in WEEKS], {"ops": {"als": {"config": FAST_ALS}}},
                        instance=DagsterInstance.ephemeral())
     assert all(run["success"] for run in runs), [run["failures"] for run in runs]
@@ -56,6 +57,8 @@ def test_the_ranker_stage_trains_logs_stages_its_record_and_gates_after_the_audi
     run = client.get_run(trained.run_id)
     assert run.data.metrics["ranker.score"] == pytest.approx(trained.score)
     assert run.data.metrics["ranker.training_cut_weeks_used"] == 1
+    assert run.data.metrics["ranker.sample_rows.carts"] > 0
+    assert {f"training_cuts/{week.folder}"} <= {d.dataset.name for d in run.inputs.dataset_inputs}
     # The MMR trade-off beside the ranker's: accuracy and diversity at each lambda.
     for lam in MMR_LAMBDAS:
         name = mmr_ranking_name(lam)
