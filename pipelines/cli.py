@@ -46,12 +46,19 @@ def _land(args: argparse.Namespace) -> int:
 
     from pipelines.land import land_otto_file
 
-    if args.format == "retailrocket":
-        from pipelines.land_flat import land_flat_events
+    if args.format in ("retailrocket", "events-csv"):
+        from pipelines.land_flat import RETAILROCKET_LAYOUT, FlatLayout, land_flat_events
 
+        if args.format == "events-csv":
+            if not (args.columns and args.events):
+                raise ValueError("--format events-csv needs --columns and --events")
+            layout = FlatLayout.parse(args.columns, args.events, args.timestamp_unit)
+        else:
+            layout = RETAILROCKET_LAYOUT
         with tqdm(unit=" rows", unit_scale=True, desc="landing", file=sys.stderr, mininterval=1.0) as bar:
             summary = land_flat_events(args.input, args.out, timezone=args.timezone,
-                                       session_gap_minutes=args.session_gap_minutes, progress=bar.update)
+                                       session_gap_minutes=args.session_gap_minutes, progress=bar.update,
+                                       layout=layout)
         _print_json(summary)
         if summary.get("rejected"):
             print(f"rejected rows, each with its reason, are in {args.out}/_rejected/{summary['part_file']}",
@@ -188,11 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     land = commands.add_parser(
         "land", help="split an OTTO JSONL file, or a flat event log (Retailrocket CSV), plain or .gz, into weekly raw folders")
-    land.add_argument("--format", choices=["otto", "retailrocket"], default="otto",
+    land.add_argument("--format", choices=["otto", "retailrocket", "events-csv"], default="otto",
                       help="otto: one JSON session per line; retailrocket: events.csv (timestamp, visitorid, event, "
-                           "itemid, transactionid), cut into sessions by inactivity")
+                           "itemid, transactionid), cut into sessions by inactivity; events-csv: another flat "
+                           "event log with a header row, mapped by --columns and --events")
     land.add_argument("--session-gap-minutes", type=float, default=30.0,
-                      help="retailrocket: a visitor's new session starts after a gap longer than this")
+                      help="flat logs: a visitor's new session starts after a gap longer than this")
+    land.add_argument("--columns", default=None,
+                      help="events-csv: header names of the fields, e.g. "
+                           "timestamp=ts,visitor=user_id,event=action,item=product_id")
+    land.add_argument("--events", default=None,
+                      help="events-csv: the log's event names as clicks, carts or orders, e.g. "
+                           "view=clicks,add_to_cart=carts,purchase=orders (other names are rejected)")
+    land.add_argument("--timestamp-unit", choices=["ms", "s"], default="ms",
+                      help="events-csv: the timestamp column counts milliseconds or seconds since 1970")
     land.add_argument("--input", required=True)
     land.add_argument("--out", required=True)
     land.add_argument("--timezone", default=DEFAULT_TIMEZONE)

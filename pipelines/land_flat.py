@@ -20,6 +20,12 @@ milliseconds) are written to `_rejected/<part file>` with their line number and 
 counted in the summary. A file without the header row is read in the documented column order and
 reported as `header_missing`.
 
+Other flat logs (`recsys land --format events-csv --columns ... --events ...`) are read the same
+way through a `FlatLayout`: which header columns hold the time, the visitor, the event and the
+item, which event names are clicks, carts and orders (other names are rejected `unknown_event`),
+and whether times are milliseconds or seconds. Their header row is required (the columns are
+found by name); visitor and item ids must be non-negative integers.
+
 Memory stays bounded whatever the file's size: the rows are streamed into per-visitor buckets on
 disk (four int64 columns each, `BUCKET_ROWS` rows per bucket at most on average), and each bucket
 is sorted and cut into sessions on its own.
@@ -35,7 +41,8 @@ import math
 import os
 import tempfile
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +61,59 @@ from pipelines.vocabulary import EVENT_TYPES
 from pipelines.weeks import Week
 
 RETAILROCKET = "retailrocket"
+EVENTS_CSV = "events-csv"
 RETAILROCKET_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
 RETAILROCKET_EVENTS = {"view": "clicks", "addtocart": "carts", "transaction": "orders"}
+FLAT_FIELDS = ("timestamp", "visitor", "event", "item")
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where a flat event log keeps each field (header names) and what its event names mean."""
+
+    name: str
+    columns: Mapping[str, str]  # FLAT_FIELDS -> header name
+    events: Mapping[str, str]  # the log's event name -> clicks, carts or orders
+    timestamp_ms: int = 1  # milliseconds per unit of the timestamp column (1000: seconds)
+    # Without a header row the columns are read in this order (None: a header is required).
+    positional: tuple[str, ...] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        missing = [name for name in FLAT_FIELDS if not self.columns.get(name)]
+        if missing:
+            raise ValueError(f"the flat layout names no column for {', '.join(missing)} (need {', '.join(FLAT_FIELDS)})")
+        unknown = sorted(set(self.events.values()) - set(EVENT_TYPES))
+        if unknown or not self.events:
+            raise ValueError(f"events must map the log's names to {', '.join(EVENT_TYPES)}; got {dict(self.events)}")
+        if self.timestamp_ms not in (1, 1000):
+            raise ValueError("timestamps are milliseconds (1) or seconds (1000)")
+
+    @classmethod
+    def parse(cls, columns: str, events: str, timestamp_unit: str = "ms") -> "FlatLayout":
+        """From the command line: `timestamp=ts,visitor=user_id,event=action,item=product_id` and
+        `view=clicks,cart=carts,buy=orders`."""
+        def pairs(text: str, what: str) -> dict[str, str]:
+            parsed = {}
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                key, sep, value = item.partition("=")
+                if not sep or not key.strip() or not value.strip():
+                    raise ValueError(f"{what}: expected name=value pairs separated by commas, got {item!r}")
+                parsed[key.strip()] = value.strip()
+            return parsed
+
+        column_map = pairs(columns, "--columns")
+        unknown = sorted(set(column_map) - set(FLAT_FIELDS))
+        if unknown:
+            raise ValueError(f"--columns: unknown fields {unknown}; the fields are {', '.join(FLAT_FIELDS)}")
+        if timestamp_unit not in ("ms", "s"):
+            raise ValueError(f"--timestamp-unit is ms or s, not {timestamp_unit!r}")
+        return cls(EVENTS_CSV, {k: v.lower() for k, v in column_map.items()}, pairs(events, "--events"),
+                   timestamp_ms=1 if timestamp_unit == "ms" else 1000)
+
+
+RETAILROCKET_LAYOUT = FlatLayout(
+    RETAILROCKET, {"timestamp": "timestamp", "visitor": "visitorid", "event": "event", "item": "itemid"},
+    RETAILROCKET_EVENTS, positional=RETAILROCKET_COLUMNS)
 DEFAULT_SESSION_GAP_MINUTES = 30.0
 MAX_VISITOR_ID = 2**31 - 1
 MINUTE_MS = 60_000
@@ -98,8 +156,10 @@ def land_flat_events(
     timezone: str = DEFAULT_TIMEZONE,
     session_gap_minutes: float = DEFAULT_SESSION_GAP_MINUTES,
     progress: Callable[[int], object] | None = None,
+    layout: FlatLayout = RETAILROCKET_LAYOUT,
 ) -> dict:
-    """Land a Retailrocket-layout CSV (plain or gzip) into `out_dir`'s weekly layout.
+    """Land a flat event log CSV (plain or gzip; the Retailrocket layout unless `layout` says
+    otherwise) into `out_dir`'s weekly layout.
 
     Returns {"format", "rows", "events", "sessions", "visitors", "weeks": {week key: events},
     "rejected": {reason: rows}, "part_file", "session_gap_minutes"}. `progress(rows)` is told
@@ -112,7 +172,7 @@ def land_flat_events(
     n_buckets = max(1, math.ceil(os.path.getsize(input_path) / ROW_BYTES_ESTIMATE / BUCKET_ROWS))
     rejected: dict[str, int] = {}
     rows = 0
-    type_codes = {name: EVENT_TYPES.index(kind) for name, kind in RETAILROCKET_EVENTS.items()}
+    type_codes = {name: EVENT_TYPES.index(kind) for name, kind in layout.events.items()}
 
     with merged_layout(out_dir, part_name) as staging, _PartWriters(staging, part_name) as writers, \
             tempfile.TemporaryDirectory(prefix=".buckets-", dir=staging.parent) as bucket_dir:
@@ -132,25 +192,34 @@ def land_flat_events(
 
         with _open_text(input_path) as text:
             reader = csv.reader(text)
-            columns = {name: position for position, name in enumerate(RETAILROCKET_COLUMNS)}
-            width = len(RETAILROCKET_COLUMNS)
+            wanted = [layout.columns[name].lower() for name in FLAT_FIELDS]
+            positions = {name: position for position, name in enumerate(layout.positional or ())}
+            width = len(layout.positional or ())
+            columns = None
             for row in reader:
                 if reader.line_num == 1:
                     header = [cell.strip().lower() for cell in row]
-                    if set(RETAILROCKET_COLUMNS[:4]) <= set(header):
-                        columns, width = {name: header.index(name) for name in header}, len(header)
+                    if set(wanted) <= set(header):
+                        positions, width = {name: header.index(name) for name in header}, len(header)
                         continue
+                    if layout.positional is None:
+                        missing = sorted(set(wanted) - set(header))
+                        raise ValueError(f"{input_path}: the header row has no column {', '.join(missing)} "
+                                         f"(found: {', '.join(header)})")
                     reject(HEADER_MISSING, 1, ",".join(row))
+                if columns is None:  # from the header row, or the documented order without one
+                    columns = {name: positions[layout.columns[name].lower()] for name in FLAT_FIELDS}
                 rows += 1
                 line_number = reader.line_num
                 if len(row) != width:
                     reject(WRONG_COLUMN_COUNT, line_number, ",".join(row))
                     continue
                 ts = _parse_int(row[columns["timestamp"]])
+                ts = None if ts is None else ts * layout.timestamp_ms
                 if ts is None or not MIN_PLAUSIBLE_TS_MS <= ts < MAX_PLAUSIBLE_TS_MS:
                     reject(BAD_TIMESTAMP, line_number, ",".join(row))
                     continue
-                visitor = _parse_int(row[columns["visitorid"]])
+                visitor = _parse_int(row[columns["visitor"]])
                 if visitor is None or not 0 <= visitor <= MAX_VISITOR_ID:
                     reject(BAD_VISITOR, line_number, ",".join(row))
                     continue
@@ -158,7 +227,7 @@ def land_flat_events(
                 if code is None:
                     reject(UNKNOWN_EVENT, line_number, ",".join(row))
                     continue
-                aid = _parse_int(row[columns["itemid"]])
+                aid = _parse_int(row[columns["item"]])
                 if aid is None or aid < 0:
                     reject(BAD_ITEM, line_number, ",".join(row))
                     continue
@@ -180,7 +249,7 @@ def land_flat_events(
             events, sessions, visitors = events + found[0], sessions + found[1], visitors + found[2]
 
     return {
-        "format": RETAILROCKET,
+        "format": layout.name,
         "rows": rows,
         "events": events,
         "sessions": sessions,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import land_flat
-from pipelines.land_flat import MINUTE_MS, land_flat_events, session_id
+from pipelines.land_flat import MINUTE_MS, FlatLayout, land_flat_events, session_id
 from pipelines.weeks import Week
 
 TIMEZONE = "Europe/Berlin"
@@ -92,6 +92,34 @@ def test_a_retailrocket_file_lands_as_exact_sessions_with_every_bad_row_rejected
     assert again == summary and _landed(tmp_path / "out") == landed
 
 
+def test_another_flat_log_lands_through_its_column_and_event_mapping(tmp_path):
+    """`--format events-csv`: other column names in another order, seconds, the shop's own event
+    names; the same sessions as the Retailrocket file of the same events."""
+    layout = FlatLayout.parse("timestamp=Time,visitor=user,event=action,item=product",
+                              "detail=clicks,add=carts,buy=orders,checkout=orders", timestamp_unit="s")
+    seconds = lambda ms: ms // 1000  # noqa: E731
+    rows = ["product,action,user,Time,channel",
+            f"100,detail,7,{seconds(T0)},web", f"101,add,7,{seconds(T0 + 5 * MIN)},web",
+            f"101,checkout,7,{seconds(T0 + 6 * MIN)},app", f"102,detail,7,{seconds(T0 + 37 * MIN)},web",
+            f"200,wishlist,8,{seconds(T0)},web", f"201,detail,8,{seconds(T0)}"]
+    summary = land_flat_events(_write(tmp_path / "log.csv", rows), tmp_path / "out", timezone=TIMEZONE, layout=layout)
+    assert summary["format"] == "events-csv" and summary["rejected"] == {"unknown_event": 1, "wrong_column_count": 1}
+    assert (summary["events"], summary["sessions"], summary["visitors"]) == (4, 2, 1)
+    landed = {line["session"]: [(e["aid"], e["ts"], e["type"]) for e in line["events"]]
+              for lines in _landed(tmp_path / "out").values() for line in lines}
+    assert landed == {session_id(7, T0): [(100, T0, "clicks"), (101, T0 + 5 * MIN, "carts"), (101, T0 + 6 * MIN, "orders")],
+                      session_id(7, T0 + 37 * MIN): [(102, T0 + 37 * MIN, "clicks")]}
+
+    with pytest.raises(ValueError, match="no column action, product, time, user"):
+        land_flat_events(_write(tmp_path / "headless.csv", rows[1:]), tmp_path / "out2", timezone=TIMEZONE, layout=layout)
+    with pytest.raises(ValueError, match="no column for item"):
+        FlatLayout.parse("timestamp=Time,visitor=user,event=action", "detail=clicks")
+    with pytest.raises(ValueError, match="clicks, carts, orders"):
+        FlatLayout.parse("timestamp=t,visitor=u,event=e,item=i", "detail=likes")
+    with pytest.raises(ValueError, match="unknown fields"):
+        FlatLayout.parse("timestamp=t,visitor=u,event=e,item=i,price=p", "detail=clicks")
+
+
 def test_session_ids_are_stable_and_distinct():
     assert session_id(7, T0) == 7 * 2**32 + T0 // MIN
     ids = {session_id(visitor, T0 + k * 31 * MIN) for visitor in (0, 1, 2**31 - 1) for k in range(50)}
@@ -143,3 +171,16 @@ def test_landed_weeks_materialize_through_events_and_sessions(spark, tmp_path):
     assert metadata["events"]["dagster/partition_row_count"].value == 9
     assert metadata["events"]["quarantined"].value == 0
     assert metadata["sessions"]["dagster/partition_row_count"].value == 5
+
+
+def test_recsys_land_maps_an_events_csv_from_the_command_line(tmp_path, capsys):
+    from pipelines.cli import main
+
+    source = _write(tmp_path / "log.csv", ["product,action,user,Time", f"100,detail,7,{T0 // 1000}",
+                                           f"101,add,7,{(T0 + MIN) // 1000}"])
+    argv = ["land", "--format", "events-csv", "--input", str(source), "--out", str(tmp_path / "out"),
+            "--timezone", TIMEZONE, "--columns", "timestamp=Time,visitor=user,event=action,item=product",
+            "--events", "detail=clicks,add=carts", "--timestamp-unit", "s"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["sessions"] == 1
+    assert main(argv[:-6]) == 2 and "needs --columns and --events" in capsys.readouterr().err
