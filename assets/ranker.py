@@ -1,5 +1,7 @@
 """`ranker`: LightGBM LambdaRank per target, K-fold evaluation, the MLflow model and the champion gate."""
 
+import dataclasses
+
 from dagster import (
     AssetCheckResult,
     AssetDep,
@@ -89,7 +91,8 @@ def ranker(
         reason = warm_up_week_reason(week)
         audited.write_document({"week": week.key, "warm_up": reason}, RANKER_TABLE, week)
         return RANKER_CHECKS.warm_up(context, audited, reason, metadata={"week": week.key})
-    trained = train_ranker_week(spark.session, audited, week, sources_week, config.to_ranker_config(), mlflow_tracking,
+    ranker_config = dataclasses.replace(config.to_ranker_config(), use_training_cuts=pipeline_config.training_cuts > 0)
+    trained = train_ranker_week(spark.session, audited, week, sources_week, ranker_config, mlflow_tracking,
                                 open_run=lambda: mlflow_tracking.week_run(context), log=context.log)
 
     def register_and_gate_passed() -> dict:

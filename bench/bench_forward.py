@@ -88,7 +88,10 @@ def train_bundle(spark, lake: Lake, week: Week, directory: Path) -> dict:
 
     release_driver_heap(spark)
     started = time.perf_counter()
-    evaluation = evaluate_week(spark, lake, week, week.shift(-1), RankerConfig()).evaluation
+    from pipelines.config import Settings
+
+    config = RankerConfig(use_training_cuts=Settings.from_env().training_cuts > 0)  # as the `ranker` asset does
+    evaluation = evaluate_week(spark, lake, week, week.shift(-1), config).evaluation
     evaluation.release()
     seconds = time.perf_counter() - started
     tables_dir = lake.model_tables_dir(f"bench-forward-{week.key}")

@@ -97,6 +97,8 @@ class RankerConfig:
     # Weeks of labelled sessions a ranker trains on: W and the weeks before it whose features are
     # in the lake (`earlier_labelled_weeks`).
     label_weeks: int = 4
+    # Also train on those weeks' training cuts (`RECSYS_TRAINING_CUTS` > 0 writes them).
+    use_training_cuts: bool = False
 
     def lightgbm_params(self) -> dict:
         return {
@@ -337,7 +339,8 @@ class WeekTraining:
 
 def evaluate_week(spark, lake, week, sources_week, config: RankerConfig, mmr_lambdas=()) -> WeekTraining:
     """`evaluate_ranker` on week W's labelled rows as the `ranker` stage trains it: W's and the
-    earlier weeks' evaluation rows (`earlier_labelled_weeks`), the training cuts of those weeks,
+    earlier weeks' evaluation rows (`earlier_labelled_weeks`), the training cuts of those weeks
+    (with `config.use_training_cuts`),
     the popularity baseline from the lists the rows were built from (`sources_week`'s), and the MMR
     reranks at `mmr_lambdas` with `sources_week`'s ALS item factors."""
     from pipelines.als import ALS_ITEM_FACTORS_TABLE
@@ -347,7 +350,7 @@ def evaluate_week(spark, lake, week, sources_week, config: RankerConfig, mmr_lam
 
     earlier, skipped = earlier_labelled_weeks(spark, lake, week, config)
     label_weeks = [week, *(week.shift(-back) for back in range(1, config.label_weeks) if week.shift(-back).key in earlier)]
-    cuts, skipped_cuts = training_cuts_of_weeks(spark, lake, label_weeks)
+    cuts, skipped_cuts = training_cuts_of_weeks(spark, lake, label_weeks) if config.use_training_cuts else ({}, {})
     skipped.update({key: f"training cuts: {why}" for key, why in skipped_cuts.items()})
     features = lake.read_partition(spark, FEATURES_TABLE, week)
     labels = labels_long(lake.read_partition(spark, EVAL_LABELS_TABLE, week))

@@ -25,7 +25,7 @@ from tests.spark_stages import FAST_ALS, FEATURE_ASSETS, materialize
 WEEKS = ("2022-08-01", "2022-08-08")
 LOOSE = {"drift_min_volume_ratio": 0.01, "drift_max_volume_ratio": 100.0, "drift_max_type_share_delta": 1.0,
          "min_source_coverage": 0.0}
-FAST = RankerConfig(folds=2, num_boost_round=10, min_data_in_leaf=5, num_threads=1)
+FAST = RankerConfig(folds=2, num_boost_round=10, min_data_in_leaf=5, num_threads=1, use_training_cuts=True)
 
 
 @pytest.mark.timeout(900)
