@@ -26,8 +26,8 @@ from pipelines.als import (
     SIMILAR_ITEMS_TABLE,
     AlsConfig,
     factor_validation_frame,
-    materialize_als_week,
 )
+from pipelines.stages.als import materialize_als_week
 from pipelines.quality import (
     coverage_suite,
     factors_suite,

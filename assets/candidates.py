@@ -16,8 +16,8 @@ from pipelines.candidates import (
     CANDIDATE_CONFIG,
     CANDIDATES_TABLE,
     MAX_CANDIDATES_PER_QUERY,
-    materialize_candidates_week,
 )
+from pipelines.stages.candidates import materialize_candidates_week
 from pipelines.evaluation import warm_up_week_reason
 from pipelines.features import FEATURE_CODE_VERSION
 from pipelines.quality import candidates_suite, candidates_validation_frame, validate

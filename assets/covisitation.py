@@ -16,9 +16,9 @@ from pipelines.covisitation import (
     COVISITATION_CONFIG,
     COVISITATION_TABLE,
     MATRICES,
-    materialize_covisitation_week,
     validation_frame,
 )
+from pipelines.stages.covisitation import materialize_covisitation_week
 from pipelines.quality import coverage_suite, covisitation_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 

@@ -15,8 +15,8 @@ from pipelines.evaluation import (
     EVAL_LABELS_TABLE,
     EVAL_SESSIONS_TABLE,
     TRAINING_CUTS_TABLE,
-    materialize_eval_split_week,
 )
+from pipelines.stages.eval_split import materialize_eval_split_week
 from pipelines.quality import eval_split_suite, eval_split_validation_frame, validate
 from resources import LakeResource, PipelineConfigResource, SparkResource
 

@@ -18,7 +18,7 @@ from dagster_aws.s3 import S3Resource
 from assets.partitions import weekly_partitions
 from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
-from pipelines.events import materialize_events_week
+from pipelines.stages.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE
 from pipelines.quality import drift_frame, drift_suite, events_suite, quarantine_suite, validate
 from pipelines.raw import RawWeekMissingError, is_s3_uri, staged_raw_week

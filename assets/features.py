@@ -20,8 +20,8 @@ from pipelines.features import (
     FEATURES_TABLE,
     TRAINING_FEATURES_TABLE,
     features_validation_frame,
-    materialize_features_week,
 )
+from pipelines.stages.features import materialize_features_week
 from pipelines.quality import features_suite, validate
 from resources import LakeResource, PipelineConfigResource, SparkResource
 

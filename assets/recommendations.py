@@ -43,8 +43,8 @@ from pipelines.recommendations import (
     lake_table,
     model_for_week,
     row_count_warm_up,
-    write_recommendation_tables,
 )
+from pipelines.stages.recommendation_tables import write_recommendation_tables
 from pipelines.stages.ranker_week import RANKER_TABLE
 from pipelines.tracking import ui_links
 from resources import LakeResource, MlflowResource, PipelineConfigResource, PublishResource, SparkResource

@@ -16,7 +16,7 @@ from assets.pools import SPARK_POOL
 from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_report
 from pipelines.lake import SESSIONS_TABLE
 from pipelines.quality import drift_frame, drift_suite, sessions_suite, sessions_validation_frame, validate
-from pipelines.sessions import materialize_sessions_week
+from pipelines.stages.sessions import materialize_sessions_week
 from resources import LakeResource, PipelineConfigResource, SparkResource
 
 SESSIONS_CONTRACT_CHECK = "sessions_contract"

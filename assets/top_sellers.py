@@ -15,9 +15,9 @@ from assets.quality_checks import AuditedChecks, StagedLake, check_result_from_r
 from pipelines.popularity import (
     TOP_SELLERS_CONFIG,
     TOP_SELLERS_TABLE,
-    materialize_top_sellers_week,
     top_sellers_validation_frame,
 )
+from pipelines.stages.top_sellers import materialize_top_sellers_week
 from pipelines.quality import per_type_counts_suite, top_sellers_suite, validate
 from resources import LakeResource, MlflowResource, PipelineConfigResource, SparkResource
 

@@ -512,27 +512,3 @@ def linear_algebra_backends(spark) -> dict:
         "java_blas": backend("org.apache.spark.ml.linalg.BLAS$", "javaBLAS"),
         "uses_native": native_blas.endswith("JNIBLAS") and native_lapack.endswith("JNILAPACK"),
     }
-
-
-def materialize_als_week(spark, lake, week, window, config: AlsConfig, checkpoint_dir: str) -> dict:
-    """Fit ALS on every event of the training `window` (ending with `week`), replace the week's
-    item and session factors and its `similar_items` (computed from the stored item factors, so what
-    the checks read is what is used), and return the fit's stats (`AlsResult.stats`, the coverage of
-    the window's active items, the similar-item rows) as stored beside `similar_items`."""
-    from pipelines.evaluation import active_items, item_coverage, window_events
-
-    train = window_events(spark, lake, window)
-    result = fit_als(train, config, checkpoint_dir=checkpoint_dir)
-    try:
-        lake.write_partition(result.item_factors, ALS_ITEM_FACTORS_TABLE, week)
-        lake.write_partition(result.session_factors, ALS_SESSION_FACTORS_TABLE, week)
-    finally:
-        result.release()
-    item_factors = lake.read_partition(spark, ALS_ITEM_FACTORS_TABLE, week)
-    coverage = item_coverage(item_factors, active_items(train))
-    lake.write_partition(
-        similar_items(item_factors, config), SIMILAR_ITEMS_TABLE, week,
-        stats=lambda written: {**result.stats, "coverage": {"als_items": coverage}, "similar_items_rows": written.count()},
-    )
-    return lake.read_stats(SIMILAR_ITEMS_TABLE, week)
-

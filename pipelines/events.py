@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
 from pipelines.raw import LINE_MAX_LENGTH_OPTION, RawWeek, skipped_line_bytes
 from pipelines.vocabulary import EVENT_TYPES
 from pipelines.weeks import Week
@@ -322,21 +321,3 @@ def summarize_parsed_week(parsed: ParsedWeek, written_events) -> EventsSummary:
         sessions=totals["sessions"],
         items=totals["items"],
     )
-
-
-def materialize_events_week(spark, lake: Lake, raw: RawWeek, max_line_bytes: int = MAX_LINE_BYTES) -> EventsSummary:
-    """Parse the week's staged raw files and replace the week in the `events` and quarantine tables."""
-    week = raw.week
-    parsed = parse_raw_week(spark, raw, max_line_bytes)
-    summaries: list[EventsSummary] = []
-
-    def summarize(written_events) -> dict:
-        summaries.append(summarize_parsed_week(parsed, written_events))
-        return {"week": week.key, **raw.as_metadata(), **summaries[-1].as_dict()}
-
-    try:
-        lake.write_partition(parsed.quarantine, QUARANTINE_TABLE, week, num_files=1)
-        lake.write_partition(parsed.events, EVENTS_TABLE, week, stats=summarize)
-    finally:
-        parsed.release()
-    return summaries[-1]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pipelines import events as ev
+from pipelines.stages.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
 from pipelines.quality import events_suite, validate
 from pipelines.raw import RawWeek
@@ -103,8 +104,8 @@ def test_gzip_input_reads_like_plain(spark, tmp_path, corrupted_week):
 
 def test_materialize_twice_replaces_the_week(spark, tmp_path, corrupted_week):
     lake = Lake(str(tmp_path / "lake"))
-    first = ev.materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
-    second = ev.materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
+    first = materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
+    second = materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
     assert first == second
     assert lake.read_partition(spark, EVENTS_TABLE, WEEK).count() == 4
     assert lake.read_partition(spark, QUARANTINE_TABLE, WEEK).count() == 13
@@ -115,7 +116,7 @@ def test_materialize_twice_replaces_the_week(spark, tmp_path, corrupted_week):
 
 def test_failed_write_keeps_the_previous_week(spark, tmp_path, corrupted_week):
     lake = Lake(str(tmp_path / "lake"))
-    ev.materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
+    materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
 
     def explode(_frame):
         raise RuntimeError("disk full")
@@ -159,7 +160,7 @@ def test_events_suite_passes_clean_events(spark):
 def test_validation_sees_a_rewritten_partition_not_a_cached_one(spark, tmp_path, corrupted_week):
     """GE must not leave validated frames cached: Spark would serve the old files' rows to the next check."""
     lake = Lake(str(tmp_path / "lake"))
-    ev.materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
+    materialize_events_week(spark, lake, RawWeek.of_local_files(WEEK, [corrupted_week]))
     assert validate(lake.read_partition(spark, EVENTS_TABLE, WEEK), "events_contract", events_suite(WEEK)).success
 
     bad = spark.createDataFrame([(1, 2, WEEK.end_ms + 5, "views")], ev.EVENTS_SPARK_SCHEMA)

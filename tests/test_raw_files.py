@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import events as ev
+from pipelines.stages.events import materialize_events_week
 from pipelines.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
 from pipelines.raw import (
     SKIPPED_HIDDEN,
@@ -117,7 +118,7 @@ def test_an_unreadable_compressed_file_is_quarantined_whole_and_the_others_inges
     raw = stage_raw_week(str(raw_root), WEEK, tmp_path / "staging")
     assert sorted(Path(f.source).name for f in raw.unreadable) == ["garbage.jsonl.bz2", "plain.jsonl.gz", "truncated.jsonl.gz"]
     lake = Lake(str(tmp_path / "lake"))
-    summary = ev.materialize_events_week(spark, lake, raw)
+    summary = materialize_events_week(spark, lake, raw)
 
     assert summary.events == 5 and summary.sessions == 2
     assert summary.quarantine_by_reason[ev.UNREADABLE_FILE] == 3
@@ -167,7 +168,7 @@ def test_the_quarantine_text_is_valid_utf8(spark, tmp_path):
     _write(week_dir / "part.jsonl", (_line(1) + "\n").encode() + b'{"session": 2, "events": [\xff\xfe]}\n'
            + b'{"session": "\xc3\x28", "events": [{"aid": 1, "ts": 1, "type": "clicks"}]}\n')
     lake = Lake(str(tmp_path / "lake"))
-    ev.materialize_events_week(spark, lake, stage_raw_week(str(tmp_path / "raw"), WEEK, tmp_path / "staging"))
+    materialize_events_week(spark, lake, stage_raw_week(str(tmp_path / "raw"), WEEK, tmp_path / "staging"))
 
     table = pq.read_table(lake.partition_dir(QUARANTINE_TABLE, WEEK))  # pyarrow rejects invalid UTF-8
     records = table.column("record").to_pylist()
