@@ -1,6 +1,8 @@
 """`ranker`: LightGBM LambdaRank per target, K-fold evaluation, the MLflow model and the champion gate."""
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 from dagster import (
     AssetCheckResult,
@@ -92,29 +94,33 @@ def ranker(
         audited.write_document({"week": week.key, "warm_up": reason}, RANKER_TABLE, week)
         return RANKER_CHECKS.warm_up(context, audited, reason, metadata={"week": week.key})
     ranker_config = dataclasses.replace(config.to_ranker_config(), use_training_cuts=pipeline_config.training_cuts > 0)
-    trained = train_ranker_week(spark.session, audited, week, sources_week, ranker_config, mlflow_tracking,
-                                open_run=lambda: mlflow_tracking.week_run(context), log=context.log)
+    # The gate, after the audit, logs the week before's forward lists from the scratch folder.
+    with tempfile.TemporaryDirectory(prefix="ranker-") as scratch:
+        trained = train_ranker_week(spark.session, audited, week, sources_week, ranker_config, mlflow_tracking,
+                                    open_run=lambda: mlflow_tracking.week_run(context), scratch=Path(scratch),
+                                    log=context.log)
+        return RANKER_CHECKS.audit(
+            context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
+            on_pass=lambda: gate_passed_version(context, trained, mlflow_tracking, audited),
+            metadata=ranker_metadata(trained, mlflow_tracking.registered_model_name),
+        )
 
-    def register_and_gate_passed() -> dict:
-        outcome = register_and_gate(trained, mlflow_tracking, audited)
-        name = mlflow_tracking.registered_model_name
-        context.log.info(f"ranker {trained.score:.4f} vs baselines {trained.baselines}; gate: {outcome.decision.reason}")
-        previous_week = trained.registered_scores.previous_week_forward
-        if previous_week is not None:
-            # The week before's partition gets its model's forward score once this week's rows exist.
-            context.log_event(AssetObservation(asset_key=context.asset_key, partition=week.shift(-1).key, metadata={
-                "forward_score": previous_week[1], "forward_week": week.key, "model": f"{name} v{previous_week[0]}",
-                "forward_scores": scores_table({"forward": trained.registered_scores.forward}),
-            }))
-        return {"model": f"{name} v{outcome.version}", "champion_gate": MetadataValue.json(outcome.decision.as_dict()),
-                "model_uri": f"models:/{name}/{outcome.version}",
-                **{key: MetadataValue.url(url) for key, url in ui_links(
-                    mlflow_tracking.tracking_uri, trained.run_id, name, outcome.version, trained.experiment_id).items()}}
 
-    return RANKER_CHECKS.audit(
-        context, audited, spark=spark, mlflow_tracking=mlflow_tracking, pipeline_config=pipeline_config,
-        on_pass=register_and_gate_passed, metadata=ranker_metadata(trained, mlflow_tracking.registered_model_name),
-    )
+def gate_passed_version(context: AssetExecutionContext, trained: TrainedWeek, mlflow_tracking: MlflowResource,
+                        audited) -> dict:
+    """Register and gate the audited version; the week before's partition gets its forward score."""
+    outcome = register_and_gate(trained, mlflow_tracking, audited)
+    name, week = mlflow_tracking.registered_model_name, trained.week
+    context.log.info(f"ranker {trained.score:.4f} vs baselines {trained.baselines}; gate: {outcome.decision.reason}")
+    previous_week = trained.registered_scores.previous_week_forward
+    if previous_week is not None:
+        context.log_event(AssetObservation(asset_key=context.asset_key, partition=week.shift(-1).key, metadata={
+            "forward_score": previous_week[1], "forward_week": week.key, "model": f"{name} v{previous_week[0]}",
+            "forward_scores": scores_table({"forward": trained.registered_scores.forward}),
+        }))
+    links = ui_links(mlflow_tracking.tracking_uri, trained.run_id, name, outcome.version, trained.experiment_id)
+    return {"model": f"{name} v{outcome.version}", "champion_gate": MetadataValue.json(outcome.decision.as_dict()),
+            "model_uri": f"models:/{name}/{outcome.version}", **{key: MetadataValue.url(url) for key, url in links.items()}}
 
 
 def ranker_metadata(trained: TrainedWeek, model_name: str) -> dict:

@@ -139,7 +139,7 @@ def predict_in_batches(model, sessions, batch_sessions: int = PREDICT_BATCH_SESS
     with tqdm(total=int(sessions["session"].nunique()), unit=" sessions", unit_scale=True, desc="predicting",
               file=sys.stderr, mininterval=1.0) as bar:
         for _, batch in sessions.groupby(batch_of_row, sort=True):
-            batches.append(model.predict(batch))
+            batches.append(model.predict(batch.reset_index(drop=True)))
             bar.update(int(batch["session"].nunique()))
     return pd.concat(batches, ignore_index=True)
 

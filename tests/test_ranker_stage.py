@@ -14,8 +14,9 @@ from pipelines.diversity import MMR_LAMBDAS, mmr_ranking_name
 from pipelines.generate import generate_raw
 from pipelines.lake import Lake
 from pipelines.ranker import RankerConfig
-from pipelines.registry import CHAMPION_ALIAS
+from pipelines.registry import CHAMPION_ALIAS, FORWARD_METRIC_PREFIX, WEEK_TAG
 from pipelines.stages.ranker_week import RANKER_TABLE, register_and_gate, train_ranker_week
+from pipelines.stages.registered_scores import FORWARD_PREDICTIONS_CSV
 from pipelines.tracking import experiment_id
 from pipelines.weeks import Week
 from resources import MlflowResource
@@ -49,7 +50,7 @@ def test_the_ranker_stage_trains_logs_stages_its_record_and_gates_after_the_audi
         mlflow.set_tracking_uri(tracking_uri)
         return mlflow.start_run(experiment_id=experiment_id(tracking_uri, "stage"))
 
-    trained = train_ranker_week(spark, audited, week, sources_week, FAST, tracking, open_run)
+    trained = train_ranker_week(spark, audited, week, sources_week, FAST, tracking, open_run, tmp_path / "scratch")
     assert trained.trained.label_weeks == [week.key] and trained.trained.cut_weeks == [week.key]
     assert trained.summary == audited.read_stats(RANKER_TABLE, week)
     assert set(trained.baselines) == {"baseline_covisitation", "baseline_popularity"}
@@ -70,14 +71,23 @@ def test_the_ranker_stage_trains_logs_stages_its_record_and_gates_after_the_audi
     assert {f"training_features/{week.folder}", f"features/{week.folder}"} <= inputs
     assert not client.search_model_versions("name='stage'"), "nothing is registered before the audit"
 
-    # The gate promotes a first version only if it is at most the tolerance below the hand rule.
-    lenient = dataclasses.replace(trained, baselines={name: 0.0 for name in trained.baselines})
+    # Registered as the week before's version, the first model is scored forward by the next
+    # training, and the gate logs those lists into its run from that training's scratch folder.
+    previous = mlflow.register_model(trained.model_uri, "stage")
+    client.set_model_version_tag("stage", previous.version, WEEK_TAG, sources_week.key)
+    again = train_ranker_week(spark, audited, week, sources_week, FAST, tracking, open_run, tmp_path / "scratch2")
+    assert again.registered_scores.previous_week_forward[0] == str(previous.version)
+
+    # The gate promotes a version only if it is at most the tolerance below the hand rule.
+    lenient = dataclasses.replace(again, baselines={name: 0.0 for name in again.baselines})
     outcome = register_and_gate(lenient, tracking, audited)
-    assert outcome.version == "1" and outcome.decision.promoted
-    assert str(client.get_model_version_by_alias("stage", CHAMPION_ALIAS).version) == "1"
+    assert outcome.version == "2" and outcome.decision.promoted
+    assert str(client.get_model_version_by_alias("stage", CHAMPION_ALIAS).version) == "2"
     record = audited.read_stats(RANKER_TABLE, week)
-    assert str(record["model_version"]) == "1" and record["gate"] == outcome.decision.as_dict()
-    assert client.get_run(trained.run_id).data.tags["model.gate"] == "promoted"
+    assert str(record["model_version"]) == "2" and record["gate"] == outcome.decision.as_dict()
+    assert client.get_run(again.run_id).data.tags["model.gate"] == "promoted"
+    forward = {a.path for a in client.list_artifacts(trained.run_id, FORWARD_METRIC_PREFIX)}
+    assert f"{FORWARD_METRIC_PREFIX}/{FORWARD_PREDICTIONS_CSV}" in forward
 
 
 def test_mlflow_ui_links_only_where_a_tracking_server_serves_them(tmp_path):

@@ -14,7 +14,6 @@ week before's forward score and move `champion` through the gate.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -79,8 +78,10 @@ class GateOutcome:
 
 
 def train_ranker_week(spark, lake, week, sources_week, config: RankerConfig, tracking,
-                      open_run: Callable, log: logging.Logger | None = None) -> TrainedWeek:
-    """Train, score and log week W (see the module docstring); `lake` is the week's audited lake."""
+                      open_run: Callable, scratch: Path, log: logging.Logger | None = None) -> TrainedWeek:
+    """Train, score and log week W (see the module docstring); `lake` is the week's audited lake.
+    `scratch`: an empty folder for the artefacts, kept until `register_and_gate` has run (the week
+    before's forward lists are logged from it then)."""
     import mlflow
 
     log = log or logging.getLogger(__name__)
@@ -95,68 +96,67 @@ def train_ranker_week(spark, lake, week, sources_week, config: RankerConfig, tra
     results, metrics, score = evaluation.results, evaluation.metrics, evaluation.score
     baselines = {name: metrics[name]["score"] for name in BASELINES}
 
-    with tempfile.TemporaryDirectory(prefix="ranker-") as scratch:
-        scratch = Path(scratch)
-        with open_run() as run:
-            try:
-                # Lists are built from week W-1's sources: their items are the catalogue, their ALS
-                # factors say how alike two items are.
-                diversity = diversity_report(
-                    evaluation.predictions, lake.read_partition(spark, ALS_ITEM_FACTORS_TABLE, sources_week),
-                    lake.read_partition(spark, ITEM_STATS_TABLE, sources_week))
-                spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
-                spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
-                curves = {name: spark_recall_curve(frame, labels) for name, frame in evaluation.predictions.items()}
-            finally:
-                evaluation.release()
-            coverage = diversity[RANKER]["catalogue_coverage"]
-            plot_recall_curves(curves, scratch / "recall_at_k.png")
-            for event_type, result in results.items():
-                plot_feature_importance(result.feature_importance, scratch / f"feature_importance_{event_type}.png")
-            mlflow.log_params({f"ranker.{k}": v for k, v in config.params().items()})
-            mlflow.log_params({"features.code_version": FEATURE_CODE_VERSION, "features.count": len(FEATURE_COLUMNS)})
-            mlflow.log_metrics({
-                **flatten_metrics("", metrics),
-                **flatten_metrics("ceiling", evaluation.ceiling),
-                **flatten_metrics("diversity", diversity),
-                "catalogue_coverage": coverage,
-                "ranker.seconds": fit_seconds,
-                "ranker.label_weeks_used": len(trained.label_weeks),
-                "ranker.training_cut_weeks_used": len(trained.cut_weeks),
-                **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
-                **{f"ranker.sample_rows.{t}": r.sample_rows for t, r in results.items()},
-                **{f"ranker.rounds.{t}": r.rounds for t, r in results.items()},
-            })
-            for path in sorted(scratch.iterdir()):
-                mlflow.log_artifact(str(path), artifact_path="evaluation")
-            log_lake_inputs(_trained_on_partitions(lake, week, trained), context="training")
+    scratch.mkdir(parents=True, exist_ok=True)
+    with open_run() as run:
+        try:
+            # Lists are built from week W-1's sources: their items are the catalogue, their ALS
+            # factors say how alike two items are.
+            diversity = diversity_report(
+                evaluation.predictions, lake.read_partition(spark, ALS_ITEM_FACTORS_TABLE, sources_week),
+                lake.read_partition(spark, ITEM_STATS_TABLE, sources_week))
+            spark_write_predictions_csv(evaluation.predictions[RANKER], scratch / "oof_predictions.csv")
+            spark_write_labels_jsonl(labels, scratch / "labels.jsonl")
+            curves = {name: spark_recall_curve(frame, labels) for name, frame in evaluation.predictions.items()}
+        finally:
+            evaluation.release()
+        coverage = diversity[RANKER]["catalogue_coverage"]
+        plot_recall_curves(curves, scratch / "recall_at_k.png")
+        for event_type, result in results.items():
+            plot_feature_importance(result.feature_importance, scratch / f"feature_importance_{event_type}.png")
+        mlflow.log_params({f"ranker.{k}": v for k, v in config.params().items()})
+        mlflow.log_params({"features.code_version": FEATURE_CODE_VERSION, "features.count": len(FEATURE_COLUMNS)})
+        mlflow.log_metrics({
+            **flatten_metrics("", metrics),
+            **flatten_metrics("ceiling", evaluation.ceiling),
+            **flatten_metrics("diversity", diversity),
+            "catalogue_coverage": coverage,
+            "ranker.seconds": fit_seconds,
+            "ranker.label_weeks_used": len(trained.label_weeks),
+            "ranker.training_cut_weeks_used": len(trained.cut_weeks),
+            **{f"ranker.train_rows.{t}": r.train_rows for t, r in results.items()},
+            **{f"ranker.sample_rows.{t}": r.sample_rows for t, r in results.items()},
+            **{f"ranker.rounds.{t}": r.rounds for t, r in results.items()},
+        })
+        for path in sorted(scratch.iterdir()):
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        log_lake_inputs(_trained_on_partitions(lake, week, trained), context="training")
 
-            bundle = save_bundle(
-                scratch / "bundle",
-                source_tables(spark, lake, week),
-                {t: r.model for t, r in results.items()},
-                {"week": week.key, "sources_week": week.key, "rows_sources_week": sources_week.key,
-                 "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
-                 "ranker_rounds": {t: r.rounds for t, r in results.items()},
-                 "mlflow_run_id": run.info.run_id, "code_version": code_version()},
-                lake.model_tables_dir(run.info.run_id),
-            )
-            saved = Bundle(bundle)
-            bundle_size = saved.size_bytes()
-            mlflow.log_params({f"bundle.tables.{name}": location for name, location in saved.info["tables"].items()})
-            mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
-            model_info = log_recommender(bundle)
-            # The logged model's page shows what it scored, next to its signature.
-            mlflow.log_metrics({f"{RANKER}.score": score, **{f"{name}.score": value for name, value in baselines.items()}},
-                               model_id=model_info.model_id)
-            log_lake_inputs({f"{table}/{week.folder}": location for table, location in saved.info["tables"].items()},
-                            context="serving")
-            registered_scores = score_registered_versions(tracking, week, trained.features, labels,
-                                                          scratch / "forward", log)
-            if registered_scores.champion_now is not None:
-                mlflow.log_metric("champion.score_on_week", registered_scores.champion_now)
-            if registered_scores.previous is not None:
-                mlflow.log_metric("previous_week_model.forward_score", registered_scores.forward["score"])
+        bundle = save_bundle(
+            scratch / "bundle",
+            source_tables(spark, lake, week),
+            {t: r.model for t, r in results.items()},
+            {"week": week.key, "sources_week": week.key, "rows_sources_week": sources_week.key,
+             "candidate_config": asdict(CANDIDATE_CONFIG), "score": score, "baselines": baselines,
+             "ranker_rounds": {t: r.rounds for t, r in results.items()},
+             "mlflow_run_id": run.info.run_id, "code_version": code_version()},
+            lake.model_tables_dir(run.info.run_id),
+        )
+        saved = Bundle(bundle)
+        bundle_size = saved.size_bytes()
+        mlflow.log_params({f"bundle.tables.{name}": location for name, location in saved.info["tables"].items()})
+        mlflow.log_metrics({"bundle.bytes": bundle_size["bundle"], "bundle.table_bytes": bundle_size["tables"]})
+        model_info = log_recommender(bundle)
+        # The logged model's page shows what it scored, next to its signature.
+        mlflow.log_metrics({f"{RANKER}.score": score, **{f"{name}.score": value for name, value in baselines.items()}},
+                           model_id=model_info.model_id)
+        log_lake_inputs({f"{table}/{week.folder}": location for table, location in saved.info["tables"].items()},
+                        context="serving")
+        registered_scores = score_registered_versions(tracking, week, trained.features, labels,
+                                                      scratch / "forward", log)
+        if registered_scores.champion_now is not None:
+            mlflow.log_metric("champion.score_on_week", registered_scores.champion_now)
+        if registered_scores.previous is not None:
+            mlflow.log_metric("previous_week_model.forward_score", registered_scores.forward["score"])
 
     previous_week = registered_scores.previous_week_forward
     summary = {
