@@ -14,7 +14,7 @@ import shutil
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, define_asset_job, in_process_executor
 
-import assets.covisitation
+import pipelines.stages.covisitation as covisitation_stage
 from assets.partitions import weekly_partitions
 from definitions import build_definitions
 from pipelines.lake import Lake
@@ -199,13 +199,13 @@ def test_a_corrupted_covisitation_table_fails_its_check_and_blocks_candidates(tw
     shutil.copytree(two_weeks["root"] / "lake", tmp_path / "lake")
     resources = make_resources(str(two_weeks["root"] / "raw"), str(tmp_path / "lake"), partition_start=E2E_START)
 
-    real_builder = assets.covisitation.build_covisitation
+    real_builder = covisitation_stage.build_covisitation
 
     def with_self_pairs(*args, **kwargs):
         table = real_builder(*args, **kwargs)
         return table.withColumn("neighbour", F.when(F.col("rank") == 1, F.col("aid")).otherwise(F.col("neighbour")))
 
-    monkeypatch.setattr(assets.covisitation, "build_covisitation", with_self_pairs)
+    monkeypatch.setattr(covisitation_stage, "build_covisitation", with_self_pairs)
     definitions = build_definitions(resources)
     rerun = define_asset_job(
         "rerun_covisitation", selection=AssetSelection.assets("covisitation", "candidates"),
