@@ -46,12 +46,16 @@ def materialize_features_week(spark, lake, week, sources_week, config: Candidate
         stats=lambda written: {"rows": written.count(), "candidate_rows": candidate_rows.count(),
                                "rows_per_type": {r["type"]: r["count"] for r in written.groupBy("type").count().collect()}},
     )
-    lake.write_partition(
-        training_cut_features(read(TRAINING_CUTS_TABLE), source_tables(spark, lake, sources_week), config),
-        TRAINING_FEATURES_TABLE, week,
-        stats=lambda written: {"rows": written.count(), "queries": written.select("session").distinct().count()},
-    )
-    stats, training = lake.read_stats(FEATURES_TABLE, week), lake.read_stats(TRAINING_FEATURES_TABLE, week)
+    # A week split before training cuts existed has none: it trains without them (the ranker says so).
+    if lake.has_partition(TRAINING_CUTS_TABLE, week):
+        lake.write_partition(
+            training_cut_features(read(TRAINING_CUTS_TABLE), source_tables(spark, lake, sources_week), config),
+            TRAINING_FEATURES_TABLE, week,
+            stats=lambda written: {"rows": written.count(), "queries": written.select("session").distinct().count()},
+        )
+    stats = lake.read_stats(FEATURES_TABLE, week)
+    training = lake.read_stats(TRAINING_FEATURES_TABLE, week) if lake.has_partition(TRAINING_FEATURES_TABLE, week) \
+        else {"rows": 0, "queries": 0}
     return FeaturesSummary(rows=stats["rows"], candidate_rows=stats["candidate_rows"],
                            rows_per_type=stats["rows_per_type"], training_cut_rows=training["rows"],
                            training_cut_queries=training["queries"], seconds=time.perf_counter() - started)
